@@ -1,0 +1,192 @@
+"""One live /ws/stt connection: audio -> VAD -> utterances -> the shared transcription pool.
+
+The protocol layer (server.py) hands messages in and supplies `send`; this class owns the order
+of results (one worker per session, so transcripts arrive in speaking order) and the cleanup.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import CapacityLimiter
+
+from core.audio import StreamResampler, pcm16_to_float32
+from core.config import SttSettings
+from core.logging import get_logger
+from stt import protocol
+from stt.engine import WhisperEngine
+from stt.stream import (
+    SAMPLE_RATE,
+    BufferLimitReached,
+    Event,
+    NoSpeech,
+    SegmenterLimits,
+    Utterance,
+    UtteranceSegmenter,
+)
+from stt.vad import StreamingVad
+
+log = get_logger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ModelUnavailable(Exception):
+    pass
+
+
+class ModelHolder:
+    """The process's one engine, loaded in the background so /health answers during a download."""
+
+    def __init__(self) -> None:
+        self.engine: WhisperEngine | None = None
+        self.error: str | None = None
+        self._settled = anyio.Event()
+
+    @property
+    def loading(self) -> bool:
+        return not self._settled.is_set()
+
+    def loaded(self, engine: WhisperEngine) -> None:
+        self.engine = engine
+        self._settled.set()
+
+    def failed(self, reason: str) -> None:
+        self.error = reason
+        self._settled.set()
+
+    async def wait(self) -> WhisperEngine:
+        await self._settled.wait()
+        if self.engine is None:
+            raise ModelUnavailable(self.error or "the speech model is not loaded")
+        return self.engine
+
+
+class SttSession:
+    def __init__(
+        self,
+        settings: SttSettings,
+        model: ModelHolder,
+        transcribe_limiter: CapacityLimiter,
+        vad_limiter: CapacityLimiter,
+        send: Send,
+    ) -> None:
+        self._settings = settings
+        self._model = model
+        self._transcribe_limiter = transcribe_limiter
+        self._vad_limiter = vad_limiter
+        self._send = send
+        self.language = settings.language
+        self.segmenter = UtteranceSegmenter(SegmenterLimits.from_settings(settings))
+        self._vad = StreamingVad()
+        self._resampler = StreamResampler(settings.sample_rate, SAMPLE_RATE)
+        # Utterances are bounded by the segmenter's buffer accounting; the item cap also bounds
+        # no-speech acknowledgements, which carry no audio.
+        shortest = max(settings.min_speech_ms / 1000, 0.032)
+        self._queue_items = int(math.ceil(settings.max_buffer_seconds / shortest)) + 16
+        self._queue_in, self._queue_out = anyio.create_memory_object_stream[tuple[int, Utterance | NoSpeech]](
+            self._queue_items
+        )
+        self._epoch = 0
+        self._stopping = threading.Event()
+        self.fatal: str | None = None
+        self.on_fatal: Callable[[], None] = lambda: None
+        self.utterances = 0
+
+    async def feed_audio(self, pcm16: bytes) -> None:
+        samples = self._resampler.process(pcm16_to_float32(pcm16))
+        result = await anyio.to_thread.run_sync(self._vad.process, samples, limiter=self._vad_limiter)
+        await self._dispatch(self.segmenter.push(result.windows, result.probabilities))
+
+    async def end(self) -> None:
+        await self._dispatch(self.segmenter.end(self._vad.take_pending()))
+
+    async def reset(self) -> None:
+        self._epoch += 1
+        dropped = self.segmenter.reset() + self._vad.pending_samples / SAMPLE_RATE
+        self._vad.reset()
+        while True:
+            try:
+                _, item = self._queue_out.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            if isinstance(item, Utterance):
+                dropped += item.duration
+                self.segmenter.transcribed(item)
+        log.info("session_reset", dropped_seconds=round(dropped, 3))
+        await self._send(protocol.reset_done(round(dropped, 3)))
+
+    async def configure(self, language: str | None) -> None:
+        self.language = language
+        await self._send(protocol.config_applied(language))
+
+    def close(self) -> None:
+        """Stop work in progress at the next segment boundary; drop everything queued."""
+        self._stopping.set()
+        self._queue_in.close()
+        self._queue_out.close()
+
+    async def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, BufferLimitReached):
+                log.warning("buffer_limit_reached", held_seconds=event.duration, limit=self._settings.max_buffer_seconds)
+                await self._send(protocol.buffer_limit_reached(event.duration, self._settings.max_buffer_seconds))
+                continue
+            try:
+                self._queue_in.send_nowait((self._epoch, event))
+            except anyio.WouldBlock:
+                if isinstance(event, Utterance):
+                    self.segmenter.transcribed(event)
+                await self._send(
+                    protocol.error("too_many_pending", f"more than {self._queue_items} results are pending; this one was dropped")
+                )
+
+    async def run_worker(self) -> None:
+        async for epoch, item in self._queue_out:
+            if epoch != self._epoch:
+                continue
+            if isinstance(item, NoSpeech):
+                await self._send(protocol.no_speech(item.duration))
+                continue
+            try:
+                await self._transcribe(epoch, item)
+            except ModelUnavailable as exc:
+                self.fatal = str(exc)
+                self.on_fatal()
+                return
+
+    async def _transcribe(self, epoch: int, utterance: Utterance) -> None:
+        queued_at = time.perf_counter()
+        engine = await self._model.wait()
+        try:
+            async with self._transcribe_limiter:
+                waited = time.perf_counter() - queued_at
+                result = await anyio.to_thread.run_sync(
+                    engine.transcribe, utterance.audio, self.language, self._stopping.is_set
+                )
+        finally:
+            self.segmenter.transcribed(utterance)
+        self.utterances += 1
+        log.info(
+            "utterance_transcribed",
+            audio_seconds=round(result.duration, 3),
+            transcribe_seconds=round(result.transcribe_seconds, 3),
+            rtf=round(result.real_time_factor, 3),
+            queue_wait_seconds=round(waited, 3),
+            reason=utterance.reason,
+            language=result.language,
+            characters=len(result.text),
+        )
+        if epoch != self._epoch or self._stopping.is_set():
+            return
+        if result.text:
+            await self._send(protocol.transcript(result, utterance))
+        elif utterance.reason == "end":
+            # Whisper judged the audio as no speech: acknowledge the client's end all the same.
+            await self._send(protocol.no_speech(utterance.duration))
+

@@ -1,0 +1,230 @@
+"""One streaming session's audio bookkeeping: VAD endpointing, utterance cutting, buffer limits.
+
+Pure logic: windows of 16 kHz audio and their speech probabilities in, events out. No I/O, no
+model calls, so every rule here is testable with synthetic probabilities.
+
+Buffer rule: the session holds at most `max_buffer_seconds` of audio that is not transcribed yet
+(the utterance being collected plus utterances waiting for a worker). Audio that arrives while the
+buffer is full is dropped, the utterance in progress is closed at the limit (and still transcribed),
+and the client is told once with `BufferLimitReached`. Listening resumes when transcription frees
+room; the next utterance starts at the next speech.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from core.config import SttSettings
+from stt.vad import WINDOW_SAMPLES
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = WINDOW_SAMPLES / SAMPLE_RATE
+
+EndReason = Literal["silence", "end", "max_duration", "buffer_limit"]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    audio: np.ndarray
+    reason: EndReason
+    start: float
+    """Seconds from the start of the stream (or the last reset) to the first sample."""
+    speech_seconds: float
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class NoSpeech:
+    """The client ended an utterance that held no speech: acknowledged, never transcribed."""
+
+    duration: float
+
+
+@dataclass(frozen=True)
+class BufferLimitReached:
+    duration: float
+    """Seconds held when the limit was hit."""
+
+
+Event = Utterance | NoSpeech | BufferLimitReached
+
+
+@dataclass(frozen=True)
+class SegmenterLimits:
+    threshold: float
+    endpoint_windows: int
+    min_speech_windows: int
+    pad_windows: int
+    max_utterance_samples: int
+    max_buffer_samples: int
+
+    @classmethod
+    def from_settings(cls, stt: SttSettings) -> SegmenterLimits:
+        def windows(ms: int) -> int:
+            return math.ceil(ms / 1000 / WINDOW_SECONDS)
+
+        return cls(
+            threshold=stt.vad_threshold,
+            endpoint_windows=max(1, windows(stt.endpoint_silence_ms)),
+            min_speech_windows=windows(stt.min_speech_ms),
+            pad_windows=windows(stt.speech_pad_ms),
+            max_utterance_samples=int(stt.max_utterance_seconds * SAMPLE_RATE),
+            max_buffer_samples=int(stt.max_buffer_seconds * SAMPLE_RATE),
+        )
+
+    @property
+    def neg_threshold(self) -> float:
+        """Below this a window is silence even right after speech (Silero's own hysteresis)."""
+        return max(self.threshold - 0.15, 0.01)
+
+
+class UtteranceSegmenter:
+    """Cuts a stream of VAD-scored windows into utterances."""
+
+    def __init__(self, limits: SegmenterLimits) -> None:
+        self.limits = limits
+        self.queued_samples = 0
+        """Samples of emitted utterances not yet transcribed (lowered by `transcribed`)."""
+        self._overflowing = False
+        self._position = 0
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(limits.pad_windows, 1))
+        self._start_utterance_state()
+        self._in_speech = False
+        self._idle_samples = 0
+
+    def _start_utterance_state(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._utterance_samples = 0
+        self._utterance_start = self._position
+        self._speech_windows = 0
+        self._silence_run = 0
+
+    def reset(self) -> float:
+        """Drop the utterance being collected and the pre-roll; returns the seconds dropped."""
+        dropped = self._utterance_samples / SAMPLE_RATE
+        self._start_utterance_state()
+        self._in_speech = False
+        self._pre_roll.clear()
+        self._idle_samples = 0
+        self._position = 0
+        self._utterance_start = 0
+        return round(dropped, 3)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def held_samples(self) -> int:
+        return self.queued_samples + self._utterance_samples
+
+    def transcribed(self, utterance: Utterance) -> None:
+        """A worker is done with an utterance: its audio no longer counts against the buffer."""
+        self.queued_samples = max(0, self.queued_samples - len(utterance.audio))
+
+    def push(self, windows: np.ndarray, probabilities: np.ndarray) -> list[Event]:
+        events: list[Event] = []
+        for window, probability in zip(windows, probabilities):
+            events.extend(self._push_window(window, float(probability)))
+        return events
+
+    def end(self, tail: np.ndarray) -> list[Event]:
+        """The client ended the utterance; tail is audio too short for a VAD window."""
+        self._position += len(tail)
+        if self._in_speech and self._speech_windows >= self.limits.min_speech_windows:
+            self._chunks.append(np.asarray(tail, dtype=np.float32))
+            self._utterance_samples += len(tail)
+            return [self._emit("end")]
+        duration = (self._idle_samples + self._utterance_samples + len(tail)) / SAMPLE_RATE
+        self._start_utterance_state()
+        self._in_speech = False
+        self._pre_roll.clear()
+        self._idle_samples = 0
+        return [NoSpeech(round(duration, 3))]
+
+    def _push_window(self, window: np.ndarray, probability: float) -> list[Event]:
+        limits = self.limits
+        position = self._position
+        self._position += len(window)
+        if self.held_samples + len(window) > limits.max_buffer_samples:
+            return self._overflow()
+        self._overflowing = False
+
+        if not self._in_speech:
+            if probability < limits.threshold:
+                self._pre_roll.append(window)
+                self._idle_samples += len(window)
+                return []
+            pre_roll = list(self._pre_roll) if limits.pad_windows else []
+            self._pre_roll.clear()
+            self._idle_samples = 0
+            self._in_speech = True
+            self._start_utterance_state()
+            self._utterance_start = position - WINDOW_SAMPLES * len(pre_roll)
+            self._chunks = [*pre_roll, window]
+            self._utterance_samples = WINDOW_SAMPLES * len(self._chunks)
+            self._speech_windows = 1
+        else:
+            self._chunks.append(window)
+            self._utterance_samples += len(window)
+            if probability >= limits.threshold:
+                self._speech_windows += 1
+                self._silence_run = 0
+            elif probability < limits.neg_threshold or self._silence_run:
+                self._silence_run += 1
+
+        if self._silence_run >= limits.endpoint_windows:
+            return self._close("silence")
+        if self._utterance_samples >= limits.max_utterance_samples:
+            return self._close("max_duration")
+        return []
+
+    def _close(self, reason: EndReason) -> list[Event]:
+        """Emit the utterance if it held enough speech, else drop it silently."""
+        trailing = self._silence_run - self.limits.pad_windows
+        if trailing > 0:
+            # Keep only speech_pad of the trailing silence; the rest seeds the next pre-roll.
+            for window in self._chunks[-trailing:]:
+                self._pre_roll.append(window)
+            del self._chunks[-trailing:]
+            self._utterance_samples -= trailing * WINDOW_SAMPLES
+        # Cut mid-speech (max_duration): the next utterance continues at once, with no pre-roll.
+        continuing = reason == "max_duration" and self._silence_run == 0
+        events: list[Event] = []
+        if self._speech_windows >= self.limits.min_speech_windows:
+            events.append(self._emit(reason))
+        self._start_utterance_state()
+        self._in_speech = continuing
+        self._idle_samples = 0
+        return events
+
+    def _overflow(self) -> list[Event]:
+        events: list[Event] = []
+        if not self._overflowing:
+            self._overflowing = True
+            events.append(BufferLimitReached(round(self.held_samples / SAMPLE_RATE, 3)))
+            if self._in_speech:
+                events.extend(self._close("buffer_limit"))
+                self._in_speech = False
+        self._pre_roll.clear()
+        return events
+
+    def _emit(self, reason: EndReason) -> Utterance:
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        utterance = Utterance(
+            audio=audio,
+            reason=reason,
+            start=round(self._utterance_start / SAMPLE_RATE, 3),
+            speech_seconds=round(self._speech_windows * WINDOW_SECONDS, 3),
+        )
+        self.queued_samples += len(audio)
+        self._start_utterance_state()
+        return utterance
