@@ -22,9 +22,12 @@ def pcm16_to_float32(data: bytes) -> np.ndarray:
 
 
 def float32_to_pcm16(audio: np.ndarray) -> bytes:
-    """float32 samples -> little-endian PCM16 bytes, clipping instead of wrapping around."""
-    scaled = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * (PCM16_MAX - 1)
-    return scaled.astype("<i2").tobytes()
+    """float32 samples -> little-endian PCM16 bytes, clipping instead of wrapping around.
+
+    The same scale as pcm16_to_float32, rounded, so PCM16 -> float32 -> PCM16 is lossless.
+    """
+    scaled = np.rint(np.nan_to_num(np.asarray(audio, dtype=np.float32)) * PCM16_MAX)
+    return np.clip(scaled, -PCM16_MAX, PCM16_MAX - 1).astype("<i2").tobytes()
 
 
 def wav_bytes(pcm16: bytes, sample_rate: int, channels: int = 1) -> bytes:
@@ -83,3 +86,49 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     """Resample a whole mono float32 array."""
     resampler = StreamResampler(src_rate, dst_rate)
     return np.concatenate([resampler.process(audio), resampler.flush()])
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """WAV bytes (PCM16 or float32, any channel count) -> mono float32 samples and the sample rate.
+
+    Tolerates the placeholder sizes (0 or 0xFFFFFFFF) that streaming servers write into the header:
+    the data chunk then runs to the end of the bytes. Raises ValueError on anything else.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("not a WAV file (no RIFF/WAVE header)")
+    offset = 12
+    fmt: tuple[int, int, int, int] | None = None
+    while offset + 8 <= len(data):
+        chunk_id = data[offset : offset + 4]
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        body_start = offset + 8
+        if chunk_id == b"fmt ":
+            body = data[body_start : body_start + size]
+            if len(body) < 16:
+                raise ValueError("WAV fmt chunk is too short")
+            audio_format = int.from_bytes(body[0:2], "little")
+            channels = int.from_bytes(body[2:4], "little")
+            rate = int.from_bytes(body[4:8], "little")
+            bits = int.from_bytes(body[14:16], "little")
+            if audio_format == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real format follows
+                audio_format = int.from_bytes(body[24:26], "little")
+            fmt = (audio_format, channels, rate, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise ValueError("WAV data chunk comes before its fmt chunk")
+            end = len(data) if size in (0, 0xFFFFFFFF) or body_start + size > len(data) else body_start + size
+            audio_format, channels, rate, bits = fmt
+            payload = data[body_start:end]
+            if audio_format == 1 and bits == 16:
+                payload = payload[: len(payload) - len(payload) % (2 * channels)]
+                samples = np.frombuffer(payload, dtype="<i2").astype(np.float32) / PCM16_MAX
+            elif audio_format == 3 and bits == 32:
+                payload = payload[: len(payload) - len(payload) % (4 * channels)]
+                samples = np.frombuffer(payload, dtype="<f4").astype(np.float32)
+            else:
+                raise ValueError(f"unsupported WAV encoding (format {audio_format}, {bits} bits); PCM16 or float32 needed")
+            if channels > 1:
+                samples = samples.reshape(-1, channels).mean(axis=1).astype(np.float32)
+            return samples, rate
+        offset = body_start + size + (size % 2)
+    raise ValueError("WAV file has no data chunk")

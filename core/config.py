@@ -184,7 +184,7 @@ class GroqSettings(Section):
     """Groq API key (GROQ_API_KEY is accepted too); never logged or reported."""
     model: str = "canopylabs/orpheus-v1-english"
     """Groq speech model."""
-    voice: str = Field("troy", pattern=VOICE_NAME_PATTERN, max_length=100)
+    voice: str = Field("autumn", pattern=VOICE_NAME_PATTERN, max_length=100)
     """Default Groq voice when tts.voice is null."""
     voices: list[str] = Field(default_factory=lambda: ["autumn", "diana", "hannah", "austin", "daniel", "troy"])
     """Voices offered by /voices and accepted in requests."""

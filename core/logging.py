@@ -37,8 +37,9 @@ def configure_logging(settings: LoggingSettings, service: str) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _add_service(service),
         structlog.stdlib.ExtraAdder(),
+        # After ExtraAdder, which would copy uvicorn's color_message back in.
+        _add_service(service),
     ]
     renderer: Processor
     if settings.json_logs:
@@ -51,7 +52,9 @@ def configure_logging(settings: LoggingSettings, service: str) -> None:
             ),
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
 
     structlog.configure(
         processors=[

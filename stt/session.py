@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import CapacityLimiter
+from anyio import CapacityLimiter
 
 from core.audio import StreamResampler, pcm16_to_float32
 from core.config import SttSettings

@@ -151,13 +151,16 @@ class UtteranceSegmenter:
         return [NoSpeech(round(duration, 3))]
 
     def _push_window(self, window: np.ndarray, probability: float) -> list[Event]:
-        limits = self.limits
-        position = self._position
-        self._position += len(window)
-        if self.held_samples + len(window) > limits.max_buffer_samples:
+        if self.held_samples + len(window) > self.limits.max_buffer_samples:
+            self._position += len(window)
             return self._overflow()
         self._overflowing = False
+        events = self._accept(window, probability)
+        self._position += len(window)
+        return events
 
+    def _accept(self, window: np.ndarray, probability: float) -> list[Event]:
+        limits = self.limits
         if not self._in_speech:
             if probability < limits.threshold:
                 self._pre_roll.append(window)
@@ -168,23 +171,23 @@ class UtteranceSegmenter:
             self._idle_samples = 0
             self._in_speech = True
             self._start_utterance_state()
-            self._utterance_start = position - WINDOW_SAMPLES * len(pre_roll)
+            self._utterance_start = self._position - WINDOW_SAMPLES * len(pre_roll)
             self._chunks = [*pre_roll, window]
             self._utterance_samples = WINDOW_SAMPLES * len(self._chunks)
             self._speech_windows = 1
-        else:
-            self._chunks.append(window)
-            self._utterance_samples += len(window)
-            if probability >= limits.threshold:
-                self._speech_windows += 1
-                self._silence_run = 0
-            elif probability < limits.neg_threshold or self._silence_run:
-                self._silence_run += 1
-
+            return []
+        if self._utterance_samples + len(window) > limits.max_utterance_samples:
+            # Cut before the window that would pass the limit, so no utterance is ever longer.
+            return self._close("max_duration") + self._accept(window, probability)
+        self._chunks.append(window)
+        self._utterance_samples += len(window)
+        if probability >= limits.threshold:
+            self._speech_windows += 1
+            self._silence_run = 0
+        elif probability < limits.neg_threshold or self._silence_run:
+            self._silence_run += 1
         if self._silence_run >= limits.endpoint_windows:
             return self._close("silence")
-        if self._utterance_samples >= limits.max_utterance_samples:
-            return self._close("max_duration")
         return []
 
     def _close(self, reason: EndReason) -> list[Event]:

@@ -139,13 +139,14 @@ def test_buffer_limit_closes_the_utterance_drops_audio_and_resumes_when_room_fre
     segmenter = UtteranceSegmenter(
         limits(max_buffer_samples=60 * WINDOW_SAMPLES, max_utterance_samples=40 * WINDOW_SAMPLES)
     )
-    # The first utterance (40 windows) waits for a worker; a second one fills the remaining 20.
-    events = feed(segmenter, [(SPEECH, 40)])
+    # The first utterance (40 windows, cut when the 41st arrives) waits for a worker;
+    # the second one fills the remaining 20.
+    events = feed(segmenter, [(SPEECH, 41)])
     assert [e.reason for e in events] == ["max_duration"]
     first = events[0]
     assert segmenter.queued_samples == 40 * WINDOW_SAMPLES
 
-    events = feed(segmenter, [(SPEECH, 30)])
+    events = feed(segmenter, [(SPEECH, 29)])
     assert isinstance(events[0], BufferLimitReached)
     assert events[0].duration == pytest.approx(60 * WINDOW_SAMPLES / SAMPLE_RATE, abs=1e-3)
     # The utterance in progress is closed at the limit and still transcribed.

@@ -83,7 +83,7 @@ def test_make_speech_layout_and_copies() -> None:
 
 
 def test_pcm16_and_wav(tmp_path: Path) -> None:
-    assert to_pcm16(np.array([0.0, 2.0, -2.0], dtype=np.float32)) == b"\x00\x00\xff\x7f\x01\x80"
+    assert to_pcm16(np.array([0.0, 2.0, -2.0], dtype=np.float32)) == b"\x00\x00\xff\x7f\x00\x80"
 
     audio = make_speech("wave file", sample_rate=16000)
     path = write_wav(tmp_path / "speech.wav", audio, 16000)

@@ -1,0 +1,335 @@
+"""The STT service over real HTTP and WebSocket: a uvicorn server, the toy model, espeak speech."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from core.config import Settings
+from stt.server import SttService, create_app
+from tests.fixtures.server import RunningServer, run_server
+from tests.fixtures.speech import make_speech, to_pcm16
+
+FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16, what a microphone client sends
+PHRASE = "Please turn on the lights in the kitchen."
+
+
+@contextmanager
+def stt_server(settings: Settings, before_start: Callable[[SttService], None] | None = None) -> Iterator[RunningServer]:
+    app = create_app(settings)
+    if before_start:
+        before_start(app.state.service)
+    with run_server(app) as server:
+        yield server
+
+
+def wait_until_settled(server: RunningServer) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{server.http_url}/health").json()
+        if not health["loading"]:
+            return health
+        time.sleep(0.02)
+    raise AssertionError("model never finished loading")
+
+
+@contextmanager
+def session(server: RunningServer) -> Iterator[ClientConnection]:
+    with connect(f"{server.ws_url}/ws/stt", open_timeout=10) as ws:
+        ready = receive(ws)
+        assert ready["type"] == "ready"
+        yield ws
+
+
+def receive(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def stream(ws: ClientConnection, audio: np.ndarray) -> None:
+    pcm = to_pcm16(audio)
+    for offset in range(0, len(pcm), FRAME_BYTES):
+        ws.send(pcm[offset : offset + FRAME_BYTES])
+
+
+def send_json(ws: ClientConnection, message: dict[str, Any]) -> None:
+    ws.send(json.dumps(message))
+
+
+@pytest.fixture
+def server(make_settings) -> Iterator[RunningServer]:
+    with stt_server(make_settings(stt={"endpoint_silence_ms": 500})) as running:
+        wait_until_settled(running)
+        yield running
+
+
+def test_health_reports_the_loaded_model(server: RunningServer, whisper_model_dir) -> None:
+    response = httpx.get(f"{server.http_url}/health")
+    assert response.status_code == 200
+    assert response.headers["x-request-id"]
+    health = response.json()
+    assert health["status"] == "ok"
+    assert health["whisper_loaded"] is True
+    assert health["error"] is None
+    assert health["model"] == str(whisper_model_dir)
+    assert (health["device"], health["compute_type"]) == ("cpu", "int8")
+    assert health["environment"] == "development"
+    assert health["connections"] == 0
+
+
+def test_ready_message_describes_the_session(server: RunningServer, whisper_model_dir) -> None:
+    with connect(f"{server.ws_url}/ws/stt") as ws:
+        ready = receive(ws)
+    assert ready["type"] == "ready"
+    assert len(ready["session_id"]) == 12
+    assert (ready["sample_rate"], ready["language"], ready["model"]) == (16000, None, str(whisper_model_dir))
+
+
+def test_speech_followed_by_silence_gives_one_transcript(server: RunningServer) -> None:
+    audio = make_speech(PHRASE, lead_silence_s=0.6, trail_silence_s=1.0)
+    with session(server) as ws:
+        stream(ws, audio)
+        message = receive(ws)
+        assert message["type"] == "transcript"
+        assert message["reason"] == "silence"
+        assert message["keep_open"] is True
+        assert message["language"] in _LANGUAGE_CODES
+        # The utterance spans the speech plus at most the configured 300 ms pads on each side.
+        speech_seconds = len(audio) / 16000 - 1.6
+        assert speech_seconds - 0.2 <= message["duration"] <= speech_seconds + 0.7
+        assert 0.2 <= message["start"] <= 0.6
+        assert isinstance(message["text"], str)
+        assert all(set(s) == {"start", "end", "text"} for s in message["segments"])
+        send_json(ws, {"type": "end"})
+        assert receive(ws) == {"type": "no_speech", "duration": pytest.approx(0.7, abs=0.35)}
+
+
+def test_end_flushes_the_utterance_without_waiting_for_silence(server: RunningServer) -> None:
+    audio = make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=0.0)
+    with session(server) as ws:
+        stream(ws, audio)
+        send_json(ws, {"type": "end"})
+        message = receive(ws)
+    assert (message["type"], message["reason"]) == ("transcript", "end")
+    # The utterance runs from its pre-roll to the very last sample sent, tail shorter than a VAD window included.
+    assert message["duration"] == pytest.approx(len(audio) / 16000 - message["start"], abs=0.002)
+
+
+def test_silence_never_produces_a_transcript(server: RunningServer) -> None:
+    with session(server) as ws:
+        stream(ws, np.zeros(16000 * 3, dtype=np.float32))
+        send_json(ws, {"type": "end"})
+        assert receive(ws) == {"type": "no_speech", "duration": 3.0}
+
+
+def test_odd_frame_is_refused_and_the_connection_stays_usable(server: RunningServer) -> None:
+    with session(server) as ws:
+        ws.send(b"\x00\x01\x02")
+        error = receive(ws)
+        assert error["type"] == "error" and error["code"] == "bad_audio"
+        assert "odd byte count (3)" in error["message"]
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        assert receive(ws)["type"] == "transcript"
+
+
+def test_frame_over_the_limit_is_refused(make_settings) -> None:
+    with stt_server(make_settings(stt={"max_frame_bytes": 4096})) as server, session(server) as ws:
+        ws.send(bytes(4098))
+        error = receive(ws)
+        assert error["code"] == "bad_audio"
+        assert "4098 bytes exceeds stt.max_frame_bytes (4096)" in error["message"]
+        ws.send(bytes(4096))
+        send_json(ws, {"type": "end"})
+        assert receive(ws)["type"] == "no_speech"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("not json", "invalid JSON"),
+        ("[1, 2]", 'JSON object with a "type"'),
+        ('{"type": "shout"}', "unknown message type 'shout'; allowed: config, end, reset"),
+        ('{"type": "end", "now": true}', "invalid 'end' message: now: Extra inputs are not permitted"),
+        ('{"type": "config", "language": "xx"}', "unknown language 'xx'"),
+        ('{"type": "config", "language": "' + "a" * 5000 + '"}', "exceeds stt.max_message_bytes (4096 bytes)"),
+    ],
+)
+def test_bad_messages_get_an_error_and_the_connection_stays_open(server: RunningServer, text: str, expected: str) -> None:
+    with session(server) as ws:
+        ws.send(text)
+        error = receive(ws)
+        assert (error["type"], error["code"]) == ("error", "bad_message")
+        assert expected in error["message"]
+        send_json(ws, {"type": "end"})
+        assert receive(ws)["type"] == "no_speech"
+
+
+def test_config_sets_the_language_of_following_utterances(server: RunningServer) -> None:
+    with session(server) as ws:
+        send_json(ws, {"type": "config", "language": "de"})
+        assert receive(ws) == {"type": "config_applied", "language": "de"}
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        message = receive(ws)
+    assert (message["type"], message["language"], message["language_probability"]) == ("transcript", "de", 1.0)
+
+
+def test_reset_drops_buffered_audio(server: RunningServer) -> None:
+    audio = make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=0.0)
+    with session(server) as ws:
+        stream(ws, audio[: len(audio) * 2 // 3])
+        send_json(ws, {"type": "reset"})
+        reset = receive(ws)
+        assert reset["type"] == "reset_done"
+        assert reset["dropped_seconds"] > 0.5
+        send_json(ws, {"type": "end"})
+        assert receive(ws) == {"type": "no_speech", "duration": 0.0}
+
+
+def test_long_speech_is_cut_at_max_utterance_seconds(make_settings) -> None:
+    settings = make_settings(stt={"max_utterance_seconds": 2, "speech_pad_ms": 0})
+    speech = make_speech("one two three four five six seven eight nine ten eleven twelve", lead_silence_s=0, trail_silence_s=1.0)
+    with stt_server(settings) as server, session(server) as ws:
+        stream(ws, speech)
+        first = receive(ws)
+        assert (first["type"], first["reason"]) == ("transcript", "max_duration")
+        assert 2.0 - 0.032 <= first["duration"] <= 2.0, "cut at the last whole VAD window within the limit"
+        second = receive(ws)
+        assert second["reason"] in ("max_duration", "silence")
+        assert second["start"] == pytest.approx(first["start"] + first["duration"], abs=0.001)
+
+
+def test_buffer_limit_is_reported_and_accepted_audio_is_still_transcribed(make_settings) -> None:
+    settings = make_settings(stt={"max_buffer_seconds": 3, "max_utterance_seconds": 2, "speech_pad_ms": 0})
+    gate = threading.Event()
+
+    def hold_model_loading(service: SttService) -> None:
+        # Reaching the limit needs transcription to lag behind the audio; holding the model load
+        # does that deterministically (this replaces our own loader hook, not faster-whisper).
+        load = service.load_model
+
+        async def gated() -> None:
+            await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
+            await load()
+
+        service.load_model = gated  # type: ignore[method-assign]
+
+    speech = make_speech("one two three four five six seven eight nine ten eleven twelve", lead_silence_s=0, trail_silence_s=0)
+    try:
+        with stt_server(settings, hold_model_loading) as server, session(server) as ws:
+            assert httpx.get(f"{server.http_url}/health").json()["loading"] is True
+            stream(ws, np.concatenate([speech, speech]))
+            # config is answered directly, so its reply proves every frame before it was processed.
+            send_json(ws, {"type": "config", "language": None})
+            notice = receive(ws)
+            assert notice == {"type": "buffer_limit_reached", "duration": pytest.approx(3.0, abs=0.05), "limit": 3.0}
+            assert receive(ws)["type"] == "config_applied"
+            gate.set()
+            transcripts = [receive(ws), receive(ws)]
+            assert [t["reason"] for t in transcripts] == ["max_duration", "buffer_limit"]
+            assert sum(t["duration"] for t in transcripts) == pytest.approx(3.0, abs=0.05)
+            # Room is free again: new speech is heard.
+            stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+            send_json(ws, {"type": "end"})
+            later = [receive(ws)]
+            while later[-1]["type"] != "no_speech":
+                later.append(receive(ws))
+            assert later[0]["type"] == "transcript"
+    finally:
+        gate.set()
+
+
+def test_connections_over_the_limit_are_refused_with_1013(make_settings) -> None:
+    with stt_server(make_settings(stt={"max_connections": 1})) as server, session(server):
+        with connect(f"{server.ws_url}/ws/stt") as second:
+            error = receive(second)
+            assert error["code"] == "too_many_connections"
+            assert "stt.max_connections" in error["message"]
+            with pytest.raises(ConnectionClosed) as closed:
+                second.recv(timeout=5)
+        assert closed.value.rcvd.code == 1013
+        assert httpx.get(f"{server.http_url}/health").json()["connections"] == 1
+
+
+def test_a_model_that_cannot_load_degrades_health_and_closes_sockets_with_1011(make_settings, tmp_path) -> None:
+    missing = tmp_path / "no-such-model"
+    missing.mkdir()
+    with stt_server(make_settings(stt={"model": str(missing)})) as server:
+        health = wait_until_settled(server)
+        assert (health["status"], health["whisper_loaded"]) == ("degraded", False)
+        assert "has no model.bin" in health["error"]
+        with connect(f"{server.ws_url}/ws/stt") as ws:
+            error = receive(ws)
+            assert error["code"] == "model_unavailable" and "has no model.bin" in error["message"]
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1011
+        assert "no model.bin" in closed.value.rcvd.reason
+
+
+def test_a_client_that_leaves_mid_utterance_leaves_nothing_behind(server: RunningServer) -> None:
+    service: SttService = server.app.state.service
+    audio = make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=0.0)
+    with session(server) as ws:
+        stream(ws, audio)
+        send_json(ws, {"type": "end"})  # an utterance is being transcribed as the client leaves
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (service.connections or service.transcribe_limiter.borrowed_tokens):
+        time.sleep(0.02)
+    assert service.connections == 0
+    assert service.transcribe_limiter.borrowed_tokens == 0
+    assert service.vad_limiter.borrowed_tokens == 0
+    assert httpx.get(f"{server.http_url}/health").json()["connections"] == 0
+
+
+def test_client_audio_at_8_khz_is_resampled(make_settings) -> None:
+    with stt_server(make_settings(stt={"sample_rate": 8000})) as server, session(server) as ws:
+        audio = make_speech(PHRASE, sample_rate=8000, lead_silence_s=0.3, trail_silence_s=0.0)
+        stream(ws, audio)
+        send_json(ws, {"type": "end"})
+        message = receive(ws)
+    assert message["type"] == "transcript"
+    assert message["duration"] == pytest.approx(len(audio) / 8000 - message["start"], abs=0.01)
+
+
+def test_health_answers_at_once_while_every_worker_is_busy(make_settings) -> None:
+    with stt_server(make_settings(stt={"max_concurrent": 1})) as server, session(server) as ws:
+        service: SttService = server.app.state.service
+        speech = make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=0)
+        # Twenty utterances queued on one worker keep it busy for well over a second.
+        for _ in range(20):
+            stream(ws, speech)
+            send_json(ws, {"type": "end"})
+        deadline = time.monotonic() + 30
+        while service.transcribe_limiter.borrowed_tokens == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        latencies = []
+        while service.transcribe_limiter.borrowed_tokens == 1 and len(latencies) < 5:
+            started = time.perf_counter()
+            assert httpx.get(f"{server.http_url}/health").status_code == 200
+            latencies.append(time.perf_counter() - started)
+        assert len(latencies) == 5, "the worker went idle before five health checks were made"
+        assert service.transcribe_limiter.borrowed_tokens == 1, "the worker must still be busy"
+        assert [receive(ws)["type"] for _ in range(20)] == ["transcript"] * 20
+    assert max(latencies) < 0.5
+
+
+def test_each_utterance_is_logged_with_its_timings(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with session(server) as ws:
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        receive(ws)
+    events = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "utterance_transcribed"]
+    assert len(events) == 1
+    assert {"audio_seconds", "transcribe_seconds", "rtf", "session_id", "reason"} <= set(events[0])
