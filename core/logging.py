@@ -77,6 +77,8 @@ def configure_logging(settings: LoggingSettings, service: str) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Library warnings (deprecations in huggingface_hub, onnxruntime) become structured lines too.
+    logging.captureWarnings(True)
     level = getattr(logging, settings.level.upper())
     root.setLevel(level)
 

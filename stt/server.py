@@ -12,6 +12,7 @@ import anyio
 import structlog
 import uvicorn
 from fastapi import FastAPI, WebSocket
+from faster_whisper.vad import get_vad_model
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from core import __version__
@@ -23,7 +24,7 @@ from stt.engine import ModelLoadError, WhisperEngine
 from stt.protocol import ConfigMessage, EndMessage, ProtocolError, ResetMessage
 from stt.session import ModelHolder, Send, SttSession
 
-log = get_logger(__name__)
+log = get_logger("stt.server")  # a fixed name: __name__ is "__main__" under `python -m`
 
 
 class SttService:
@@ -38,6 +39,9 @@ class SttService:
 
     async def load_model(self) -> None:
         stt = self.settings.stt
+        # Silero VAD ships inside faster-whisper; loading it here keeps the first session's
+        # ONNX load off the event loop.
+        await anyio.to_thread.run_sync(get_vad_model)
         try:
             engine = await anyio.to_thread.run_sync(
                 WhisperEngine.load,
@@ -134,11 +138,19 @@ def _client(websocket: WebSocket) -> str:
 async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> None:
     settings = service.settings.stt
     send_lock = anyio.Lock()
+    gone = False
 
     async def send(message: dict[str, Any]) -> None:
+        nonlocal gone
         # The worker and the receive loop both send; one frame at a time on the wire.
         async with send_lock:
-            await websocket.send_json(message)
+            if gone:
+                return
+            try:
+                await websocket.send_json(message)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                # The client vanished between two receives; the receive loop ends the session.
+                gone = True
 
     if service.model.error:
         await _close_with_error(websocket, "model_unavailable", service.model.error)

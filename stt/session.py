@@ -29,7 +29,7 @@ from stt.stream import (
     Utterance,
     UtteranceSegmenter,
 )
-from stt.vad import StreamingVad
+from stt.vad import WINDOW_SAMPLES, StreamingVad
 
 log = get_logger(__name__)
 
@@ -100,6 +100,9 @@ class SttSession:
 
     async def feed_audio(self, pcm16: bytes) -> None:
         samples = self._resampler.process(pcm16_to_float32(pcm16))
+        if self._vad.pending_samples + len(samples) < WINDOW_SAMPLES:
+            self._vad.process(samples)  # not a whole window yet: only buffers, no model call, no thread hop
+            return
         result = await anyio.to_thread.run_sync(self._vad.process, samples, limiter=self._vad_limiter)
         await self._dispatch(self.segmenter.push(result.windows, result.probabilities))
 

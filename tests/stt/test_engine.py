@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.config import PROJECT_ROOT
+from core.logging import configure_logging
 from stt.engine import (
     ModelLoadError,
     WhisperEngine,
@@ -138,3 +139,21 @@ def test_should_stop_ends_transcription_after_the_first_segment(make_settings) -
     stopped = engine.transcribe(long_audio, language="en", should_stop=lambda: True)
     assert len(full.segments) == 3
     assert len(stopped.segments) == 1 and stopped.segments[0].end <= 30.0
+
+
+def test_auto_device_falls_back_to_cpu_when_cuda_cannot_be_used(
+    make_settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count():
+        pytest.skip("this machine has a working CUDA device")
+    # Claim a CUDA device on a machine without one: the real CUDA load then fails for real,
+    # which is the path a user with a broken driver or missing cuDNN takes.
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    settings = make_settings(stt={"device": "auto"})
+    configure_logging(settings.logging, "stt")
+    engine = WhisperEngine.load(settings.stt, settings.resolve_path(settings.stt.models_dir), PROJECT_ROOT)
+    assert (engine.loaded.device, engine.loaded.compute_type) == ("cpu", "int8")
+    warnings = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "cuda_unusable_falling_back_to_cpu"]
+    assert len(warnings) == 1 and warnings[0]["error"]
