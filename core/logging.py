@@ -16,6 +16,8 @@ from structlog.types import EventDict, Processor
 
 from core.config import LoggingSettings
 
+_HANDLER_NAME = "voice-assistant"
+
 # Libraries that log every call at INFO; an operator wants them only when debugging.
 _CHATTY_LOGGERS = ("faster_whisper", "httpx", "httpcore", "huggingface_hub", "onnxruntime")
 
@@ -75,8 +77,10 @@ def configure_logging(settings: LoggingSettings, service: str) -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.name = _HANDLER_NAME
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own handler: pytest's capture or an embedding program's handlers stay.
+    root.handlers[:] = [h for h in root.handlers if h.name != _HANDLER_NAME] + [handler]
     # Library warnings (deprecations in huggingface_hub, onnxruntime) become structured lines too.
     logging.captureWarnings(True)
     level = getattr(logging, settings.level.upper())

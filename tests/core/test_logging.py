@@ -191,7 +191,18 @@ def test_configure_logging_is_idempotent(capsys: pytest.CaptureFixture[str]) -> 
     logging.getLogger("y").info("once too")
     records = json_lines(capsys.readouterr().err)
     assert [r["event"] for r in records] == ["once", "once too"]
-    assert len(logging.getLogger().handlers) == 1
+    ours = [h for h in logging.getLogger().handlers if h.name == "voice-assistant"]
+    assert len(ours) == 1, "a second call replaces our handler instead of adding one"
+
+
+def test_foreign_handlers_are_kept() -> None:
+    foreign = logging.NullHandler()
+    logging.getLogger().addHandler(foreign)
+    try:
+        configure_logging(LoggingSettings(), "stt")
+        assert foreign in logging.getLogger().handlers
+    finally:
+        logging.getLogger().removeHandler(foreign)
 
 
 # --- levels -----------------------------------------------------------------------------------
