@@ -31,7 +31,9 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m bench.stt_bench
+	$(PY) -m bench.tts_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

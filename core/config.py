@@ -142,6 +142,9 @@ class PiperSettings(Section):
     """Download the default voice with Piper's downloader when it is missing."""
     use_cuda: bool = False
     """Run Piper voices on CUDA through onnxruntime-gpu."""
+    threads: int = Field(0, ge=0, le=256)
+    """onnxruntime threads per synthesis; 0 lets onnxruntime choose (one per core). With several workers
+    on few cores, cores / tts.max_concurrent avoids oversubscription."""
     cache_size: int = Field(4, ge=1, le=64)
     """Piper voices kept loaded in memory; the least recently used one is dropped first."""
     speaker_id: int | None = Field(None, ge=0)
@@ -176,8 +179,6 @@ class XttsSettings(Section):
 
 
 class GroqSettings(Section):
-    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True, protected_namespaces=())
-
     base_url: str = "https://api.groq.com/openai/v1"
     """Groq's OpenAI-compatible API root; `/audio/speech` is appended."""
     api_key: SecretStr | None = None
@@ -198,7 +199,9 @@ class GroqSettings(Section):
     def _plain_voice_names(cls, value: list[str]) -> list[str]:
         bad = [name for name in value if not re.match(VOICE_NAME_PATTERN, name)]
         if not value or bad:
-            raise ValueError(f"must be a non-empty list of plain voice names (letters, digits, _ - + .), got {bad or value}")
+            raise ValueError(
+                f"must be a non-empty list of plain voice names (letters, digits, _ - + .), got {bad or value}"
+            )
         return value
 
 
@@ -264,6 +267,32 @@ class LlmSettings(Section):
     """How long a reachability result is reused by /health before it is checked again (in the background)."""
 
 
+class SupervisorSettings(Section):
+    startup_timeout_s: float = Field(60.0, gt=0.0, le=3_600.0)
+    """Longest wait for a started service's /health to answer; past it the supervisor reports the service's last output and exits."""
+    shutdown_grace_s: float = Field(10.0, gt=0.0, le=600.0)
+    """After SIGTERM, how long in-flight requests and utterances may take to finish before the services are killed."""
+    restart_backoff_initial_s: float = Field(1.0, ge=0.0, le=600.0)
+    """Wait before restarting a service that died; it doubles with each further crash."""
+    restart_backoff_max_s: float = Field(30.0, ge=0.0, le=3_600.0)
+    """Longest wait between restarts; the wait starts over after a service stayed up for crash_loop_window_s."""
+    crash_loop_count: int = Field(5, ge=1, le=1_000)
+    """Crashes of one service within crash_loop_window_s that make the supervisor stop everything and exit non-zero."""
+    crash_loop_window_s: float = Field(60.0, gt=0.0, le=86_400.0)
+    """Window, in seconds, in which crash_loop_count crashes count as a crash loop."""
+    output_lines: int = Field(20, ge=1, le=10_000)
+    """Last output lines kept per service and logged when it crashes or fails to start."""
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> SupervisorSettings:
+        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
+            raise ValueError(
+                f"restart_backoff_max_s ({self.restart_backoff_max_s}) must be at least "
+                f"restart_backoff_initial_s ({self.restart_backoff_initial_s})"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Everything tunable in both services."""
 
@@ -281,6 +310,7 @@ class Settings(BaseSettings):
     stt: SttSettings = Field(default_factory=SttSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
 
     config_file: Path | None = Field(None, exclude=True)
     """The YAML file these settings were read from (set by load_settings)."""

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import httpx
 import ollama
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from core.config import LlmSettings
 from core.logging import get_logger
@@ -114,10 +114,9 @@ class OllamaClient:
             raise _ServerError(status, str(exc.error)) from None
 
     async def _attempts(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
-        delays = iter(self.retry_delays())
-
         def wait(state: RetryCallState) -> float:
-            return next(delays, self.settings.retry_base_delay_s * 2 ** (state.attempt_number - 1))
+            # 1 s, 2 s, 4 s... (retry_delays) before retry 1, 2, 3...
+            return self.settings.retry_base_delay_s * 2 ** (state.attempt_number - 1)
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -187,7 +186,9 @@ class OllamaClient:
         if len(reply) > limit:
             log.warning("llm_reply_truncated", chars=len(reply), limit=limit)
             reply = truncate_at_sentence(reply, limit)
-        log.info("llm_reply", model=self.settings.model, chars=len(reply), seconds=round(time.perf_counter() - started, 3))
+        log.info(
+            "llm_reply", model=self.settings.model, chars=len(reply), seconds=round(time.perf_counter() - started, 3)
+        )
         return reply
 
     async def stream_reply(self, text: str) -> AsyncIterator[str]:

@@ -1,0 +1,107 @@
+"""Fixtures of the TTS tests: synthetic Piper voices, the Ollama double, a running TTS server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.config import Settings
+from tests.fixtures.ollama_double import OllamaDouble, ollama_double
+from tests.fixtures.piper_voice import build_piper_voice
+from tests.fixtures.server import RunningServer, run_server
+from tts.engines import create_engine
+from tts.engines.base import AudioChunk
+from tts.engines.piper import PiperEngine
+from tts.server import create_app
+
+VOICE = "en_US-test-medium"
+
+
+@pytest.fixture
+def voices_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "voices"
+    build_piper_voice(folder, VOICE)
+    return folder
+
+
+@pytest.fixture
+def ollama() -> Iterator[OllamaDouble]:
+    with ollama_double() as double:
+        yield double
+
+
+def make_settings(voices_dir: Path, llm_url: str, **tts: Any) -> Settings:
+    llm = tts.pop("llm", {})
+    return Settings(
+        logging={"level": "warning"},
+        tts={"voices_dir": str(voices_dir), "voice": VOICE, **tts},
+        llm={"url": llm_url, "retry_base_delay_s": 0.0, "health_timeout_s": 0.5, **llm},
+    )
+
+
+@contextmanager
+def serve(settings: Settings, **app_options: Any) -> Iterator[tuple[RunningServer, httpx.Client]]:
+    """The real app on a real uvicorn, once its engine has started (or failed to)."""
+    app = create_app(settings, **app_options)
+    with run_server(app) as server:
+        deadline = time.monotonic() + 20
+        while app.state.pipeline.state.loading:
+            assert time.monotonic() < deadline, "engine did not start"
+            time.sleep(0.01)
+        with httpx.Client(base_url=server.http_url, timeout=30) as client:
+            yield server, client
+
+
+class Gate:
+    """Lets a test hold a synthesis inside a worker thread for as long as it wants, deterministically."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.sentences: list[str] = []
+        self._lock = threading.Lock()
+
+    def wait_here(self, text: str) -> None:
+        with self._lock:
+            self.sentences.append(text)
+        self.entered.set()
+        assert self.open.wait(30), "gate never opened"
+
+
+class GatedPiperEngine(PiperEngine):
+    """The real Piper engine, with a gate before every sentence.
+
+    Our own code is wrapped (not Piper's): queueing, cancellation and /health-while-busy need a synthesis
+    whose duration the test controls exactly; the audio still comes from real PiperVoice synthesis.
+    """
+
+    gate: Gate
+
+    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+        self.gate.wait_here(text)
+        yield from super().synthesize(text, voice, speed)
+
+
+def gated_factory(gate: Gate) -> Callable[..., Any]:
+    def factory(name: str, settings: Settings, **options: Any) -> Any:
+        if name == "piper":
+            engine = GatedPiperEngine(settings)
+            engine.gate = gate
+            return engine
+        return create_engine(name, settings, **options)
+
+    return factory
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)

@@ -1,0 +1,149 @@
+"""The worker pool: bounded concurrency, the ordered queue and its timeout, /health while every worker is
+busy, and a client that disconnects stopping its synthesis.
+
+Syntheses are held inside their worker thread by a gate in front of each sentence of the real Piper
+engine (see GatedPiperEngine), so "busy" lasts exactly as long as the test wants, with no timing guesses.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from structlog.testing import capture_logs
+
+from tests.fixtures.ollama_double import OllamaDouble
+from tests.tts.conftest import Gate, gated_factory, make_settings, serve, wait_for
+
+
+def post_in_thread(url: str, body: dict, results: dict, key: str) -> threading.Thread:
+    def run() -> None:
+        results[key] = httpx.post(f"{url}/tts", json=body, timeout=30)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_health_answers_in_milliseconds_while_every_worker_is_busy(voices_dir: Path, ollama: OllamaDouble) -> None:
+    gate = Gate()
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=2)
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, client):
+        pipeline = server.app.state.pipeline
+        results: dict = {}
+        threads = [
+            post_in_thread(server.http_url, {"text": f"Busy number {i}.", "reply": False}, results, str(i))
+            for i in range(3)
+        ]
+        wait_for(lambda: pipeline.counters.running == 2 and pipeline.counters.waiting == 1)
+        # Every worker is held (for as long as the gate stays shut, far beyond 2 s if need be).
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            health = client.get("/health")
+            timings.append(time.perf_counter() - started)
+            assert health.status_code == 200
+        assert health.json()["workers"] == {"max_concurrent": 2, "running": 2, "waiting": 1}
+        assert max(timings) < 0.5
+        gate.open.set()
+        for thread in threads:
+            thread.join(10)
+    assert [results[str(i)].status_code for i in range(3)] == [200, 200, 200]
+
+
+def test_waiting_requests_are_served_in_arrival_order(voices_dir: Path, ollama: OllamaDouble) -> None:
+    gate = Gate()
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1)
+    # capture_logs after create_app: the app's configure_logging would replace the capturing processors.
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, _), capture_logs() as logs:
+        pipeline = server.app.state.pipeline
+        results: dict = {}
+        threads = [post_in_thread(server.http_url, {"text": "First.", "reply": False}, results, "first")]
+        wait_for(lambda: gate.entered.is_set())
+        for number, name in enumerate(["second", "third", "fourth"], start=1):
+            threads.append(post_in_thread(server.http_url, {"text": f"{name.title()}.", "reply": False}, results, name))
+            wait_for(lambda number=number: pipeline.counters.waiting == number)
+        gate.open.set()
+        for thread in threads:
+            thread.join(10)
+    assert gate.sentences == ["First.", "Second.", "Third.", "Fourth."]
+    assert all(response.status_code == 200 for response in results.values())
+    limit_logs = [entry for entry in logs if entry["event"] == "TTS concurrent limit"]
+    assert [entry["waiting"] for entry in limit_logs] == [1, 2, 3]
+    assert {entry["max_concurrent"] for entry in limit_logs} == {1}
+
+
+def test_queue_timeout_gives_503_with_retry_after(voices_dir: Path, ollama: OllamaDouble) -> None:
+    gate = Gate()
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1, queue_timeout_s=0.3, retry_after_s=7)
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, client):
+        pipeline = server.app.state.pipeline
+        results: dict = {}
+        holder = post_in_thread(server.http_url, {"text": "Holding.", "reply": False}, results, "holder")
+        wait_for(lambda: gate.entered.is_set())
+        refused = client.post("/tts", json={"text": "Waiting.", "reply": False})
+        assert pipeline.counters.waiting == 0 and pipeline.counters.rejected_busy == 1
+        gate.open.set()
+        holder.join(10)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "7"
+    error = refused.json()["error"]
+    assert error["code"] == "engine_busy"
+    assert "all 1 speech workers stayed busy for 0.3 s" in error["message"]
+    assert results["holder"].status_code == 200
+    assert gate.sentences == ["Holding."]  # the refused request never reached the engine
+
+
+def test_client_disconnect_stops_the_synthesis_between_sentences(voices_dir: Path, ollama: OllamaDouble) -> None:
+    gate = Gate()
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1)
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, client), capture_logs() as logs:
+        pipeline = server.app.state.pipeline
+        body = b'{"text": "One. Two. Three. Four.", "reply": false}'
+        with socket.create_connection((server.host, server.port)) as raw:
+            raw.sendall(
+                b"POST /tts HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_for(lambda: gate.entered.is_set())  # the worker is inside sentence one
+        # The client is gone and the server has noticed, while the worker is still inside sentence one.
+        wait_for(lambda: any(entry["event"] == "client_disconnected" for entry in logs))
+        assert pipeline.counters.running == 1
+        gate.open.set()
+        wait_for(lambda: pipeline.counters.cancelled == 1)
+        wait_for(lambda: pipeline.counters.running == 0)
+        assert gate.sentences == ["One."]
+        assert pipeline.limiter.borrowed_tokens == 0  # the worker slot came back: nothing leaked
+        # The service carries on normally.
+        response = client.post("/tts", json={"text": "After.", "reply": False})
+        assert response.status_code == 200
+        assert pipeline.counters.served == 1
+
+
+def test_client_leaving_the_queue_frees_its_place(voices_dir: Path, ollama: OllamaDouble) -> None:
+    gate = Gate()
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1)
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, _):
+        pipeline = server.app.state.pipeline
+        results: dict = {}
+        holder = post_in_thread(server.http_url, {"text": "Holding.", "reply": False}, results, "holder")
+        wait_for(lambda: gate.entered.is_set())
+        body = b'{"text": "Never spoken.", "reply": false}'
+        with socket.create_connection((server.host, server.port)) as raw:
+            raw.sendall(
+                b"POST /tts HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_for(lambda: pipeline.counters.waiting == 1)
+        wait_for(lambda: pipeline.counters.waiting == 0)  # it left the queue when its client went away
+        gate.open.set()
+        holder.join(10)
+        wait_for(lambda: pipeline.limiter.borrowed_tokens == 0)
+    assert results["holder"].status_code == 200
+    assert gate.sentences == ["Holding."]
+    assert pipeline.counters.served == 1

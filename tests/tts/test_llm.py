@@ -1,0 +1,215 @@
+"""core.llm against a real HTTP Ollama double on 127.0.0.1 (Ollama's NDJSON wire format)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from core.config import LlmSettings
+from core.llm import LLMModelNotFound, LLMRequestError, LLMTimeout, LLMUnavailable, OllamaClient
+from tests.fixtures.ollama_double import OllamaDouble, down_url
+
+
+def in_thread(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Runs an async test with anyio.run in a thread of its own: a fresh event loop every time, whatever
+    another test (a sync browser driver, say) left behind in the main thread."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        outcome: dict[str, BaseException] = {}
+
+        def target() -> None:
+            try:
+                anyio.run(functools.partial(test, *args, **kwargs))
+            except BaseException as exc:  # handed to the test thread below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"test-{test.__name__}")
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), f"{test.__name__} did not finish"
+        if "error" in outcome:
+            raise outcome["error"]
+
+    return run
+
+
+class Sleeps:
+    """Records the backoff waits instead of sleeping them (tenacity's injectable sleep)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def client(url: str, sleeps: Sleeps | None = None, **settings: object) -> OllamaClient:
+    return OllamaClient(LlmSettings(url=url, **settings), sleep=sleeps)
+
+
+@in_thread
+async def test_reply_is_assembled_from_the_stream(ollama: OllamaDouble) -> None:
+    ollama.behaviour.reply = "Sure. The sky is blue because of Rayleigh scattering."
+    ollama.behaviour.pieces = 7
+    llm = client(ollama.url, system_prompt="Be brief.", options={"temperature": 0.2})
+    try:
+        assert await llm.reply("Why is the sky blue?") == "Sure. The sky is blue because of Rayleigh scattering."
+    finally:
+        await llm.aclose()
+    request = ollama.chat_requests[0]
+    assert request["model"] == "llama3.2:3b"
+    assert request["stream"] is True
+    assert request["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
+    assert request["options"] == {"temperature": 0.2}
+
+
+@in_thread
+async def test_stream_reply_yields_the_pieces_in_order(ollama: OllamaDouble) -> None:
+    ollama.behaviour.reply = "abcdefghij"
+    ollama.behaviour.pieces = 5
+    llm = client(ollama.url)
+    try:
+        assert [piece async for piece in llm.stream_reply("hi")] == ["ab", "cd", "ef", "gh", "ij"]
+    finally:
+        await llm.aclose()
+
+
+@in_thread
+async def test_default_retry_schedule_is_1_2_4_seconds() -> None:
+    llm = client("http://127.0.0.1:1")
+    assert llm.retry_delays() == [1.0, 2.0, 4.0]
+    await llm.aclose()
+
+
+@in_thread
+async def test_down_ollama_is_retried_1_2_4_then_llm_unavailable_says_what_to_do() -> None:
+    sleeps = Sleeps()
+    url = down_url()
+    llm = client(url, sleeps)
+    with pytest.raises(LLMUnavailable) as error:
+        await llm.reply("hello")
+    await llm.aclose()
+    assert sleeps.waits == [1.0, 2.0, 4.0]
+    message = str(error.value)
+    assert url in message and "ollama serve" in message and "ollama pull llama3.2:3b" in message
+    assert "llm.url" in message and "4 attempts" in message
+
+
+@in_thread
+async def test_server_errors_are_retried_until_it_recovers(ollama: OllamaDouble) -> None:
+    ollama.behaviour.fail_status = 500
+    ollama.behaviour.fail_times = 2
+    sleeps = Sleeps()
+    llm = client(ollama.url, sleeps, retry_base_delay_s=0.25)
+    try:
+        assert await llm.reply("hello") == "Hello! I am your assistant."
+    finally:
+        await llm.aclose()
+    assert sleeps.waits == [0.25, 0.5]
+    assert len(ollama.chat_requests) == 3
+
+
+@in_thread
+async def test_persistent_server_error_gives_llm_unavailable_after_all_attempts(ollama: OllamaDouble) -> None:
+    ollama.behaviour.fail_status = 503
+    ollama.behaviour.fail_times = -1
+    sleeps = Sleeps()
+    llm = client(ollama.url, sleeps, retry_attempts=2)
+    with pytest.raises(LLMUnavailable, match="Ollama answered 503: llama runner process has terminated"):
+        await llm.reply("hello")
+    await llm.aclose()
+    assert sleeps.waits == [1.0, 2.0]
+    assert len(ollama.chat_requests) == 3
+
+
+@in_thread
+async def test_error_inside_the_stream_is_retried(ollama: OllamaDouble) -> None:
+    ollama.behaviour.mid_stream_error = "out of memory"
+    sleeps = Sleeps()
+    llm = client(ollama.url, sleeps, retry_attempts=1)
+    with pytest.raises(LLMUnavailable, match="out of memory"):
+        await llm.reply("hello")
+    await llm.aclose()
+    assert len(ollama.chat_requests) == 2
+
+
+@in_thread
+async def test_unknown_model_is_not_retried_and_says_ollama_pull(ollama: OllamaDouble) -> None:
+    sleeps = Sleeps()
+    llm = client(ollama.url, sleeps, model="mistral:7b")
+    with pytest.raises(LLMModelNotFound) as error:
+        await llm.reply("hello")
+    await llm.aclose()
+    assert sleeps.waits == []
+    assert len(ollama.chat_requests) == 1
+    assert "`ollama pull mistral:7b`" in str(error.value)
+
+
+@in_thread
+async def test_other_client_errors_are_not_retried(ollama: OllamaDouble) -> None:
+    ollama.behaviour.fail_status = 400
+    ollama.behaviour.fail_times = -1
+    ollama.behaviour.fail_message = "invalid options"
+    sleeps = Sleeps()
+    llm = client(ollama.url, sleeps)
+    with pytest.raises(LLMRequestError, match="400: invalid options"):
+        await llm.reply("hello")
+    await llm.aclose()
+    assert sleeps.waits == [] and len(ollama.chat_requests) == 1
+
+
+@in_thread
+async def test_slow_model_times_out_without_retry(ollama: OllamaDouble) -> None:
+    ollama.behaviour.delay_s = 0.3
+    ollama.behaviour.pieces = 5
+    sleeps = Sleeps()
+    llm = client(ollama.url, sleeps, timeout_s=0.5)
+    with pytest.raises(LLMTimeout, match=r"llm.timeout_s=0.5 s"):
+        await llm.reply("hello")
+    await llm.aclose()
+    assert sleeps.waits == [] and len(ollama.chat_requests) == 1
+
+
+@in_thread
+async def test_slow_model_within_the_timeout_is_fine(ollama: OllamaDouble) -> None:
+    ollama.behaviour.delay_s = 0.05
+    llm = client(ollama.url, timeout_s=5)
+    try:
+        assert await llm.reply("hello") == "Hello! I am your assistant."
+    finally:
+        await llm.aclose()
+
+
+@in_thread
+async def test_long_reply_is_cut_at_a_sentence_end(ollama: OllamaDouble) -> None:
+    ollama.behaviour.reply = "First sentence here. Second one is longer than the limit allows."
+    llm = client(ollama.url, max_reply_chars=30)
+    try:
+        assert await llm.reply("hello") == "First sentence here."
+    finally:
+        await llm.aclose()
+
+
+@in_thread
+async def test_availability_and_model_check(ollama: OllamaDouble) -> None:
+    llm = client(ollama.url)
+    try:
+        assert await llm.available() is True
+        assert await llm.has_model() is True
+        ollama.behaviour.models = ["other:1b"]
+        assert await llm.has_model() is False
+    finally:
+        await llm.aclose()
+    down = client(down_url())
+    assert await down.available() is False
+    assert await down.has_model() is None
+    await down.aclose()

@@ -1,0 +1,69 @@
+"""The one interface every speech engine implements.
+
+Engines take text and return audio as plain dataclasses; they know nothing about HTTP. All their
+methods block (model calls, file access, network for cloud engines): callers run them in the
+worker pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Audio for one piece of text (usually one sentence)."""
+
+    samples: np.ndarray
+    """Mono float32 samples in [-1, 1]."""
+
+    sample_rate: int
+    """Samples per second."""
+
+    text: str = ""
+    """The text this audio speaks."""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate if self.sample_rate else 0.0
+
+
+class Engine(ABC):
+    """A speech engine: one instance per process, shared by every request (thread-safe)."""
+
+    name: ClassVar[str]
+    """Engine name as used in tts.engine."""
+
+    default_voice: str
+    """The voice used when a request names none."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Prepare the default voice (download, load); raise EngineStartError saying how to fix a failure."""
+
+    @abstractmethod
+    def voices(self) -> list[str]:
+        """Sorted names of the voices this engine can speak now."""
+
+    @abstractmethod
+    def resolve_voice(self, voice: str | None) -> str:
+        """The voice to use for `voice` (None: the default). Raises InvalidVoiceName for anything but a plain
+        name, before touching the file system, and VoiceNotFound listing the voices for an unknown one."""
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+        """Speak `text` with a voice returned by resolve_voice, at `speed` (1.0 normal, 2.0 twice as fast).
+        A lazy generator: work happens as it is iterated, so a caller can stop between chunks."""
+
+    @property
+    def voice_loaded(self) -> bool:
+        """Whether the default voice is ready to speak without loading first."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 (optional hook: most engines hold nothing to release)
+        """Release models and connections."""

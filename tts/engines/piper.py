@@ -1,0 +1,150 @@
+"""The Piper engine: `PiperVoice` ONNX voices from tts.voices_dir, loaded once and cached.
+
+Up to tts.piper.cache_size voices stay loaded (least recently used dropped first). The folder is
+looked at on every request, so a voice dropped into it is usable at once, and a voice file replaced
+in place is reloaded (its modification time is part of the cache key).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.config import Settings
+from core.logging import get_logger
+from tts.engines.base import AudioChunk, Engine
+from tts.errors import EngineError, EngineStartError, VoiceNotFound
+from tts.voices import (
+    Downloader,
+    check_voice_name,
+    ensure_piper_voice,
+    list_piper_voices,
+    piper_voice_files,
+    piper_voice_present,
+)
+
+log = get_logger(__name__)
+
+
+class PiperEngine(Engine):
+    name = "piper"
+
+    def __init__(self, settings: Settings, *, downloader: Downloader | None = None) -> None:
+        tts = settings.tts
+        self.settings = tts.piper
+        self.voices_dir: Path = settings.resolve_path(tts.voices_dir)
+        self.default_voice = tts.voice or tts.piper.voice
+        self._downloader = downloader
+        self._cache: OrderedDict[str, tuple[int, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._use_cuda = tts.piper.use_cuda
+
+    def start(self) -> None:
+        if self.settings.use_cuda:
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                self._use_cuda = False
+                log.warning(
+                    "cuda_unavailable",
+                    fix="tts.piper.use_cuda is true but this onnxruntime has no CUDA provider: "
+                    "install onnxruntime-gpu (pip install onnxruntime-gpu) or set tts.piper.use_cuda false",
+                    running_on="cpu",
+                )
+        ensure_piper_voice(
+            self.voices_dir, self.default_voice, download=self.settings.download, downloader=self._downloader
+        )
+        try:
+            self._voice(self.default_voice)
+        except Exception as exc:
+            raise EngineStartError(
+                f"Piper voice {self.default_voice!r} in {self.voices_dir} cannot be loaded ({exc}); "
+                "replace its .onnx and .onnx.json files (delete them to download them again)"
+            ) from None
+
+    def voices(self) -> list[str]:
+        return list_piper_voices(self.voices_dir)
+
+    def resolve_voice(self, voice: str | None) -> str:
+        name = check_voice_name(voice or self.default_voice)
+        if not piper_voice_present(self.voices_dir, name):
+            raise VoiceNotFound(name, self.voices(), self.name)
+        return name
+
+    @property
+    def voice_loaded(self) -> bool:
+        return self.default_voice in self._cache
+
+    def loaded_voices(self) -> list[str]:
+        return list(self._cache)
+
+    def _voice(self, name: str):  # -> PiperVoice
+        model, config = piper_voice_files(self.voices_dir, name)
+        with self._lock:
+            try:
+                stamp = model.stat().st_mtime_ns
+            except FileNotFoundError:
+                raise VoiceNotFound(name, self.voices(), self.name) from None
+            cached = self._cache.get(name)
+            if cached and cached[0] == stamp:
+                self._cache.move_to_end(name)
+                return cached[1]
+            # Loading holds the lock: loads are rare and a voice is never loaded twice at once.
+            voice = self._load(model, config)
+            self._cache[name] = (stamp, voice)
+            self._cache.move_to_end(name)
+            while len(self._cache) > self.settings.cache_size:
+                dropped, _ = self._cache.popitem(last=False)
+                log.info("voice_unloaded", voice=dropped, reason="cache full", cache_size=self.settings.cache_size)
+            log.info("voice_loaded", voice=name, sample_rate=voice.config.sample_rate)
+            return voice
+
+    def _load(self, model: Path, config: Path):  # -> PiperVoice
+        from piper import PiperVoice
+
+        if not self.settings.threads:
+            return PiperVoice.load(model, config_path=config, use_cuda=self._use_cuda)
+        # PiperVoice.load takes no session options; build the same voice with a thread count.
+        import json
+
+        import onnxruntime
+        from piper.config import PiperConfig
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.settings.threads
+        options.inter_op_num_threads = 1
+        providers: list = (
+            [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+            if self._use_cuda
+            else ["CPUExecutionProvider"]
+        )
+        return PiperVoice(
+            config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))),
+            session=onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers),
+        )
+
+    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+        from piper import SynthesisConfig
+
+        piper_voice = self._voice(voice)
+        speaker_id = self.settings.speaker_id
+        if speaker_id is not None and speaker_id >= piper_voice.config.num_speakers:
+            raise EngineError(
+                f"tts.piper.speaker_id {speaker_id} is out of range for voice {voice!r}, "
+                f"which has {piper_voice.config.num_speakers} speaker(s)"
+            )
+        config = SynthesisConfig(
+            speaker_id=speaker_id if piper_voice.config.num_speakers > 1 else None,
+            # The voice's own pace, scaled: speed 2.0 halves every phoneme's length.
+            length_scale=piper_voice.config.length_scale / speed,
+            noise_scale=self.settings.noise_scale,
+            noise_w_scale=self.settings.noise_w_scale,
+        )
+        for chunk in piper_voice.synthesize(text, syn_config=config):
+            yield AudioChunk(chunk.audio_float_array, chunk.sample_rate, text)
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
