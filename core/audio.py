@@ -63,9 +63,7 @@ class StreamResampler:
         self.src_rate = src_rate
         self.dst_rate = dst_rate
         self._resampler = (
-            av.AudioResampler(format="flt", layout="mono", rate=dst_rate)
-            if src_rate != dst_rate
-            else None
+            av.AudioResampler(format="flt", layout="mono", rate=dst_rate) if src_rate != dst_rate else None
         )
 
     def process(self, audio: np.ndarray) -> np.ndarray:
@@ -126,7 +124,9 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
                 payload = payload[: len(payload) - len(payload) % (4 * channels)]
                 samples = np.frombuffer(payload, dtype="<f4").astype(np.float32)
             else:
-                raise ValueError(f"unsupported WAV encoding (format {audio_format}, {bits} bits); PCM16 or float32 needed")
+                raise ValueError(
+                    f"unsupported WAV encoding (format {audio_format}, {bits} bits); PCM16 or float32 needed"
+                )
             if channels > 1:
                 samples = samples.reshape(-1, channels).mean(axis=1).astype(np.float32)
             return samples, rate

@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic import field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -109,8 +117,7 @@ class SttSettings(Section):
 
         if value not in _LANGUAGE_CODES:
             raise ValueError(
-                f"unknown language {value!r}; use null to detect, or one of: "
-                + ", ".join(sorted(_LANGUAGE_CODES))
+                f"unknown language {value!r}; use null to detect, or one of: " + ", ".join(sorted(_LANGUAGE_CODES))
             )
         return value
 
@@ -245,8 +252,7 @@ class LlmSettings(Section):
     model: str = "llama3.2:3b"
     """Ollama model that writes the replies."""
     system_prompt: str = (
-        "You are a helpful voice assistant. Answer briefly in plain spoken sentences, "
-        "without markdown, lists or emoji."
+        "You are a helpful voice assistant. Answer briefly in plain spoken sentences, without markdown, lists or emoji."
     )
     """System prompt sent with every request."""
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
@@ -385,11 +391,7 @@ def _allowed_keys(model: type[BaseModel], section: list[str]) -> list[str]:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
-    return [
-        field.alias or name
-        for name, field in model.model_fields.items()
-        if not field.exclude
-    ]
+    return [field.alias or name for name, field in model.model_fields.items() if not field.exclude]
 
 
 def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:

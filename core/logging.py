@@ -49,9 +49,7 @@ def configure_logging(settings: LoggingSettings, service: str) -> None:
         # Locals stay out of tracebacks: they can hold audio buffers and API keys.
         shared = [
             *shared,
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ),
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
         ]
     else:
         renderer = structlog.dev.ConsoleRenderer(

@@ -76,7 +76,8 @@ def parse_client_message(text: str, max_bytes: int) -> EndMessage | ResetMessage
         return _CLIENT_MESSAGE.validate_python(data)
     except ValidationError as exc:
         details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'message'}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'message'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise ProtocolError("bad_message", f"invalid {data['type']!r} message: {details}") from None
 
@@ -84,11 +85,13 @@ def parse_client_message(text: str, max_bytes: int) -> EndMessage | ResetMessage
 def check_audio_frame(data: bytes, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise ProtocolError(
-            "bad_audio", f"audio frame of {len(data)} bytes exceeds stt.max_frame_bytes ({max_bytes}); send smaller frames"
+            "bad_audio",
+            f"audio frame of {len(data)} bytes exceeds stt.max_frame_bytes ({max_bytes}); send smaller frames",
         )
     if len(data) % 2:
         raise ProtocolError(
-            "bad_audio", f"audio frame has an odd byte count ({len(data)}); PCM16 needs 2 bytes per sample. Frame dropped"
+            "bad_audio",
+            f"audio frame has an odd byte count ({len(data)}); PCM16 needs 2 bytes per sample. Frame dropped",
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,21 +9,70 @@ from typing import Any
 
 import anyio
 import structlog
-import uvicorn
 from fastapi import FastAPI, WebSocket
 from faster_whisper.vad import get_vad_model
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from core import __version__
-from core.config import PROJECT_ROOT, Settings, SttSettings, get_settings, load_settings
+from core.config import PROJECT_ROOT, Settings, SttSettings, get_settings
 from core.http import RequestContextMiddleware, install_error_handlers
 from core.logging import configure_logging, get_logger
+from core.serve import main as serve_main
 from stt import protocol
 from stt.engine import ModelLoadError, WhisperEngine
 from stt.protocol import ConfigMessage, EndMessage, ProtocolError, ResetMessage
 from stt.session import ModelHolder, Send, SttSession
 
 log = get_logger("stt.server")  # a fixed name: __name__ is "__main__" under `python -m`
+
+CLOSE_GOING_AWAY = 1001
+"""Close code of every session when the service shuts down, after its results were sent."""
+SHUTDOWN_REASON = "server shutting down"
+DRAIN_READ_IDLE_S = 0.05
+"""While draining, a session keeps reading messages the client had already sent: until the client
+has been quiet this long..."""
+DRAIN_READ_MAX_S = 0.5
+"""...or for at most this long, so a microphone that never pauses cannot hold the shutdown up."""
+
+
+class _Intake:
+    """Reads one client's messages; on shutdown stops waiting for new ones without losing any."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._waiting: anyio.CancelScope | None = None
+        self._read_until = 0.0
+        self.draining = False
+        self.finishing: anyio.CancelScope | None = None
+        """Around the session's drain; cancelled when the service's drain runs out of time."""
+        self.closed = anyio.Event()
+
+    def drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self._read_until = anyio.current_time() + DRAIN_READ_MAX_S
+        if self._waiting is not None:
+            # Only the wait for the next message is cancelled, never the handling of one; a message
+            # that already arrived stays queued in the server and is read below.
+            self._waiting.cancel()
+
+    def abandon(self) -> None:
+        if self.finishing is not None:
+            self.finishing.cancel()
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message, or None once draining and the client has gone quiet."""
+        while not self.draining:
+            with anyio.CancelScope() as self._waiting:
+                return await self._websocket.receive()
+            self._waiting = None
+        wait = min(DRAIN_READ_IDLE_S, self._read_until - anyio.current_time())
+        if wait <= 0:
+            return None
+        with anyio.move_on_after(wait):
+            return await self._websocket.receive()
+        return None
 
 
 class SttService:
@@ -36,6 +84,8 @@ class SttService:
         self.transcribe_limiter = anyio.CapacityLimiter(settings.stt.max_concurrent)
         self.vad_limiter = anyio.CapacityLimiter(settings.stt.vad_workers)
         self.connections = 0
+        self.draining = False
+        self._intakes: set[_Intake] = set()
 
     async def load_model(self) -> None:
         stt = self.settings.stt
@@ -59,6 +109,27 @@ class SttService:
             self.model.failed(f"could not load Whisper model {stt.model!r}: {exc}")
             return
         self.model.loaded(engine)
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: every open session stops reading new audio, transcribes what it already has,
+        sends every pending result and closes with 1001. Returns when all are closed, or after
+        `timeout` seconds (uvicorn then closes the rest with 1012)."""
+        self.draining = True
+        intakes = list(self._intakes)
+        if not intakes:
+            return
+        log.info("draining_sessions", sessions=len(intakes), timeout_s=round(timeout, 3))
+        for intake in intakes:
+            intake.drain()
+        with anyio.move_on_after(timeout):
+            for intake in intakes:
+                await intake.closed.wait()
+        still_open = [intake for intake in intakes if not intake.closed.is_set()]
+        if still_open:
+            # These sessions stop now, without their last results; uvicorn closes them with 1012.
+            log.warning("drain_incomplete", open_sessions=len(still_open), timeout_s=round(timeout, 3))
+            for intake in still_open:
+                intake.abandon()
 
     def health(self) -> dict[str, Any]:
         stt = self.settings.stt
@@ -97,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Stream PCM16 audio to /ws/stt and receive transcripts.",
     )
     app.state.service = service
+    app.state.drain = service.drain  # awaited by core.serve on SIGTERM, before uvicorn closes sockets
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 
@@ -107,6 +179,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.websocket("/ws/stt")
     async def stt_socket(websocket: WebSocket) -> None:
         limit = settings.stt.max_connections
+        if service.draining:
+            await websocket.accept()
+            await websocket.close(CLOSE_GOING_AWAY, SHUTDOWN_REASON)
+            log.info("connection_refused", reason="shutting down")
+            return
         if service.connections >= limit:
             await websocket.accept()
             await websocket.send_json(
@@ -158,26 +235,56 @@ async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> 
 
     session = SttSession(settings, service.model, service.transcribe_limiter, service.vad_limiter, send)
     await send(protocol.ready(session_id, settings.sample_rate, session.language, settings.model))
+    intake = _Intake(websocket)
+    service._intakes.add(intake)
+    drained = False
     try:
-        async with anyio.create_task_group() as tasks:
-            session.on_fatal = tasks.cancel_scope.cancel
-            tasks.start_soon(session.run_worker)
-            await _receive_loop(websocket, session, settings, send)
-            tasks.cancel_scope.cancel()
-    except WebSocketDisconnect:
-        pass
+        try:
+            async with anyio.create_task_group() as tasks:
+                session.on_fatal = tasks.cancel_scope.cancel
+                tasks.start_soon(session.run_worker)
+                if service.draining:
+                    intake.drain()
+                if await _receive_loop(intake, session, settings, send):
+                    # Shutdown: what the client already sent is transcribed and delivered first.
+                    with anyio.CancelScope() as intake.finishing:
+                        await session.drain()
+                    if intake.finishing.cancelled_caught:
+                        session.abandon()  # out of time: stop the transcription under way
+                    else:
+                        drained = not gone
+                tasks.cancel_scope.cancel()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            service._intakes.discard(intake)
+            session.close()
+            log.info("session_closed", utterances=session.utterances, drained=drained)
+        if session.fatal:
+            await _close_with_error(websocket, "model_unavailable", session.fatal)
+        elif drained:
+            await _close_going_away(websocket)
     finally:
-        session.close()
-        log.info("session_closed", utterances=session.utterances)
-    if session.fatal:
-        await _close_with_error(websocket, "model_unavailable", session.fatal)
+        intake.closed.set()  # what SttService.drain waits for
 
 
-async def _receive_loop(websocket: WebSocket, session: SttSession, settings: SttSettings, send: Send) -> None:
+async def _close_going_away(websocket: WebSocket) -> None:
+    if websocket.client_state != WebSocketState.CONNECTED:
+        return
+    try:
+        await websocket.close(CLOSE_GOING_AWAY, SHUTDOWN_REASON)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client left while its last results were sent
+
+
+async def _receive_loop(intake: _Intake, session: SttSession, settings: SttSettings, send: Send) -> bool:
+    """Handles client messages until the client leaves (False) or the service drains (True)."""
     while True:
-        message = await websocket.receive()
+        message = await intake.receive()
+        if message is None:
+            return True
         if message["type"] == "websocket.disconnect":
-            return
+            return False
         data, text = message.get("bytes"), message.get("text")
         try:
             if data is not None:
@@ -205,11 +312,7 @@ async def _close_with_error(websocket: WebSocket, code: str, message: str) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the speech-to-text service.")
-    parser.add_argument("--config", help="YAML config file (default: CONFIG_PATH or config.yaml)")
-    args = parser.parse_args()
-    settings = load_settings(args.config)
-    uvicorn.run(create_app(settings), host=settings.stt.host, port=settings.stt.port, log_config=None)
+    serve_main("stt", "Run the speech-to-text service.", create_app)
 
 
 def __getattr__(name: str) -> Any:

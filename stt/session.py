@@ -94,6 +94,7 @@ class SttSession:
         )
         self._epoch = 0
         self._stopping = threading.Event()
+        self._worker_done = anyio.Event()
         self.fatal: str | None = None
         self.on_fatal: Callable[[], None] = lambda: None
         self.utterances = 0
@@ -128,6 +129,20 @@ class SttSession:
         self.language = language
         await self._send(protocol.config_applied(language))
 
+    async def drain(self) -> None:
+        """The service is shutting down: take no more input, transcribe the utterance being spoken
+        (when it holds speech; silence is dropped without a message) and return once the worker has
+        sent every pending result. The caller bounds the wait."""
+        if self.segmenter.in_speech:
+            await self._dispatch(self.segmenter.end(self._vad.take_pending()))
+        self._queue_in.close()
+        await self._worker_done.wait()
+
+    def abandon(self) -> None:
+        """Shutdown ran out of time: the transcription in progress stops at its next segment
+        boundary and nothing more is sent."""
+        self._stopping.set()
+
     def close(self) -> None:
         """Stop work in progress at the next segment boundary; drop everything queued."""
         self._stopping.set()
@@ -137,7 +152,9 @@ class SttSession:
     async def _dispatch(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, BufferLimitReached):
-                log.warning("buffer_limit_reached", held_seconds=event.duration, limit=self._settings.max_buffer_seconds)
+                log.warning(
+                    "buffer_limit_reached", held_seconds=event.duration, limit=self._settings.max_buffer_seconds
+                )
                 await self._send(protocol.buffer_limit_reached(event.duration, self._settings.max_buffer_seconds))
                 continue
             try:
@@ -146,10 +163,18 @@ class SttSession:
                 if isinstance(event, Utterance):
                     self.segmenter.transcribed(event)
                 await self._send(
-                    protocol.error("too_many_pending", f"more than {self._queue_items} results are pending; this one was dropped")
+                    protocol.error(
+                        "too_many_pending", f"more than {self._queue_items} results are pending; this one was dropped"
+                    )
                 )
 
     async def run_worker(self) -> None:
+        try:
+            await self._work()
+        finally:
+            self._worker_done.set()
+
+    async def _work(self) -> None:
         async for epoch, item in self._queue_out:
             if epoch != self._epoch:
                 continue
@@ -192,4 +217,3 @@ class SttSession:
         elif utterance.reason == "end":
             # Whisper judged the audio as no speech: acknowledge the client's end all the same.
             await self._send(protocol.no_speech(utterance.duration))
-

@@ -132,7 +132,7 @@ class UtteranceSegmenter:
 
     def push(self, windows: np.ndarray, probabilities: np.ndarray) -> list[Event]:
         events: list[Event] = []
-        for window, probability in zip(windows, probabilities):
+        for window, probability in zip(windows, probabilities, strict=True):
             events.extend(self._push_window(window, float(probability)))
         return events
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -12,7 +11,6 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-import uvicorn
 from anyio.abc import TaskGroup
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
@@ -20,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from core import __version__
 from core.audio import wav_bytes
-from core.config import PROJECT_ROOT, Settings, get_settings, load_settings
+from core.config import PROJECT_ROOT, Settings, get_settings
 from core.http import RequestContextMiddleware, install_error_handlers
 from core.llm import OllamaClient
 from core.logging import configure_logging, get_logger
+from core.serve import main as serve_main
 from tts.errors import InvalidJson, InvalidRequest, RequestTooLarge
 from tts.pipeline import Cancelled, EngineFactory, TtsPipeline
 
@@ -297,11 +296,7 @@ async def _watch_disconnect(request: Request, cancel: threading.Event, tasks: Ta
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the text-to-speech service.")
-    parser.add_argument("--config", help="YAML config file (default: CONFIG_PATH or config.yaml)")
-    args = parser.parse_args()
-    settings = load_settings(args.config)
-    uvicorn.run(create_app(settings), host=settings.tts.host, port=settings.tts.port, log_config=None)
+    serve_main("tts", "Run the text-to-speech service and the dashboard.", create_app)
 
 
 def __getattr__(name: str) -> Any:

@@ -151,9 +151,7 @@ class _Library:
 
         # buflength 0 = the library's default (200 ms per callback). The path may be the data
         # directory itself or its parent; the loader gives the directory itself.
-        sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT
-        )
+        sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT)
         if sample_rate <= 0:
             raise EspeakError(f"espeak_Initialize failed ({sample_rate}) with data at {data_path}")
 
@@ -257,9 +255,7 @@ def _get_library() -> _Library:
 class EspeakNG:
     """espeak-ng speech synthesis. Cheap to create: the library loads on first use, once."""
 
-    def synthesize(
-        self, text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50
-    ) -> EspeakAudio:
+    def synthesize(self, text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50) -> EspeakAudio:
         """Speak `text` and return all of its audio.
 
         `voice` is an espeak-ng voice name, identifier or language code ("en-us", "de",
@@ -275,9 +271,7 @@ class EspeakNG:
             lib = library.lib
             library.select_voice(voice)
             if not _MIN_RATE_WPM <= rate_wpm <= _MAX_RATE_WPM:
-                raise EspeakError(
-                    f"rate {rate_wpm} wpm is outside {_MIN_RATE_WPM}-{_MAX_RATE_WPM}"
-                )
+                raise EspeakError(f"rate {rate_wpm} wpm is outside {_MIN_RATE_WPM}-{_MAX_RATE_WPM}")
             if not 0 <= pitch <= 100:
                 raise EspeakError(f"pitch {pitch} is outside 0-100")
             # Parameters are global and survive between calls: set both every time.
@@ -287,9 +281,7 @@ class EspeakNG:
             data = text.encode("utf-8")
             library.chunks = []
             try:
-                status = lib.espeak_Synth(
-                    data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-                )
+                status = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
                 # In synchronous mode espeak_Synth already returns after the last callback;
                 # Synchronize is a cheap guarantee that nothing is still pending.
                 lib.espeak_Synchronize()
