@@ -105,6 +105,8 @@ class SttSettings(Section):
     """Transcriptions that run at once across all connections (the worker pool)."""
     max_connections: int = Field(16, ge=1, le=10_000)
     """WebSocket clients served at once; the next one is refused with close code 1013."""
+    partial_interval_ms: int = Field(700, ge=0, le=10_000)
+    """Least time between two partial transcripts of an utterance being spoken; 0 turns partials off."""
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
 
@@ -240,6 +242,14 @@ class TtsSettings(Section):
     """How long a request waits for a free worker before it gets 503."""
     retry_after_s: int = Field(5, ge=1, le=3_600)
     """Seconds sent in Retry-After when the service is busy or still loading."""
+    first_fragment_min_words: int = Field(4, ge=0, le=100)
+    """The first fragment of a reply may end at a comma, semicolon or colon once it holds this many words, so speech starts before the first sentence is complete; 0 turns this off."""
+    first_fragment_max_words: int = Field(12, ge=0, le=200)
+    """With no sentence end or comma before it, the first fragment of a reply ends at the first space after this many words; 0 never cuts it mid-sentence."""
+    ws_max_message_bytes: int = Field(65_536, ge=1_024, le=16_777_216)
+    """Largest text (JSON) message accepted on /ws/tts; a larger one gets the error request_too_large."""
+    ws_max_connections: int = Field(64, ge=1, le=10_000)
+    """/ws/tts clients served at once; the next one is refused with close code 1013."""
     piper: PiperSettings = Field(default_factory=PiperSettings)
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
     xtts: XttsSettings = Field(default_factory=XttsSettings)

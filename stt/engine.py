@@ -31,11 +31,21 @@ class ModelLoadError(Exception):
 
 
 @dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float
     """Seconds from the start of the utterance."""
     end: float
     text: str
+    words: tuple[Word, ...] | None = None
+    """Only when word timestamps were asked for."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,7 @@ class WhisperEngine:
         audio: np.ndarray,
         language: str | None,
         should_stop: Callable[[], bool] = lambda: False,
+        word_timestamps: bool = False,
     ) -> Transcript:
         """Transcribe 16 kHz mono float32 audio; stops between segments once should_stop() is true."""
         started = time.perf_counter()
@@ -231,10 +242,16 @@ class WhisperEngine:
             # The session's VAD already cut the utterance; a second pass only costs time.
             vad_filter=False,
             condition_on_previous_text=False,
+            word_timestamps=word_timestamps,
         )
         segments: list[Segment] = []
         for segment in segments_iter:
-            segments.append(Segment(round(segment.start, 3), round(segment.end, 3), segment.text.strip()))
+            words = (
+                tuple(Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)) for w in segment.words)
+                if word_timestamps and segment.words
+                else None
+            )
+            segments.append(Segment(round(segment.start, 3), round(segment.end, 3), segment.text.strip(), words))
             if should_stop():
                 break
         return Transcript(
@@ -245,3 +262,16 @@ class WhisperEngine:
             transcribe_seconds=time.perf_counter() - started,
             segments=segments,
         )
+
+    def transcribe_partial(self, audio: np.ndarray, language: str | None) -> str:
+        """A quick hypothesis of an utterance still being spoken: greedy, no timestamps, no fallback."""
+        segments, _ = self._model.transcribe(  # type: ignore[attr-defined]
+            audio,
+            language=language,
+            beam_size=1,
+            temperature=0.0,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        return " ".join(segment.text.strip() for segment in segments).strip()

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from stt.engine import Transcript
+from stt.engine import Segment, Transcript
 from stt.stream import Utterance
 
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -40,9 +40,15 @@ class ResetMessage(_Message):
 
 
 class ConfigMessage(_Message):
+    """Only the fields present change; the others keep their values."""
+
     type: Literal["config"]
     language: str | None = None
     """Language code for the following utterances; null detects it."""
+    word_timestamps: bool = False
+    """Add each word with its start, end and probability to the segments of final transcripts."""
+    partials: bool = True
+    """Send partial transcripts while an utterance is being spoken."""
 
     @field_validator("language")
     @classmethod
@@ -103,7 +109,14 @@ def ready(session_id: str, sample_rate: int, language: str | None, model: str) -
     return {"type": "ready", "session_id": session_id, "sample_rate": sample_rate, "language": language, "model": model}
 
 
-def transcript(result: Transcript, utterance: Utterance) -> dict[str, Any]:
+def _segment(segment: Segment) -> dict[str, Any]:
+    data: dict[str, Any] = {"start": segment.start, "end": segment.end, "text": segment.text}
+    if segment.words is not None:
+        data["words"] = [{"start": w.start, "end": w.end, "word": w.word, "probability": w.probability} for w in segment.words]
+    return data
+
+
+def transcript(result: Transcript, utterance: Utterance, timings: dict[str, float]) -> dict[str, Any]:
     return {
         "type": "transcript",
         "text": result.text,
@@ -111,11 +124,24 @@ def transcript(result: Transcript, utterance: Utterance) -> dict[str, Any]:
         "keep_open": True,
         "language": result.language,
         "language_probability": result.language_probability,
-        "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in result.segments],
+        "segments": [_segment(s) for s in result.segments],
         "reason": utterance.reason,
         "start": utterance.start,
         "transcribe_seconds": round(result.transcribe_seconds, 3),
+        "timings": timings,
     }
+
+
+def partial(stable: str, unstable: str) -> dict[str, Any]:
+    return {"type": "partial", "text": f"{stable} {unstable}".strip(), "stable": stable, "unstable": unstable}
+
+
+def speech_started(at: float) -> dict[str, Any]:
+    return {"type": "speech_started", "at": at}
+
+
+def speech_ended(at: float, reason: str) -> dict[str, Any]:
+    return {"type": "speech_ended", "at": at, "reason": reason}
 
 
 def no_speech(duration: float) -> dict[str, Any]:
@@ -126,8 +152,8 @@ def buffer_limit_reached(duration: float, limit: float) -> dict[str, Any]:
     return {"type": "buffer_limit_reached", "duration": duration, "limit": limit}
 
 
-def config_applied(language: str | None) -> dict[str, Any]:
-    return {"type": "config_applied", "language": language}
+def config_applied(language: str | None, word_timestamps: bool, partials: bool) -> dict[str, Any]:
+    return {"type": "config_applied", "language": language, "word_timestamps": word_timestamps, "partials": partials}
 
 
 def reset_done(dropped_seconds: float) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import structlog
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Response, WebSocket
 from faster_whisper.vad import get_vad_model
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -17,9 +17,11 @@ from core import __version__
 from core.config import PROJECT_ROOT, Settings, SttSettings, get_settings
 from core.http import RequestContextMiddleware, install_error_handlers
 from core.logging import configure_logging, get_logger
+from core.metrics import render
 from core.serve import main as serve_main
 from stt import protocol
 from stt.engine import ModelLoadError, WhisperEngine
+from stt.metrics import SttMetrics
 from stt.protocol import ConfigMessage, EndMessage, ProtocolError, ResetMessage
 from stt.session import ModelHolder, Send, SttSession
 
@@ -83,6 +85,7 @@ class SttService:
         self.model = ModelHolder()
         self.transcribe_limiter = anyio.CapacityLimiter(settings.stt.max_concurrent)
         self.vad_limiter = anyio.CapacityLimiter(settings.stt.vad_workers)
+        self.metrics = SttMetrics()
         self.connections = 0
         self.draining = False
         self._intakes: set[_Intake] = set()
@@ -109,6 +112,7 @@ class SttService:
             self.model.failed(f"could not load Whisper model {stt.model!r}: {exc}")
             return
         self.model.loaded(engine)
+        self.metrics.model_loaded.set(1)
 
     async def drain(self, timeout: float) -> None:
         """Shutdown: every open session stops reading new audio, transcribes what it already has,
@@ -176,6 +180,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return service.health()
 
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        body, content_type = render(service.metrics.registry)
+        return Response(body, media_type=content_type)
+
     @app.websocket("/ws/stt")
     async def stt_socket(websocket: WebSocket) -> None:
         limit = settings.stt.max_connections
@@ -194,8 +203,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await websocket.close(protocol.CLOSE_TRY_AGAIN_LATER, "too many connections")
             log.warning("connection_refused", reason="max_connections", limit=limit)
+            service.metrics.connections_refused.inc()
             return
         service.connections += 1
+        service.metrics.connections.inc()
         session_id = uuid.uuid4().hex[:12]
         try:
             with structlog.contextvars.bound_contextvars(session_id=session_id):
@@ -204,6 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await _serve(websocket, service, session_id)
         finally:
             service.connections -= 1
+            service.metrics.connections.dec()
 
     return app
 
@@ -233,7 +245,9 @@ async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> 
         await _close_with_error(websocket, "model_unavailable", service.model.error)
         return
 
-    session = SttSession(settings, service.model, service.transcribe_limiter, service.vad_limiter, send)
+    session = SttSession(
+        settings, service.model, service.transcribe_limiter, service.vad_limiter, send, service.metrics
+    )
     await send(protocol.ready(session_id, settings.sample_rate, session.language, settings.model))
     intake = _Intake(websocket)
     service._intakes.add(intake)
@@ -242,6 +256,7 @@ async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> 
         try:
             async with anyio.create_task_group() as tasks:
                 session.on_fatal = tasks.cancel_scope.cancel
+                session.tasks = tasks
                 tasks.start_soon(session.run_worker)
                 if service.draining:
                     intake.drain()
@@ -297,7 +312,7 @@ async def _receive_loop(intake: _Intake, session: SttSession, settings: SttSetti
                 elif isinstance(command, ResetMessage):
                     await session.reset()
                 elif isinstance(command, ConfigMessage):
-                    await session.configure(command.language)
+                    await session.configure(command)
         except ProtocolError as exc:
             log.info("message_refused", code=exc.code, reason=exc.message)
             await send(protocol.error(exc.code, exc.message))

@@ -49,12 +49,27 @@ class NoSpeech:
 
 
 @dataclass(frozen=True)
+class SpeechStarted:
+    """Speech is confirmed (min_speech_ms of it): a client can react, e.g. stop playback (barge-in)."""
+
+    at: float
+    """Seconds from the start of the stream to the first speech window."""
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    at: float
+    """Seconds from the start of the stream to the end of the last speech window."""
+    reason: EndReason
+
+
+@dataclass(frozen=True)
 class BufferLimitReached:
     duration: float
     """Seconds held when the limit was hit."""
 
 
-Event = Utterance | NoSpeech | BufferLimitReached
+Event = Utterance | NoSpeech | BufferLimitReached | SpeechStarted | SpeechEnded
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,9 @@ class UtteranceSegmenter:
         self._utterance_start = self._position
         self._speech_windows = 0
         self._silence_run = 0
+        self._first_speech = 0
+        self._last_speech_end = 0
+        self._announced = False
 
     def reset(self) -> float:
         """Drop the utterance being collected and the pre-roll; returns the seconds dropped."""
@@ -126,6 +144,15 @@ class UtteranceSegmenter:
     def held_samples(self) -> int:
         return self.queued_samples + self._utterance_samples
 
+    @property
+    def speech_confirmed(self) -> bool:
+        """The utterance being collected holds enough speech to be transcribed."""
+        return self._in_speech and self._announced
+
+    def current_audio(self) -> np.ndarray:
+        """A copy of the utterance collected so far (for partial transcripts)."""
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+
     def transcribed(self, utterance: Utterance) -> None:
         """A worker is done with an utterance: its audio no longer counts against the buffer."""
         self.queued_samples = max(0, self.queued_samples - len(utterance.audio))
@@ -142,7 +169,8 @@ class UtteranceSegmenter:
         if self._in_speech and self._speech_windows >= self.limits.min_speech_windows:
             self._chunks.append(np.asarray(tail, dtype=np.float32))
             self._utterance_samples += len(tail)
-            return [self._emit("end")]
+            ended = self._speech_ended("end")
+            return [*ended, self._emit("end")]
         duration = (self._idle_samples + self._utterance_samples + len(tail)) / SAMPLE_RATE
         self._start_utterance_state()
         self._in_speech = False
@@ -175,20 +203,27 @@ class UtteranceSegmenter:
             self._chunks = [*pre_roll, window]
             self._utterance_samples = WINDOW_SAMPLES * len(self._chunks)
             self._speech_windows = 1
-            return []
+            self._first_speech = self._last_speech_end = self._position
+            self._last_speech_end += len(window)
+            return self._announce()
         if self._utterance_samples + len(window) > limits.max_utterance_samples:
             # Cut before the window that would pass the limit, so no utterance is ever longer.
             return self._close("max_duration") + self._accept(window, probability)
         self._chunks.append(window)
         self._utterance_samples += len(window)
+        events: list[Event] = []
         if probability >= limits.threshold:
+            if not self._speech_windows:
+                self._first_speech = self._position
             self._speech_windows += 1
             self._silence_run = 0
+            self._last_speech_end = self._position + len(window)
+            events = self._announce()
         elif probability < limits.neg_threshold or self._silence_run:
             self._silence_run += 1
         if self._silence_run >= limits.endpoint_windows:
-            return self._close("silence")
-        return []
+            return events + self._close("silence")
+        return events
 
     def _close(self, reason: EndReason) -> list[Event]:
         """Emit the utterance if it held enough speech, else drop it silently."""
@@ -201,13 +236,28 @@ class UtteranceSegmenter:
             self._utterance_samples -= trailing * WINDOW_SAMPLES
         # Cut mid-speech (max_duration): the next utterance continues at once, with no pre-roll.
         continuing = reason == "max_duration" and self._silence_run == 0
-        events: list[Event] = []
+        events: list[Event] = [] if continuing else self._speech_ended(reason)
+        announced = self._announced and continuing
         if self._speech_windows >= self.limits.min_speech_windows:
             events.append(self._emit(reason))
         self._start_utterance_state()
         self._in_speech = continuing
+        # A cut in the middle of speech is not a new start: no second speech_started.
+        self._announced = announced
         self._idle_samples = 0
         return events
+
+    def _announce(self) -> list[Event]:
+        if self._announced or self._speech_windows < self.limits.min_speech_windows:
+            return []
+        self._announced = True
+        return [SpeechStarted(round(self._first_speech / SAMPLE_RATE, 3))]
+
+    def _speech_ended(self, reason: EndReason) -> list[Event]:
+        if not self._announced:
+            return []
+        self._announced = False
+        return [SpeechEnded(round(self._last_speech_end / SAMPLE_RATE, 3), reason)]
 
     def _overflow(self) -> list[Event]:
         events: list[Event] = []

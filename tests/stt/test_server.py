@@ -54,8 +54,15 @@ def session(server: RunningServer) -> Iterator[ClientConnection]:
         yield ws
 
 
-def receive(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=timeout))
+NOTICES = {"speech_started", "speech_ended", "partial"}
+
+
+def receive(ws: ClientConnection, timeout: float = 30, notices: bool = False) -> dict[str, Any]:
+    """The next message; speech notices and partials are skipped unless asked for."""
+    while True:
+        message = json.loads(ws.recv(timeout=timeout))
+        if notices or message["type"] not in NOTICES:
+            return message
 
 
 def stream(ws: ClientConnection, audio: np.ndarray) -> None:
@@ -179,7 +186,7 @@ def test_bad_messages_get_an_error_and_the_connection_stays_open(server: Running
 def test_config_sets_the_language_of_following_utterances(server: RunningServer) -> None:
     with session(server) as ws:
         send_json(ws, {"type": "config", "language": "de"})
-        assert receive(ws) == {"type": "config_applied", "language": "de"}
+        assert receive(ws) == {"type": "config_applied", "language": "de", "word_timestamps": False, "partials": True}
         stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
         message = receive(ws)
     assert (message["type"], message["language"], message["language_probability"]) == ("transcript", "de", 1.0)
@@ -333,3 +340,111 @@ def test_each_utterance_is_logged_with_its_timings(server: RunningServer, caplog
     events = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "utterance_transcribed"]
     assert len(events) == 1
     assert {"audio_seconds", "transcribe_seconds", "rtf", "session_id", "reason"} <= set(events[0])
+
+
+def receive_until(ws: ClientConnection, message_type: str) -> list[dict[str, Any]]:
+    messages = [receive(ws, notices=True)]
+    while messages[-1]["type"] != message_type:
+        messages.append(receive(ws, notices=True))
+    return messages
+
+
+def test_speech_started_and_ended_frame_each_transcript(server: RunningServer) -> None:
+    audio = make_speech(PHRASE, lead_silence_s=0.6, trail_silence_s=1.0)
+    with session(server) as ws:
+        stream(ws, audio)
+        messages = receive_until(ws, "transcript")
+    kinds = [m["type"] for m in messages if m["type"] != "partial"]
+    assert kinds == ["speech_started", "speech_ended", "transcript"]
+    started, ended, final = (next(m for m in messages if m["type"] == k) for k in kinds)
+    assert 0.5 <= started["at"] <= 0.9, "speech starts after the 0.6 s of leading silence"
+    assert ended["reason"] == "silence"
+    speech_end = len(audio) / 16000 - 1.0
+    assert speech_end - 0.3 <= ended["at"] <= speech_end + 0.1
+    assert final["start"] <= started["at"] < ended["at"] <= final["start"] + final["duration"]
+
+
+def test_partials_arrive_while_speaking_and_never_after_the_final(make_settings) -> None:
+    settings = make_settings(stt={"partial_interval_ms": 100, "max_concurrent": 2})
+    speech = make_speech("one two three four five six seven eight nine ten", lead_silence_s=0.2, trail_silence_s=1.0)
+    with stt_server(settings) as server, session(server) as ws:
+        pcm = to_pcm16(speech)
+        # Real-time pacing, 100 ms frames: partials are due while the utterance grows.
+        for offset in range(0, len(pcm), 3200):
+            ws.send(pcm[offset : offset + 3200])
+            time.sleep(0.1)
+        messages = receive_until(ws, "transcript")
+        send_json(ws, {"type": "end"})
+        after = receive_until(ws, "no_speech")
+        metrics = httpx.get(f"{server.http_url}/metrics").text
+    partials = [m for m in messages if m["type"] == "partial"]
+    assert partials, "at least one partial while speaking"
+    assert all(m["text"] == f"{m['stable']} {m['unstable']}".strip() for m in partials)
+    stables = [m["stable"] for m in partials]
+    assert all(later.startswith(earlier) for earlier, later in zip(stables, stables[1:])), "stable text only grows"
+    assert [m["type"] for m in after] == ["no_speech"], "no partial of the finished utterance comes later"
+    assert f'stt_partials_total{{outcome="sent"}} {float(len(partials))}' in metrics
+
+
+def test_partials_are_skipped_when_workers_are_busy_but_finals_arrive(make_settings) -> None:
+    # One worker, kept busy by another session's finals: partials must give way, finals must not.
+    settings = make_settings(stt={"partial_interval_ms": 100, "max_concurrent": 1})
+    speech = make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=0)
+    with stt_server(settings) as server, session(server) as busy, session(server) as talker:
+        service: SttService = server.app.state.service
+        for _ in range(15):
+            stream(busy, speech)
+            send_json(busy, {"type": "end"})
+        deadline = time.monotonic() + 30
+        while service.transcribe_limiter.borrowed_tokens == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        pcm = to_pcm16(make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=1.0))
+        for offset in range(0, len(pcm), 1600):
+            talker.send(pcm[offset : offset + 1600])
+            time.sleep(0.01)
+        final = receive_until(talker, "transcript")[-1]
+        assert [receive(busy)["type"] for _ in range(15)] == ["transcript"] * 15
+    assert final["type"] == "transcript"
+    skipped = service.metrics.registry.get_sample_value("stt_partials_total", {"outcome": "skipped"})
+    assert skipped is not None and skipped >= 1
+
+
+def test_word_timestamps_when_asked_for(server: RunningServer) -> None:
+    with session(server) as ws:
+        send_json(ws, {"type": "config", "word_timestamps": True})
+        assert receive(ws) == {"type": "config_applied", "language": None, "word_timestamps": True, "partials": True}
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        message = receive(ws)
+    words = [w for segment in message["segments"] for w in segment["words"]]
+    assert words, "segments carry their words"
+    assert all(set(w) == {"start", "end", "word", "probability"} for w in words)
+    assert all(w["start"] <= w["end"] for w in words)
+    for segment in message["segments"]:
+        assert "".join(w["word"] for w in segment["words"]).strip() == segment["text"]
+
+
+def test_transcripts_carry_their_timings(server: RunningServer) -> None:
+    with session(server) as ws:
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        message = receive(ws)
+    timings = message["timings"]
+    assert set(timings) == {"speech_end_to_transcript_s", "queue_wait_s", "transcribe_s", "real_time_factor"}
+    assert timings["transcribe_s"] == message["transcribe_seconds"]
+    assert timings["real_time_factor"] == pytest.approx(timings["transcribe_s"] / message["duration"], abs=0.002)
+    assert timings["speech_end_to_transcript_s"] >= timings["transcribe_s"]
+
+
+def test_metrics_are_exposed_in_prometheus_format(server: RunningServer) -> None:
+    with session(server) as ws:
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        receive(ws)
+        response = httpx.get(f"{server.http_url}/metrics")
+        assert "stt_connections 1.0" in response.text
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'stt_utterances_total{reason="silence"} 1.0' in text
+    assert "stt_transcribe_seconds_count 1.0" in text
+    assert 'stt_final_latency_seconds_bucket{le="0.5"}' in text, "explicit latency buckets"
+    assert "stt_model_loaded 1.0" in text
+    assert "stt_audio_received_seconds_total" in text

@@ -10,6 +10,8 @@ from stt.stream import (
     BufferLimitReached,
     NoSpeech,
     SegmenterLimits,
+    SpeechEnded,
+    SpeechStarted,
     Utterance,
     UtteranceSegmenter,
 )
@@ -32,6 +34,15 @@ def limits(**overrides: float) -> SegmenterLimits:
 
 
 def feed(segmenter: UtteranceSegmenter, pattern: list[tuple[float, int]]) -> list:
+    """Like feed_all, without the speech_started/speech_ended notices."""
+    return without_notices(feed_all(segmenter, pattern))
+
+
+def without_notices(events: list) -> list:
+    return [e for e in events if not isinstance(e, SpeechStarted | SpeechEnded)]
+
+
+def feed_all(segmenter: UtteranceSegmenter, pattern: list[tuple[float, int]]) -> list:
     """Feed (probability, count) runs; each window is filled with its own index so cuts are traceable."""
     events = []
     for probability, count in pattern:
@@ -114,7 +125,7 @@ def test_max_duration_cuts_exactly_and_the_next_utterance_continues_without_pre_
 def test_end_emits_the_utterance_with_its_tail_at_once() -> None:
     segmenter = UtteranceSegmenter(limits())
     feed(segmenter, [(SPEECH, 6)])
-    events = segmenter.end(np.full(100, -1.0, dtype=np.float32))
+    events = without_notices(segmenter.end(np.full(100, -1.0, dtype=np.float32)))
     assert len(events) == 1 and events[0].reason == "end"
     assert len(events[0].audio) == 6 * WINDOW_SAMPLES + 100
     assert events[0].audio[-1] == -1.0
@@ -123,14 +134,14 @@ def test_end_emits_the_utterance_with_its_tail_at_once() -> None:
 def test_end_without_speech_is_acknowledged_as_no_speech() -> None:
     segmenter = UtteranceSegmenter(limits())
     feed(segmenter, [(SILENCE, 25)])
-    events = segmenter.end(np.zeros(256, dtype=np.float32))
+    events = without_notices(segmenter.end(np.zeros(256, dtype=np.float32)))
     assert events == [NoSpeech(round((25 * WINDOW_SAMPLES + 256) / SAMPLE_RATE, 3))]
 
 
 def test_end_with_too_little_speech_is_no_speech() -> None:
     segmenter = UtteranceSegmenter(limits())
     feed(segmenter, [(SPEECH, 2)])
-    events = segmenter.end(np.zeros(0, dtype=np.float32))
+    events = without_notices(segmenter.end(np.zeros(0, dtype=np.float32)))
     assert len(events) == 1 and isinstance(events[0], NoSpeech)
     assert segmenter.held_samples == 0
 
@@ -171,3 +182,46 @@ def test_reset_drops_the_utterance_in_progress_and_restarts_the_clock() -> None:
     assert segmenter.held_samples == 0 and not segmenter.in_speech
     events = feed(segmenter, [(SPEECH, 5), (SILENCE, 10)])
     assert events[0].start == 0.0
+
+
+def test_speech_started_comes_once_speech_is_confirmed_and_speech_ended_at_the_endpoint() -> None:
+    segmenter = UtteranceSegmenter(limits())
+    events = feed_all(segmenter, [(SILENCE, 10), (SPEECH, 2)])
+    assert events == [], "two windows are not yet min_speech (3): a click must not trigger barge-in"
+    events = feed_all(segmenter, [(SPEECH, 1)])
+    assert events == [SpeechStarted(round(10 * WINDOW_SAMPLES / SAMPLE_RATE, 3))]
+    events = feed_all(segmenter, [(SPEECH, 5), (SILENCE, 10)])
+    assert [type(e) for e in events] == [SpeechEnded, Utterance]
+    assert events[0] == SpeechEnded(round(18 * WINDOW_SAMPLES / SAMPLE_RATE, 3), "silence")
+
+
+def test_a_blip_too_short_for_speech_gives_no_notices() -> None:
+    segmenter = UtteranceSegmenter(limits())
+    assert feed_all(segmenter, [(SPEECH, 2), (SILENCE, 15)]) == []
+
+
+def test_a_max_duration_cut_inside_speech_is_not_a_new_start() -> None:
+    segmenter = UtteranceSegmenter(limits(max_utterance_samples=20 * WINDOW_SAMPLES))
+    events = feed_all(segmenter, [(SPEECH, 50), (SILENCE, 10)])
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("SpeechStarted") == 1 and kinds.count("SpeechEnded") == 1
+    assert kinds[0] == "SpeechStarted" and kinds[-2:] == ["SpeechEnded", "Utterance"]
+
+
+def test_end_reports_speech_ended_before_the_utterance() -> None:
+    segmenter = UtteranceSegmenter(limits())
+    feed_all(segmenter, [(SPEECH, 6)])
+    events = segmenter.end(np.zeros(10, dtype=np.float32))
+    assert [type(e) for e in events] == [SpeechEnded, Utterance]
+    assert events[0].reason == "end"
+
+
+def test_current_audio_is_the_utterance_so_far() -> None:
+    segmenter = UtteranceSegmenter(limits())
+    feed_all(segmenter, [(SILENCE, 10), (SPEECH, 5)])
+    assert window_ids_of(segmenter.current_audio()) == list(range(6, 15))
+    assert segmenter.speech_confirmed
+
+
+def window_ids_of(audio: np.ndarray) -> list[int]:
+    return [int(audio[i]) for i in range(0, len(audio), WINDOW_SAMPLES)]

@@ -60,6 +60,8 @@ def test_both_services_come_up_and_their_logs_come_through_tagged(make_config, s
     assert {e["service"] for e in run.find("service_ready")} == {"supervisor"}
 
     assert httpx.get(f"{http(stt_port)}/health").json()["environment"] == "development"
+    # Ollama's reachability is checked in the background after start: degraded until the first check.
+    wait_until(lambda: httpx.get(f"{http(tts_port)}/health").json()["status"] == "ok", what="TTS health ok")
     tts_health = httpx.get(f"{http(tts_port)}/health").json()
     assert (tts_health["status"], tts_health["engine"], tts_health["voice"]) == ("ok", "piper", VOICE)
 
