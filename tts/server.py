@@ -1,8 +1,18 @@
-"""The TTS service: POST /tts, GET /voices, GET /health, and the dashboard at /. Routes and protocol only."""
+"""The TTS service. Routes and protocol only; the work is tts.pipeline.
+
+- POST /tts: the whole reply as one WAV (Server-Timing header with the stage timings).
+- POST /tts/stream: the reply as a chunked WAV (or raw PCM16 with `Accept: audio/pcm`), sentence by
+  sentence as it is synthesized.
+- GET /tts/sse?text=... and POST /tts/sse: the same as Server-Sent Events.
+- WS /ws/tts: the session protocol for live clients (tts/ws.py).
+- GET /voices, GET /health, GET /metrics (Prometheus), and the dashboard at /.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -12,19 +22,34 @@ from urllib.parse import quote
 
 import anyio
 from anyio.abc import TaskGroup
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from core import __version__
 from core.audio import wav_bytes
 from core.config import PROJECT_ROOT, Settings, get_settings
-from core.http import RequestContextMiddleware, install_error_handlers
+from core.http import RequestContextMiddleware, ServiceError, error_body, install_error_handlers
 from core.llm import OllamaClient
 from core.logging import configure_logging, get_logger
 from core.serve import main as serve_main
+from tts.dashboard import build_router
 from tts.errors import InvalidJson, InvalidRequest, RequestTooLarge
-from tts.pipeline import Cancelled, EngineFactory, TtsPipeline
+from tts.metrics import TtsMetrics
+from tts.pipeline import (
+    AudioPiece,
+    Cancelled,
+    EngineFactory,
+    ReplyText,
+    TtsPipeline,
+    Turn,
+    TurnEvent,
+    TurnRequest,
+    TurnTimings,
+)
+from tts.ws import TtsSocket, refuse
 
 log = get_logger(__name__)
 
@@ -87,6 +112,15 @@ class TtsService:
         self.llm = llm
         self.ollama = OllamaStatus(llm, settings.llm.health_cache_s)
         self.tasks: TaskGroup | None = None
+        self.websocket_clients = 0
+        self.metrics = TtsMetrics(pipeline, lambda: self.websocket_clients)
+
+    def finish_turn(self, endpoint: str, timings: TurnTimings, outcome: str, **fields: Any) -> None:
+        """Every ended turn, whatever its endpoint: one log line with its stage timings, and /metrics."""
+        if timings.finished_at is None:
+            timings.finished_at = time.perf_counter()
+        self.metrics.observe_turn(endpoint, timings, outcome)
+        log.info("turn", endpoint=endpoint, outcome=outcome, **fields, **timings.log_fields())
 
     def health(self) -> dict[str, Any]:
         state = self.pipeline.state
@@ -167,6 +201,7 @@ def create_app(
     )
     app.state.service = service
     app.state.pipeline = pipeline
+    app.state.metrics = service.metrics
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 
@@ -182,6 +217,7 @@ def create_app(
         },
     )
     async def tts(request: Request) -> Response:
+        started = time.perf_counter()
         body = await _read_json(request, _body_limit(settings))
         try:
             parsed = TtsRequest.model_validate(body)
@@ -192,20 +228,25 @@ def create_app(
 
         cancel = threading.Event()
         result: dict[str, Any] = {}
+        timings = TurnTimings(started=started, reply=reply)
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_watch_disconnect, request, cancel, tasks)
             try:
-                words = await pipeline.reply_text(text) if reply else text
-                result["speech"] = await pipeline.speak(words, voice, speed, cancel)
+                words = await pipeline.reply_text(text, timings) if reply else text
+                result["speech"] = await pipeline.speak(words, voice, speed, cancel, timings)
             except Cancelled:
                 pass
             except Exception as exc:  # re-raised below, outside the task group, so it is not wrapped in a group
                 result["error"] = exc
             tasks.cancel_scope.cancel()
-        if "error" in result:
-            raise result["error"]
+        timings.finished_at = time.perf_counter()
         speech = result.get("speech")
+        error = result.get("error")
+        outcome = "ok" if speech else getattr(error, "code", "internal_error") if error else "cancelled"
+        service.finish_turn("tts", timings, outcome)
+        if error is not None:
+            raise error
         if speech is None:
             # The client is gone; nobody reads this. 499 is the de-facto "client closed request".
             log.info("request_abandoned", reason="client disconnected")
@@ -219,10 +260,93 @@ def create_app(
                 "X-Voice": speech.voice,
                 "X-Engine": speech.engine,
                 "X-Audio-Duration": f"{speech.duration_s:.3f}",
-                "Access-Control-Expose-Headers": f"{REPLY_HEADER}, X-Voice, X-Engine, X-Audio-Duration",
+                "Server-Timing": timings.server_timing(),
+                "Access-Control-Expose-Headers": f"{REPLY_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing",
                 "Cache-Control": "no-store",
             },
         )
+
+    async def checked_body(request: Request) -> TurnRequest:
+        body = await _read_json(request, _body_limit(settings))
+        try:
+            parsed = TtsRequest.model_validate(body)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        return _turn_request(parsed)
+
+    def _turn_request(parsed: TtsRequest) -> TurnRequest:
+        text, voice, speed = pipeline.check_request(parsed.text, parsed.voice, parsed.speed)
+        reply = settings.tts.reply_default if parsed.reply is None else parsed.reply
+        return TurnRequest(text, voice, speed, reply)
+
+    @app.post(
+        "/tts/stream",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"audio/wav": {}, "audio/pcm": {}},
+                "description": "Chunked mono PCM16: a WAV header for a stream of unknown length, then the audio "
+                "of each sentence as soon as it is synthesized. With `Accept: audio/pcm`, raw PCM16 (little-endian) "
+                "and the rate in X-Sample-Rate.",
+            }
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": TtsRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def tts_stream(request: Request) -> Response:
+        started = time.perf_counter()
+        turn_request = await checked_body(request)
+        raw = "audio/pcm" in request.headers.get("accept", "").lower()
+        return _AudioStream(service, turn_request, started, raw)
+
+    @app.get("/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
+    async def tts_sse_get(
+        text: str = Query(..., description="The user's words (reply true) or the words to speak (reply false)."),
+        voice: str | None = Query(None, description="Voice name from GET /voices."),
+        reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
+        speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
+    ) -> Response:
+        started = time.perf_counter()
+        return _EventStream(service, _turn_request(TtsRequest(text=text, voice=voice, reply=reply, speed=speed)), started)
+
+    @app.post(
+        "/tts/sse",
+        response_class=Response,
+        responses={200: {"content": {"text/event-stream": {}}}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": TtsRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def tts_sse_post(request: Request) -> Response:
+        started = time.perf_counter()
+        return _EventStream(service, await checked_body(request), started)
+
+    @app.websocket("/ws/tts")
+    async def tts_socket(websocket: WebSocket) -> None:
+        limit = settings.tts.ws_max_connections
+        if service.websocket_clients >= limit:
+            log.warning("ws_refused", reason="too many connections", limit=limit)
+            await refuse(websocket, limit)
+            return
+        service.websocket_clients += 1
+        try:
+            await websocket.accept()
+            log.info("ws_connected")
+            await TtsSocket(websocket, service).serve()
+        finally:
+            service.websocket_clients -= 1
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        content, content_type = service.metrics.render()
+        return Response(content, media_type=content_type)
 
     @app.get("/voices")
     async def voices() -> dict[str, Any]:
@@ -234,6 +358,7 @@ def create_app(
     async def health() -> dict[str, Any]:
         return service.health()
 
+    app.include_router(build_router(settings))  # before the "/" mount, which would answer first
     if FRONTEND_DIR.is_dir():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")
     return app
@@ -292,6 +417,234 @@ async def _watch_disconnect(request: Request, cancel: threading.Event, tasks: Ta
             log.info("client_disconnected")
             cancel.set()
             tasks.cancel_scope.cancel()
+            return
+
+
+WAV_UNKNOWN_SIZE = 0xFFFFFFFF
+"""RIFF and data sizes of a streamed WAV, whose length is unknown when the header is sent. The largest
+value (not 0) because readers that trust the header then read to the end of the stream (ffmpeg,
+browsers, Python's wave), while a size of 0 makes some of them play nothing."""
+
+
+def streaming_wav_header(sample_rate: int, channels: int = 1, sample_width: int = 2) -> bytes:
+    """A 44-byte PCM WAV header for a stream of unknown length (see WAV_UNKNOWN_SIZE)."""
+    return (
+        b"RIFF"
+        + struct.pack("<I", WAV_UNKNOWN_SIZE)
+        + b"WAVEfmt "
+        + struct.pack(
+            "<IHHIIHH",
+            16,
+            1,
+            channels,
+            sample_rate,
+            sample_rate * channels * sample_width,
+            channels * sample_width,
+            sample_width * 8,
+        )
+        + b"data"
+        + struct.pack("<I", WAV_UNKNOWN_SIZE)
+    )
+
+
+class _StreamAborted(Exception):
+    """A streamed turn failed after its response had started: the connection is dropped (no final
+    chunk), so the client sees an incomplete response rather than a complete-looking short one."""
+
+
+class _TurnResponse(Response):
+    """Runs one streaming turn while answering: the turn lives exactly as long as the response, in the
+    response's own task, and stops (LLM request and synthesis) as soon as the client disconnects."""
+
+    endpoint = ""
+
+    def __init__(self, service: TtsService, request: TurnRequest, started: float) -> None:
+        super().__init__(status_code=200)
+        self.service = service
+        self.turn_request = request
+        self.started = started
+        self._send: Send | None = None
+        self.response_started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
+        turn = Turn()
+        turn.timings.started = self.started
+        failure: ServiceError | None = None
+        unexpected: BaseException | None = None
+        outcome = "ok"
+        await self.on_begin()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_watch_asgi_disconnect, receive, turn)
+            try:
+                await self.service.pipeline.run_turn(self.turn_request, lambda event: self.on_event(event, turn), turn)
+            except Cancelled:
+                outcome = "cancelled"
+            except ServiceError as exc:
+                outcome, failure = exc.code, exc
+            except Exception as exc:  # handled below, outside the task group
+                log.exception("turn_failed")
+                outcome, unexpected = "internal_error", exc
+            tasks.cancel_scope.cancel()
+        self.service.finish_turn(self.endpoint, turn.timings, outcome, chunks=turn.chunks)
+        if outcome == "cancelled":
+            log.info("request_abandoned", reason="client disconnected")
+            return
+        if unexpected is not None:
+            failure = ServiceError("internal server error; see the service log")
+        if failure is not None:
+            await self.on_failure(failure)
+            return
+        await self.on_end(turn)
+
+    async def write(self, data: bytes, more: bool = True) -> None:
+        assert self._send is not None
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def start(self, status: int, headers: dict[str, str]) -> None:
+        assert self._send is not None
+        self.response_started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()],
+            }
+        )
+
+    async def on_begin(self) -> None:
+        pass
+
+    async def on_event(self, event: TurnEvent, turn: Turn) -> None:
+        raise NotImplementedError
+
+    async def on_failure(self, error: ServiceError) -> None:
+        raise NotImplementedError
+
+    async def on_end(self, turn: Turn) -> None:
+        raise NotImplementedError
+
+
+class _AudioStream(_TurnResponse):
+    """POST /tts/stream. The response starts with the first audio, so a failure before it (LLM down,
+    every worker busy) is still an ordinary JSON error with its status code."""
+
+    endpoint = "stream"
+
+    def __init__(self, service: TtsService, request: TurnRequest, started: float, raw: bool) -> None:
+        super().__init__(service, request, started)
+        self.raw = raw
+
+    async def _begin_audio(self, turn: Turn, sample_rate: int) -> None:
+        media = "audio/pcm" if self.raw else "audio/wav"
+        engine = self.service.pipeline.engine().name
+        headers = {
+            "Content-Type": media,
+            "X-Sample-Rate": str(sample_rate),
+            "X-Channels": "1",
+            "X-Sample-Format": "s16le",
+            "X-Voice": self.turn_request.voice,
+            "X-Engine": engine,
+            "Server-Timing": turn.timings.server_timing(),
+            "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+        await self.start(200, headers)
+        if not self.raw:
+            await self.write(streaming_wav_header(sample_rate))
+
+    async def on_event(self, event: TurnEvent, turn: Turn) -> None:
+        if not isinstance(event, AudioPiece):
+            return
+        if not self.response_started:
+            await self._begin_audio(turn, event.sample_rate)
+        await self.write(event.pcm16)
+
+    async def on_failure(self, error: ServiceError) -> None:
+        if not self.response_started:
+            response = JSONResponse(error_body(error.code, error.message), error.status_code, headers=error.headers)
+            assert self._send is not None
+            await response({"type": "http"}, _no_receive, self._send)
+            return
+        log.error("stream_aborted", code=error.code, reason=error.message)
+        raise _StreamAborted(f"{error.code}: {error.message}")
+
+    async def on_end(self, turn: Turn) -> None:
+        if not self.response_started:  # a turn whose every fragment was silent
+            await self._begin_audio(turn, turn.sample_rate or 22050)
+        await self.write(b"", more=False)
+
+
+class _EventStream(_TurnResponse):
+    """GET and POST /tts/sse: `reply_text`, `audio` (base64 PCM16), `metrics` and `done` events; a
+    failure during the turn is an `error` event with the usual error body. The response starts at once."""
+
+    endpoint = "sse"
+
+    async def on_begin(self) -> None:
+        await self.start(
+            200,
+            {
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            },
+        )
+
+    async def event(self, name: str, data: dict[str, Any], event_id: str | None = None) -> None:
+        lines = f"event: {name}\n" + (f"id: {event_id}\n" if event_id else "")
+        await self.write((lines + f"data: {json.dumps(data, ensure_ascii=False)}\n\n").encode())
+
+    async def on_event(self, event: TurnEvent, turn: Turn) -> None:
+        if isinstance(event, ReplyText):
+            await self.event("reply_text", {"text": event.text, "is_final": event.is_final})
+        elif isinstance(event, AudioPiece):
+            await self.event(
+                "audio",
+                {
+                    "index": event.index,
+                    "sample_rate": event.sample_rate,
+                    "samples": event.samples,
+                    "format": "pcm_s16le",
+                    "text": event.text,
+                    "audio": base64.b64encode(event.pcm16).decode("ascii"),
+                },
+                str(event.index),
+            )
+
+    async def on_failure(self, error: ServiceError) -> None:
+        await self.event("error", error_body(error.code, error.message))
+        await self.write(b"", more=False)
+
+    async def on_end(self, turn: Turn) -> None:
+        turn.timings.finished_at = turn.timings.finished_at or time.perf_counter()
+        await self.event("metrics", {"timings": turn.timings.as_dict()})
+        await self.event(
+            "done",
+            {
+                "chunks": turn.chunks,
+                "voice": self.turn_request.voice,
+                "engine": self.service.pipeline.engine().name,
+                "text": turn.text,
+                "sample_rate": turn.sample_rate,
+                "audio_seconds": round(turn.timings.audio_s, 3),
+            },
+        )
+        await self.write(b"", more=False)
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+async def _watch_asgi_disconnect(receive: Receive, turn: Turn) -> None:
+    """Cancels the turn when the client goes away (the request body has been read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            log.info("client_disconnected")
+            turn.cancel()
             return
 
 

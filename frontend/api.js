@@ -1,0 +1,112 @@
+// Talking to the TTS service (same origin as this page) and turning failures into plain words.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function errorFrom(response) {
+  let code = `http_${response.status}`;
+  let message = `The service answered ${response.status} ${response.statusText}.`;
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      code = body.error.code || code;
+      message = body.error.message || message;
+    }
+  } catch {
+    // not JSON: keep the status line
+  }
+  return new ApiError(response.status, code, message);
+}
+
+export async function getJson(path, { timeoutMs = 4000 } = {}) {
+  let response;
+  try {
+    response = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(timeoutMs) });
+  } catch (err) {
+    throw new ApiError(0, "unreachable", err && err.name === "TimeoutError" ? "no answer in time" : "not reachable");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
+/** POST /tts. Resolves to {blob, text, voice, engine, duration}; rejects with ApiError. */
+export async function speak({ text, voice, speed, reply, signal }) {
+  const body = { text, reply };
+  if (voice) body.voice = voice;
+  if (speed && speed !== 1) body.speed = speed;
+  let response;
+  try {
+    response = await fetch("tts", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal,
+    });
+  } catch (err) {
+    if (err && err.name === "AbortError") throw err;
+    throw new ApiError(0, "tts_unreachable", "The text-to-speech service is not reachable. Is it running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  const header = response.headers.get("X-Reply-Text");
+  let said = text;
+  if (header !== null) {
+    try {
+      said = decodeURIComponent(header);
+    } catch {
+      said = header;
+    }
+  }
+  return {
+    blob: await response.blob(),
+    text: said,
+    voice: response.headers.get("X-Voice"),
+    engine: response.headers.get("X-Engine"),
+    duration: Number(response.headers.get("X-Audio-Duration")) || null,
+  };
+}
+
+const LLM_CODES = new Set(["llm_unavailable", "llm_model_not_found", "llm_timeout", "llm_error"]);
+
+export function isLlmError(err) {
+  return err instanceof ApiError && LLM_CODES.has(err.code);
+}
+
+/** A title and a sentence a user understands, from an ApiError (the server's message is kept: it says what to do). */
+export function explain(err, llmUrl) {
+  if (!(err instanceof ApiError)) return { title: "Something went wrong", detail: String((err && err.message) || err) };
+  const where = llmUrl ? ` at ${llmUrl}` : "";
+  switch (err.code) {
+    case "llm_unavailable":
+      return { title: `Ollama is not running${where}`, detail: err.message };
+    case "llm_model_not_found":
+      return { title: "Ollama does not have the model", detail: err.message };
+    case "llm_timeout":
+      return { title: "Ollama took too long to answer", detail: err.message };
+    case "llm_error":
+      return { title: "Ollama failed to answer", detail: err.message };
+    case "text_too_long":
+    case "request_too_large":
+      return { title: "The text is too long", detail: err.message };
+    case "empty_text":
+      return { title: "There is nothing to say", detail: "Type some words first." };
+    case "voice_not_found":
+      return { title: "That voice is not available", detail: err.message };
+    case "invalid_voice_name":
+      return { title: "That voice name is not valid", detail: err.message };
+    case "invalid_speed":
+      return { title: "That speed is not allowed", detail: err.message };
+    case "engine_busy":
+      return { title: "The voice engine is busy", detail: `${err.message} Try again in a few seconds.` };
+    case "engine_loading":
+      return { title: "The voice is still loading", detail: `${err.message} Try again in a few seconds.` };
+    case "tts_unreachable":
+      return { title: "The text-to-speech service is not reachable", detail: "Start it (make run starts both services) and reload this page." };
+    default:
+      return { title: `The text-to-speech service reported a problem (${err.code})`, detail: err.message };
+  }
+}

@@ -1,0 +1,105 @@
+"""The dashboard's small JSON API, served by the TTS service next to the static page.
+
+- `GET /api/config`: the effective configuration (secrets redacted) and where the STT service
+  listens, so the page can open `ws://<its own hostname>:<stt.port>/ws/stt` when it was opened
+  from another machine.
+- `GET /api/stt/health`: the STT service's `/health`, fetched by this service. The STT service
+  sends no CORS headers, and the page (served from the TTS origin) may not read a response from
+  another port; asking through its own origin also works behind a reverse proxy.
+
+Routes and protocol only: the services never import each other, they talk HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from core import __version__
+from core.config import Settings
+from core.http import error_body
+
+STT_WS_PATH = "/ws/stt"
+STT_HEALTH_TIMEOUT_S = 1.5
+_ANY_INTERFACE = {"0.0.0.0", "::", "", "127.0.0.1", "localhost", "::1"}
+
+
+def _local_host(host: str) -> str:
+    """Where this process reaches a service that listens on `host` (0.0.0.0 means every interface)."""
+    if host in {"0.0.0.0", ""}:
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _without_credentials(url: str) -> str:
+    """`http://user:secret@host:11434` -> `http://***@host:11434`: a URL may carry a password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["dashboard"])
+    stt = settings.stt
+    stt_base = f"http://{_url_host(_local_host(stt.host))}:{stt.port}"
+
+    @router.get("/config", name="dashboard_config", summary="Effective configuration (secrets redacted) and where the STT service listens")
+    async def config() -> dict[str, Any]:
+        effective = settings.redacted()
+        effective["llm"]["url"] = _without_credentials(effective["llm"]["url"])
+        return {
+            "version": __version__,
+            "environment": settings.environment,
+            "config_file": str(settings.config_file) if settings.config_file else None,
+            "stt": {
+                "host": stt.host,
+                "port": stt.port,
+                "ws_path": STT_WS_PATH,
+                "sample_rate": stt.sample_rate,
+                # true: the page should use its own hostname (the service listens on every or the local interface)
+                "use_page_host": stt.host in _ANY_INTERFACE,
+                "docs_path": "/docs",
+            },
+            "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
+            "llm": {"url": _without_credentials(settings.llm.url), "model": settings.llm.model},
+            "settings": effective,
+        }
+
+    @router.get(
+        "/stt/health",
+        summary="The STT service's /health, asked by this service (the STT service sends no CORS headers)",
+    )
+    async def stt_health() -> Any:
+        url = f"{stt_base}/health"
+        try:
+            async with httpx.AsyncClient(timeout=STT_HEALTH_TIMEOUT_S, trust_env=False) as client:
+                response = await client.get(url)
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            reason = type(exc).__name__ if not str(exc) else str(exc)
+            return JSONResponse(
+                error_body(
+                    "stt_unavailable",
+                    f"The speech-to-text service is not answering at {stt_base} ({reason}). "
+                    "Start it (make run starts both services) or check stt.host and stt.port.",
+                ),
+                status_code=503,
+            )
+        return JSONResponse(data, status_code=response.status_code)
+
+    return router
