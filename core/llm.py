@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -64,6 +65,39 @@ def _is_retryable(error: BaseException) -> bool:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+@dataclass
+class LlmStats:
+    """How one reply streamed: filled in by `reply` and `stream_reply` as pieces arrive."""
+
+    started: float = field(default_factory=time.perf_counter)
+    """perf_counter() when the request was made."""
+    first_token_at: float | None = None
+    """perf_counter() when the first piece of text arrived (after any retries)."""
+    last_token_at: float | None = None
+    tokens: int = 0
+    """Pieces of text received; Ollama streams one token per piece."""
+    attempts: int = 0
+
+    @property
+    def time_to_first_token_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Generation rate after the first token (the first one carries the prompt's cost)."""
+        if self.tokens < 2 or self.first_token_at is None or self.last_token_at is None:
+            return None
+        span = self.last_token_at - self.first_token_at
+        return (self.tokens - 1) / span if span > 0 else None
+
+    def _token(self) -> None:
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        self.tokens += 1
+
+
 class OllamaClient:
     """One shared client per process; safe for concurrent requests."""
 
@@ -89,16 +123,24 @@ class OllamaClient:
         messages.append({"role": "user", "content": text})
         return messages
 
-    async def _parts(self, text: str) -> AsyncIterator[str]:
-        """One attempt: the streamed pieces of the reply, errors translated."""
+    async def _parts(self, text: str, stats: LlmStats | None = None) -> AsyncIterator[str]:
+        """One attempt: the streamed pieces of the reply, errors translated. Closing this generator
+        closes the HTTP response, which stops Ollama generating."""
         kwargs: dict[str, Any] = {"options": self.settings.options or None}
         if self.settings.keep_alive is not None:
             kwargs["keep_alive"] = self.settings.keep_alive
+        if stats is not None:
+            stats.attempts += 1
+            stats.tokens = 0
+            stats.first_token_at = stats.last_token_at = None
+        stream = None
         try:
             stream = await self._client.chat(self.settings.model, self._messages(text), stream=True, **kwargs)
             async for part in stream:
                 content = part.message.content if part.message else None
                 if content:
+                    if stats is not None:
+                        stats._token()
                     yield content
         except ollama.ResponseError as exc:
             status = exc.status_code
@@ -112,6 +154,9 @@ class OllamaClient:
                     f"Ollama refused the request ({status}: {exc.error}); check llm.model and llm.options"
                 ) from None
             raise _ServerError(status, str(exc.error)) from None
+        finally:
+            if stream is not None:
+                await stream.aclose()  # type: ignore[attr-defined]
 
     async def _attempts(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
         def wait(state: RetryCallState) -> float:
@@ -161,8 +206,9 @@ class OllamaClient:
             "raise llm.timeout_s or use a smaller model"
         )
 
-    async def reply(self, text: str) -> str:
-        """The whole reply to `text`, streamed and assembled, cut at llm.max_reply_chars."""
+    async def reply(self, text: str, stats: LlmStats | None = None) -> str:
+        """The whole reply to `text`, streamed and assembled, cut at llm.max_reply_chars. `stats`, when
+        given, records the time to the first token and the token rate."""
         limit = self.settings.max_reply_chars
         started = time.perf_counter()
 
@@ -170,12 +216,16 @@ class OllamaClient:
             pieces: list[str] = []
             length = 0
             with anyio.fail_after(self.settings.timeout_s):
-                async for piece in self._parts(text):
-                    pieces.append(piece)
-                    length += len(piece)
-                    if length > limit:
-                        # Enough to speak; stop generating instead of paying for the rest.
-                        break
+                parts = self._parts(text, stats)
+                try:
+                    async for piece in parts:
+                        pieces.append(piece)
+                        length += len(piece)
+                        if length > limit:
+                            # Enough to speak; stop generating instead of paying for the rest.
+                            break
+                finally:
+                    await parts.aclose()  # type: ignore[attr-defined]
             return "".join(pieces)
 
         try:
@@ -191,12 +241,13 @@ class OllamaClient:
         )
         return reply
 
-    async def stream_reply(self, text: str) -> AsyncIterator[str]:
+    async def stream_reply(self, text: str, stats: LlmStats | None = None) -> AsyncIterator[str]:
         """The reply to `text` piece by piece as Ollama writes it. Failures before the first piece are
-        retried like `reply`; once text has been handed on, a failure ends the stream with an LLMError."""
+        retried like `reply`; once text has been handed on, a failure ends the stream with an LLMError.
+        Closing the generator (aclose) stops the request. No overall time limit: the caller sets one."""
 
         async def start() -> tuple[str | None, AsyncIterator[str] | None]:
-            parts = self._parts(text)
+            parts = self._parts(text, stats)
             try:
                 first = await parts.__anext__()
             except StopAsyncIteration:

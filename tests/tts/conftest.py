@@ -60,17 +60,22 @@ def serve(settings: Settings, **app_options: Any) -> Iterator[tuple[RunningServe
 
 
 class Gate:
-    """Lets a test hold a synthesis inside a worker thread for as long as it wants, deterministically."""
+    """Lets a test hold a synthesis inside a worker thread for as long as it wants, deterministically.
+    The first `free` sentences pass without stopping."""
 
-    def __init__(self) -> None:
+    def __init__(self, free: int = 0) -> None:
         self.open = threading.Event()
         self.entered = threading.Event()
         self.sentences: list[str] = []
+        self.free = free
         self._lock = threading.Lock()
 
     def wait_here(self, text: str) -> None:
         with self._lock:
             self.sentences.append(text)
+            passing = len(self.sentences) <= self.free
+        if passing:
+            return
         self.entered.set()
         assert self.open.wait(30), "gate never opened"
 
@@ -100,8 +105,8 @@ def gated_factory(gate: Gate) -> Callable[..., Any]:
     return factory
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: Callable[[], object] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
+        assert time.monotonic() < deadline, f"condition not reached {what()}"
         time.sleep(0.005)
