@@ -1,0 +1,371 @@
+"""Streaming benchmark: time to first audio of POST /tts against POST /tts/stream, against the floor,
+and the voice-to-voice latency of one full turn through both services, all in one run.
+
+Set-up (everything real except the models' weights):
+* LLM: the HTTP Ollama double (tests/fixtures/ollama_double.py) streaming a 60-word reply word by word
+  at a steady 30 tokens per second (the first token 1/30 s after the request).
+* TTS: the real service on uvicorn, Piper with the costed synthetic medium voice (real medium compute,
+  bench/costed_piper_voice.py), default tts.first_fragment_* settings.
+* STT (voice to voice only): the real service with a Whisper model of tiny's real shapes
+  (tests/fixtures/whisper_model.py), espeak-ng speech streamed into /ws/stt in real time.
+
+Measured, alternately so drift hits every side equally (medians over --rounds):
+* /tts          request sent -> first byte of the WAV (the whole reply, synthesized whole);
+* /tts/stream   request sent -> first byte of PCM after the WAV header;
+* floor         the same LLM stream read directly (core.llm + core.text.SpeechSplitter with the service's
+                settings) until its first fragment, plus that fragment's direct PiperVoice synthesis:
+                what no server can beat. Targets: stream within 30 ms of the floor, and >= 3x sooner
+                than /tts.
+* voice to voice: end of speech (the frame holding the last loud sample, sent in real time) -> the
+  final transcript -> POST /tts/stream (reply true) -> its first audio byte, with each stage.
+
+    python -m bench.streaming_bench [--rounds 5] [--turns 3] [--no-voice]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+
+from bench.costed_piper_voice import VOICE_NAME, build_costed_voice, cache_dir
+from core.config import Settings
+from core.llm import OllamaClient
+from core.text import SpeechSplitter
+from tests.fixtures.ollama_double import OllamaDouble, ollama_double
+from tests.fixtures.server import run_server
+
+REPLY = (
+    "Good question, the short answer is yes. The forecast for today shows clear skies in the morning, "
+    "a few clouds after lunch and a light breeze from the west. Temperatures should reach about twenty "
+    "degrees by the afternoon, so a light jacket is enough. If you plan to walk by the river this evening, "
+    "take an umbrella just in case."
+)
+TOKEN_RATE = 30.0
+FLOOR_SLACK_S = 0.030
+SPEEDUP_TARGET = 3.0
+QUESTION = "What is the weather like today?"
+FRAME_MS = 20
+SPEECH_LEVEL = 0.02
+
+
+def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Settings:
+    stt: dict[str, Any] = {}
+    if whisper_dir is not None:
+        stt = {
+            "model": str(whisper_dir),
+            "device": "cpu",
+            "compute_type": "int8",
+            "beam_size": 1,
+            "temperatures": [0.0],
+        }
+    return Settings(
+        logging={"level": "warning"},
+        stt=stt,
+        tts={
+            "voices_dir": str(voices_dir),
+            "voice": VOICE_NAME,
+            "max_concurrent": 2,
+            "queue_timeout_s": 600,
+            "piper": {"download": False},
+        },
+        llm={"url": llm_url, "retry_attempts": 0, "timeout_s": 120},
+    )
+
+
+def wait_engine(app: Any) -> None:
+    while app.state.pipeline.state.loading:
+        time.sleep(0.02)
+    state = app.state.pipeline.state
+    if state.engine is None or state.fallback:
+        raise SystemExit(f"the piper engine did not start: {state.error}")
+
+
+# -- the three TTS measurements -----------------------------------------------------------------
+
+
+def ttfa_whole(client: httpx.Client) -> float:
+    started = time.perf_counter()
+    first = None
+    with client.stream("POST", "/tts", json={"text": QUESTION, "reply": True}) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            if chunk and first is None:
+                first = time.perf_counter() - started
+    assert first is not None
+    return first
+
+
+def ttfa_stream(client: httpx.Client, text: str = QUESTION) -> tuple[float, dict[str, float]]:
+    """Seconds to the first PCM byte after the WAV header, and the response's Server-Timing (ms)."""
+    started = time.perf_counter()
+    received = 0
+    first = None
+    with client.stream("POST", "/tts/stream", json={"text": text, "reply": True}) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if first is None and received > 44:
+                first = time.perf_counter() - started
+        timing = server_timing(response.headers.get("server-timing", ""))
+    assert first is not None
+    return first, timing
+
+
+def server_timing(header: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for part in header.split(","):
+        fields = part.strip().split(";")
+        for field in fields[1:]:
+            if field.startswith("dur="):
+                values[fields[0]] = float(field[4:])
+    return values
+
+
+def floor_once(settings: Settings, voice: Any) -> tuple[float, float, str]:
+    """(seconds until the LLM's first fragment, that fragment's direct synthesis, the fragment)."""
+
+    async def first_fragment() -> tuple[float, str]:
+        llm = OllamaClient(settings.llm)
+        splitter = SpeechSplitter(settings.tts.first_fragment_min_words, settings.tts.first_fragment_max_words)
+        started = time.perf_counter()
+        stream = llm.stream_reply(QUESTION)
+        try:
+            async for piece in stream:
+                for fragment in splitter.feed(piece):
+                    return time.perf_counter() - started, fragment
+            for fragment in splitter.flush():
+                return time.perf_counter() - started, fragment
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            await llm.aclose()
+        raise SystemExit("the LLM gave no fragment")
+
+    until_fragment, fragment = anyio.run(first_fragment)
+    started = time.perf_counter()
+    chunks = list(voice.synthesize(fragment))
+    synthesis = time.perf_counter() - started
+    assert chunks
+    return until_fragment, synthesis, fragment
+
+
+# -- voice to voice ------------------------------------------------------------------------------
+
+
+def speech_frames(sample_rate: int) -> tuple[list[bytes], int, float]:
+    """Real-time PCM16 frames of QUESTION spoken by espeak-ng, the index of the frame holding the last
+    loud sample, and the speech's length in seconds."""
+    from core.audio import float32_to_pcm16
+    from tests.fixtures.speech import make_speech
+
+    audio = make_speech(QUESTION, sample_rate=sample_rate, lead_silence_s=0.5, trail_silence_s=2.0)
+    loud = np.flatnonzero(np.abs(audio) >= SPEECH_LEVEL)
+    step = sample_rate * FRAME_MS // 1000
+    pcm = float32_to_pcm16(audio)
+    frames = [pcm[i * 2 : (i + step) * 2] for i in range(0, len(audio), step)]
+    return frames, int(loud[-1]) // step, (loud[-1] - loud[0]) / sample_rate
+
+
+def _is_final(message: dict[str, Any]) -> bool:
+    return message.get("type") in ("transcript", "error", "no_speech")
+
+
+def voice_turn(stt_ws_url: str, tts: httpx.Client, sample_rate: int) -> dict[str, Any]:
+    from websockets.sync.client import connect
+
+    frames, end_frame, _ = speech_frames(sample_rate)
+    got: dict[str, Any] = {}
+    done = threading.Event()
+    with connect(stt_ws_url, open_timeout=10, close_timeout=5) as ws:
+        ready = json.loads(ws.recv(timeout=30))
+        if ready.get("type") != "ready":
+            raise SystemExit(f"/ws/stt did not open a session: {ready}")
+
+        def read() -> None:
+            for raw in ws:
+                message = json.loads(raw)
+                if _is_final(message):
+                    got["at"], got["message"] = time.perf_counter(), message
+                    done.set()
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        start = time.perf_counter()
+        speech_end = 0.0
+        for index, frame in enumerate(frames):
+            if done.is_set():
+                break
+            delay = start + (index + 1) * FRAME_MS / 1000 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            ws.send(frame)
+            if index == end_frame:
+                speech_end = time.perf_counter()
+        if not done.wait(30):
+            raise SystemExit("no transcript from /ws/stt")
+        message = got["message"]
+        if message["type"] != "transcript":
+            raise SystemExit(f"/ws/stt answered {message}")
+        transcript_at = got["at"]
+        # The random-weight Whisper writes garbage (or nothing); the Ollama double answers anyway.
+        text = message.get("text", "").strip() or QUESTION
+        asked = time.perf_counter()
+        first_audio, timing = ttfa_stream(tts, text)
+        audio_at = asked + first_audio
+    stt_timings = message.get("timings") or {}
+    return {
+        "total": audio_at - speech_end,
+        "speech_end_to_transcript": transcript_at - speech_end,
+        "transcribe": float(message.get("transcribe_seconds", 0.0)),
+        "transcript_to_request": asked - transcript_at,
+        "tts_first_audio": first_audio,
+        "llm_ttft": timing.get("llm_ttft", 0.0) / 1000,
+        "tts_first_synthesis": timing.get("tts", 0.0) / 1000,
+        "queue": timing.get("queue", 0.0) / 1000,
+        "server_ttfa": timing.get("ttfa", 0.0) / 1000,
+        "stt_timings": stt_timings,
+    }
+
+
+@contextmanager
+def stt_service(settings: Settings) -> Iterator[Any]:
+    from stt.server import create_app as create_stt_app
+
+    app = create_stt_app(settings)
+    with run_server(app) as server:
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=server.http_url, timeout=5) as client:
+            while not client.get("/health").json().get("whisper_loaded"):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the STT model did not load")
+                time.sleep(0.1)
+        yield server
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="TTFA samples per side (default 5)")
+    parser.add_argument("--turns", type=int, default=3, help="voice-to-voice turns (default 3)")
+    parser.add_argument("--no-voice", action="store_true", help="skip the voice-to-voice part (no STT model)")
+    args = parser.parse_args()
+
+    from piper import PiperVoice
+
+    from tts.server import create_app
+
+    model_path = build_costed_voice()
+    voices_dir = model_path.parent
+    whisper_dir = None
+    if not args.no_voice:
+        from tests.fixtures.whisper_model import build_whisper_model
+
+        whisper_dir = build_whisper_model(cache_dir() / "whisper-tiny", shape="tiny")
+
+    double: OllamaDouble
+    with ollama_double() as double:
+        behaviour = double.behaviour
+        behaviour.reply, behaviour.tokens = REPLY, "words"
+        behaviour.token_rate, behaviour.first_token_s = TOKEN_RATE, 1 / TOKEN_RATE
+        settings = _settings(voices_dir, double.url, whisper_dir)
+        voice = PiperVoice.load(model_path)
+        app = create_app(settings)
+        logging.getLogger().setLevel(logging.WARNING)
+        with run_server(app) as server, httpx.Client(base_url=server.http_url, timeout=120) as client:
+            wait_engine(app)
+            ttfa_whole(client)  # warm both paths and the voice
+            ttfa_stream(client)
+            floor_once(settings, voice)
+            whole, streamed, floors, until_fragment, first_synth, server_side = [], [], [], [], [], []
+            server_synth, server_until = [], []
+            fragment = ""
+            for _ in range(args.rounds):
+                whole.append(ttfa_whole(client))
+                seconds, timing = ttfa_stream(client)
+                streamed.append(seconds)
+                server_side.append(timing.get("ttfa", 0.0) / 1000)
+                server_synth.append(timing.get("tts", 0.0) / 1000)
+                server_until.append((timing.get("ttfa", 0.0) - timing.get("tts", 0.0) - timing.get("queue", 0.0)) / 1000)
+                until, synth, fragment = floor_once(settings, voice)
+                until_fragment.append(until)
+                first_synth.append(synth)
+                floors.append(until + synth)
+
+            turns: list[dict[str, Any]] = []
+            if whisper_dir is not None:
+                with stt_service(settings) as stt_server:
+                    url = f"{stt_server.ws_url}/ws/stt"
+                    voice_turn(url, client, settings.stt.sample_rate)  # warm-up
+                    turns = [voice_turn(url, client, settings.stt.sample_rate) for _ in range(args.turns)]
+
+    median = statistics.median
+    whole_m, stream_m, floor_m = median(whole), median(streamed), median(floors)
+    words = len(REPLY.split())
+    print(f"reply: {words} words at {TOKEN_RATE:g} tokens/s from the Ollama double ({words / TOKEN_RATE:.1f} s)")
+    print(f"voice: costed synthetic medium Piper voice; tts.max_concurrent 2; medians of {args.rounds} rounds")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"first fragment ({len(fragment.split())} words): {fragment!r}")
+    print()
+    print(f"{'time to first audio':<44}{'median':>10}{'min':>11}{'max':>11}")
+    for label, values in (
+        ("POST /tts (whole reply)", whole),
+        ("POST /tts/stream (client side)", streamed),
+        ("  in the server (Server-Timing ttfa)", server_side),
+        ("    until the first fragment was cut", server_until),
+        ("    synthesis of the first fragment", server_synth),
+        ("floor: LLM's first fragment + its synthesis", floors),
+        ("  LLM until the first fragment", until_fragment),
+        ("  direct synthesis of that fragment", first_synth),
+    ):
+        print(f"{label:<44}{_ms(median(values)):>10} {_ms(min(values)):>10} {_ms(max(values)):>10}")
+    gap = stream_m - floor_m
+    speedup = whole_m / stream_m
+    ok_floor = gap <= FLOOR_SLACK_S
+    ok_speedup = speedup >= SPEEDUP_TARGET
+    print()
+    print(f"stream - floor: {gap * 1000:+.1f} ms (target <= {FLOOR_SLACK_S * 1000:.0f} ms): {'met' if ok_floor else 'MISSED'}")
+    print(f"/tts / stream: {speedup:.1f}x sooner (target >= {SPEEDUP_TARGET:g}x): {'met' if ok_speedup else 'MISSED'}")
+    if turns:
+        print()
+        print(f"voice to voice (end of speech -> first reply audio byte), {len(turns)} turns, medians:")
+        rows = (
+            ("total", "total"),
+            ("  end of speech -> final transcript", "speech_end_to_transcript"),
+            ("    of which transcription (server)", "transcribe"),
+            ("  transcript -> request sent", "transcript_to_request"),
+            ("  request -> first audio byte (/tts/stream)", "tts_first_audio"),
+            ("    LLM time to first token", "llm_ttft"),
+            ("    waiting for a worker", "queue"),
+            ("    synthesis of the first fragment", "tts_first_synthesis"),
+            ("    server time to first audio", "server_ttfa"),
+        )
+        for label, key in rows:
+            values = [turn[key] for turn in turns]
+            print(f"{label:<44}{_ms(median(values)):>10} {_ms(min(values)):>10} {_ms(max(values)):>10}")
+        if turns[-1]["stt_timings"]:
+            print(f"  STT timings of the last turn: {turns[-1]['stt_timings']}")
+    return 0 if ok_floor and ok_speedup else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
