@@ -110,6 +110,8 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
             bits = int.from_bytes(body[14:16], "little")
             if audio_format == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real format follows
                 audio_format = int.from_bytes(body[24:26], "little")
+            if channels < 1 or rate < 1:
+                raise ValueError(f"WAV fmt chunk declares {channels} channels at {rate} Hz")
             fmt = (audio_format, channels, rate, bits)
         elif chunk_id == b"data":
             if fmt is None:

@@ -1,17 +1,23 @@
-// The dashboard: Talk (microphone -> STT -> reply -> speech), Speak, Status, problems, Settings.
+// The dashboard: Talk (microphone -> STT -> streamed reply -> speech, with barge-in), Speak, Status,
+// problems, Settings.
 import { ApiError, explain, getJson, isLlmError, speak } from "./api.js";
+import { StreamPlayer } from "./player.js";
+import { TtsSocket } from "./tts-socket.js";
 import { MicCapture, SttSocket, microphoneAvailable } from "./voice.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 5000;
 const LOUD_RMS = 0.01; // about -40 dBFS: above it a frame counts as "the microphone heard a voice"
 const MAX_PENDING_FRAMES = 125; // 5 s of 40 ms frames kept while the socket connects
-const MAX_TURNS_SHOWN = 5;
+const MAX_TURNS_SHOWN = 4;
 
 const state = {
   config: null,
   sttUrl: null,
   mode: "handsfree",
+  bargeIn: true, // "Let me interrupt": the microphone stays live while the assistant speaks
+  current: null, // the reply being generated or played: {generation, playback, bubble, turn}
+  bargeIns: 0,
   mic: null,
   stt: null,
   connecting: false,
@@ -30,6 +36,15 @@ const state = {
   problemKeys: new Map(),
   health: { stt: null, tts: null },
 };
+
+const player = new StreamPlayer();
+const tts = new TtsSocket({
+  onConnection: () => refreshStatus(),
+  onProblem: (code, message) => addProblem("The text-to-speech service refused something", `${message} (${code})`, { key: `tts-${code}` }),
+});
+const replyStream = tts; // named apart from refreshStatus's `tts` (the /health answer)
+// For the browser's console (and the tests): what plays, what the reply stream did.
+window.dashboard = { player, tts, state };
 
 // ---------------------------------------------------------------- helpers
 
@@ -220,8 +235,10 @@ function updateMicButton() {
 }
 
 function feeding() {
-  // While the assistant thinks or speaks, the microphone is not fed to the service (no self-listening).
-  if (state.assistantBusy > 0 || state.stopping) return false;
+  if (state.stopping) return false;
+  // Without barge-in, the microphone is not fed while the assistant thinks or speaks (no self-listening);
+  // with it, echo cancellation keeps the assistant's voice out and the user can cut it off.
+  if (!state.bargeIn && state.assistantBusy > 0) return false;
   return state.mode === "handsfree" || state.holding;
 }
 
@@ -262,7 +279,7 @@ async function startSession() {
   updateMicButton();
   setTalkState("connecting", "Starting the microphone…");
   const targetRate = (state.config && state.config.stt && state.config.stt.sample_rate) || 16000;
-  const mic = new MicCapture({ targetRate, onFrame });
+  const mic = new MicCapture({ targetRate, onFrame, echoCancellation: state.bargeIn });
   try {
     await mic.start();
   } catch (err) {
@@ -278,6 +295,7 @@ async function startSession() {
   const stt = new SttSocket(state.sttUrl, {
     onTranscript: onTranscript,
     onPartial: (m) => showPartial(m.text || ""),
+    onSpeechStarted: onSpeechStarted,
     onNoSpeech: () => {
       showPartial("");
       finishStopping();
@@ -383,12 +401,14 @@ function pressEnd() {
 
 const micButton = $("mic");
 micButton.addEventListener("click", () => {
+  player.context(); // a click lets the page play the replies that follow
   if (state.mode !== "handsfree") return;
   if (state.live || state.connecting) stopSession();
   else startSession();
 });
 micButton.addEventListener("pointerdown", (event) => {
   if (state.mode !== "ptt" || event.button !== 0) return;
+  player.context();
   micButton.setPointerCapture?.(event.pointerId);
   pressStart();
 });
@@ -396,6 +416,7 @@ for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) micButt
 micButton.addEventListener("keydown", (event) => {
   if (state.mode !== "ptt" || (event.key !== " " && event.key !== "Enter")) return;
   event.preventDefault();
+  player.context();
   if (!event.repeat) pressStart();
 });
 micButton.addEventListener("keyup", (event) => {
@@ -469,15 +490,41 @@ function onTranscript(message) {
   const bubble = addBubble("user", text || "(nothing recognisable)", `${message.duration.toFixed(1)} s of audio · ${message.reason}`);
   bubble.dataset.duration = String(message.duration);
   if (!text) {
-    idleState();
+    if (!state.current) idleState();
     return;
   }
-  takeTurn(text, { sttLatency, heardAt: now });
+  takeTurn(text, { sttLatency, stt: message.timings || null, heardAt: now });
+}
+
+/** The service heard the user start speaking: with barge-in on, the assistant stops talking at once. */
+function onSpeechStarted() {
+  if (!state.bargeIn || !state.current) return;
+  interrupt();
+}
+
+/** Stop the reply now: playback stops, the generation is cancelled, later audio of it is discarded. */
+function interrupt() {
+  const current = state.current;
+  if (!current || current.interrupted) return;
+  current.interrupted = true;
+  current.playback.stop();
+  const cancelSent = tts.cancel(current.generation);
+  state.bargeIns += 1;
+  $("talk").dataset.bargeIns = String(state.bargeIns);
+  const bubble = current.bubble;
+  bubble.dataset.state = "interrupted";
+  bubble.classList.add("interrupted");
+  bubble.querySelector(".meta").textContent = cancelSent ? "interrupted: you started speaking (the rest was not generated)" : "interrupted: you started speaking";
+  if (current.turn) {
+    current.turn.interrupted = true;
+    recordTurn(current.turn);
+  }
+  setTalkState("listening", "Listening… (you interrupted)");
 }
 
 function takeTurn(text, timing) {
   state.assistantBusy += 1;
-  const turn = { number: ++state.turnCount, sttLatency: timing.sttLatency, ttsLatency: null };
+  const turn = { number: ++state.turnCount, sttLatency: timing.sttLatency, stt: timing.stt || null, server: null, firstAudio: null, interrupted: false };
   state.turnChain = state.turnChain
     .then(() => answer(text, timing, turn))
     .catch((err) => addProblem("Something went wrong", String(err)))
@@ -491,9 +538,9 @@ async function answer(text, timing, turn) {
   setTalkState("thinking", "Thinking…");
   const bubble = addBubble("assistant", "…", "thinking");
   bubble.dataset.state = "pending";
+  recordTurn(turn);
   try {
-    const result = await speak({ text, reply: true, voice: $("voice").value, speed: Number($("speed").value) });
-    await playReply(bubble, result, timing, turn);
+    await streamReply(bubble, { text, reply: true }, timing, turn);
   } catch (err) {
     if (isLlmError(err)) {
       const { title, detail } = explain(err, state.config && state.config.llm && state.config.llm.url);
@@ -502,13 +549,12 @@ async function answer(text, timing, turn) {
       instead.addEventListener("click", () => speakInstead(text, bubble, instead));
       bubble.append(el("div", { class: "turn-actions" }, instead));
       addProblem(title, detail, { key: err.code === "llm_unavailable" ? "llm-down" : err.code });
-      recordTurn(turn);
     } else {
       const { title, detail } = explain(err);
       showBubbleError(bubble, title, detail);
       addProblem(title, detail, { key: err.code || "tts" });
-      recordTurn(turn);
     }
+    recordTurn(turn);
   }
 }
 
@@ -520,18 +566,24 @@ function showBubbleError(bubble, title, detail) {
 }
 
 async function speakInstead(text, bubble, button) {
+  player.context();
   button.disabled = true;
   button.textContent = "Speaking…";
   state.assistantBusy += 1;
   setTalkState("speaking", "Speaking your words…");
   try {
-    const result = await speak({ text, reply: false, voice: $("voice").value, speed: Number($("speed").value) });
     bubble.classList.remove("failed");
+    bubble.dataset.state = "pending";
+    bubble.querySelector(".words").textContent = text;
+    bubble.querySelector(".meta").textContent = "";
+    button.parentElement.hidden = true;
+    await streamReply(bubble, { text, reply: false }, null, null, "spoken back");
     button.parentElement.remove();
-    await playReply(bubble, result, null, null, "spoken back");
   } catch (err) {
     const { title, detail } = explain(err);
+    showBubbleError(bubble, title, detail);
     addProblem(title, detail, { key: err.code || "tts" });
+    button.parentElement.hidden = false;
     button.disabled = false;
     button.textContent = "Speak it instead";
   } finally {
@@ -540,77 +592,167 @@ async function speakInstead(text, bubble, button) {
   }
 }
 
-function playReply(bubble, result, timing, turn, label = "") {
-  bubble.querySelector(".words").textContent = result.text;
-  const seconds = result.duration ? `${result.duration.toFixed(1)} s` : "";
-  bubble.querySelector(".meta").textContent = [label, result.voice, seconds].filter(Boolean).join(" · ");
-  bubble.dataset.state = "playing";
-  const audio = $("reply-audio");
-  const url = URL.createObjectURL(result.blob);
-  return new Promise((resolve) => {
-    let done = false;
-    const finish = (outcome) => {
-      if (done) return;
-      done = true;
-      clearTimeout(guard);
-      audio.removeEventListener("playing", onPlaying);
-      audio.removeEventListener("ended", onEnded);
-      audio.removeEventListener("error", onError);
-      bubble.dataset.state = outcome;
-      URL.revokeObjectURL(url);
-      resolve();
-    };
-    const onPlaying = () => {
-      if (timing && turn) {
-        turn.ttsLatency = performance.now() - timing.heardAt;
+/**
+ * Ask /ws/tts for the reply (or to speak `text` as it is) and play it while it is generated: the words
+ * grow with each reply_text, each audio chunk is scheduled as it arrives. Resolves when the audio has
+ * played or was stopped; rejects with the service's error (e.g. llm_unavailable).
+ */
+async function streamReply(bubble, { text, reply }, timing, turn, label = "") {
+  const words = bubble.querySelector(".words");
+  const playback = player.begin(turn ? `turn-${turn.number}` : label || "reply");
+  let blockedNoted = false;
+  const generation = tts.generate(
+    { text, reply, voice: $("voice").value, speed: Number($("speed").value) },
+    {
+      onStarted: () => {
+        if (bubble.dataset.state === "pending") bubble.dataset.state = "streaming";
+      },
+      onText: (said) => {
+        if (said) words.textContent = said;
+      },
+      onAudio: (meta, pcm) => {
+        playback.enqueue(pcm, meta.sample_rate, meta);
+        if (player.blocked && !blockedNoted) {
+          blockedNoted = true;
+          noteBlockedPlayback(bubble);
+        }
+      },
+    },
+  );
+  const current = { generation, playback, bubble, turn, interrupted: false };
+  state.current = current;
+  playback.onPlaying = () => {
+    if (current.interrupted) return;
+    bubble.dataset.state = "playing";
+    if (timing && turn) {
+      turn.firstAudio = playback.startedAt - timing.heardAt;
+      recordTurn(turn);
+    }
+    setTalkState("speaking", state.bargeIn && state.live ? "Speaking… (start talking to interrupt)" : "Speaking…");
+  };
+  try {
+    const result = await generation.done;
+    if (!result.cancelled) {
+      if (result.text) words.textContent = result.text;
+      const seconds = Number.isFinite(result.audio_seconds) ? `${result.audio_seconds.toFixed(1)} s` : "";
+      bubble.querySelector(".meta").textContent = [label, result.voice, seconds].filter(Boolean).join(" · ");
+      if (turn) {
+        turn.server = result.timings || null;
         recordTurn(turn);
       }
-      setTalkState("speaking", "Speaking…");
-    };
-    const onEnded = () => finish("played");
-    const onError = () => {
-      addProblem("The answer could not be played", "The browser could not decode the audio.", { key: "playback" });
-      finish("failed");
-    };
-    const guard = setTimeout(() => finish("played"), ((result.duration || 10) + 10) * 1000);
-    audio.addEventListener("playing", onPlaying, { once: true });
-    audio.addEventListener("ended", onEnded, { once: true });
-    audio.addEventListener("error", onError, { once: true });
-    audio.src = url;
-    audio.play().catch((err) => {
-      const play = el("button", { type: "button", class: "secondary small-button", text: "Play the answer" });
-      play.addEventListener("click", () => {
-        play.parentElement.remove();
-        audio.play().catch(() => finish("failed"));
-      });
-      bubble.append(el("div", { class: "turn-actions" }, play));
-      addProblem("The browser blocked playback", `${err.message} Press "Play the answer".`, { key: "autoplay" });
-    });
+      playback.finish();
+    }
+    const outcome = await playback.ended;
+    bubble.dataset.state = current.interrupted ? "interrupted" : outcome === "ended" ? "played" : "stopped";
+  } catch (err) {
+    playback.stop();
+    throw err;
+  } finally {
+    if (state.current === current) state.current = null;
+  }
+}
+
+function noteBlockedPlayback(bubble) {
+  const play = el("button", { type: "button", class: "secondary small-button", text: "Play the answer" });
+  play.addEventListener("click", () => {
+    player.context();
+    play.parentElement.remove();
   });
+  bubble.append(el("div", { class: "turn-actions" }, play));
+  addProblem("The browser blocked playback", 'It plays sound only after a click on this page. Press "Play the answer".', { key: "autoplay" });
 }
 
 function recordTurn(turn) {
-  if (state.turns.includes(turn)) return renderTurns();
-  state.turns.unshift(turn);
-  state.turns.length = Math.min(state.turns.length, MAX_TURNS_SHOWN);
+  if (!state.turns.includes(turn)) {
+    state.turns.unshift(turn);
+    state.turns.length = Math.min(state.turns.length, MAX_TURNS_SHOWN);
+  }
   renderTurns();
 }
 
+// ---------------------------------------------------------------- latency of the last turns
+
+const seconds = (s) => (s === null || s === undefined || !Number.isFinite(s) ? null : ms(s * 1000));
+const factor = (x) => (x === null || x === undefined || !Number.isFinite(x) ? null : `${x < 0.1 ? x.toFixed(3) : x.toFixed(2)}×`);
+const dig = (object, ...path) => path.reduce((value, key) => (value === null || value === undefined ? null : value[key]), object);
+
+/** Rows of the latency table: [stage id, label, value of a turn], grouped by service. */
+const STAGES = [
+  ["Speech to text", [
+    ["stt_final", "Speech end → text", (t) => seconds(dig(t.stt, "speech_end_to_transcript_s")) ?? (t.sttLatency !== null ? ms(t.sttLatency) : null)],
+    ["stt_transcribe", "Transcribing", (t) => seconds(dig(t.stt, "transcribe_s"))],
+    ["stt_rtf", "Real-time factor", (t) => factor(dig(t.stt, "real_time_factor"))],
+  ]],
+  ["Language model", [
+    ["llm_ttft", "First token", (t) => seconds(dig(t.server, "llm", "time_to_first_token_s"))],
+    ["llm_rate", "Speed", (t) => {
+      const rate = dig(t.server, "llm", "tokens_per_s");
+      return rate === null || !Number.isFinite(rate) ? null : `${rate.toFixed(rate < 10 ? 1 : 0)} tok/s`;
+    }],
+  ]],
+  ["Text to speech", [
+    ["tts_ttfa", "First audio", (t) => seconds(dig(t.server, "tts", "time_to_first_audio_s"))],
+    ["tts_rtf", "Real-time factor", (t) => factor(dig(t.server, "tts", "real_time_factor"))],
+  ]],
+  ["Waiting for a worker", [
+    ["queue_stt", "Speech to text", (t) => seconds(dig(t.stt, "queue_wait_s"))],
+    ["queue_tts", "Text to speech", (t) => seconds(dig(t.server, "queue", "wait_s"))],
+  ]],
+  ["Heard in this page", [
+    ["page_first_audio", "Text → first audio", (t) => (t.firstAudio !== null ? ms(t.firstAudio) : null)],
+  ]],
+];
+
 function renderTurns() {
-  const rows = state.turns.map((t) =>
-    el("tr", { "data-turn": String(t.number) }, el("td", { text: `#${t.number}` }), el("td", { text: ms(t.sttLatency) }), el("td", { text: ms(t.ttsLatency) })),
-  );
-  $("latency-rows").replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: "3", text: "No turns yet." }))]));
+  const table = $("latency");
+  const turns = state.turns;
+  if (!turns.length) {
+    table.querySelector("thead").replaceChildren(el("tr", {}, el("th", { scope: "col", text: "Stage" })));
+    $("latency-rows").replaceChildren(el("tr", { class: "empty" }, el("td", { text: "No turns yet." })));
+    return;
+  }
+  const head = el("tr", {}, el("th", { scope: "col", text: "Stage" }));
+  for (const t of turns) {
+    const th = el("th", { scope: "col", "data-turn": String(t.number), text: `#${t.number}` });
+    if (t.interrupted) {
+      th.classList.add("cut");
+      th.title = "interrupted: no generation_complete, so no LLM and TTS figures";
+      th.append(el("span", { class: "cut-mark", text: " (cut)" }));
+    }
+    head.append(th);
+  }
+  table.querySelector("thead").replaceChildren(head);
+  const rows = [];
+  for (const [group, stages] of STAGES) {
+    rows.push(el("tr", { class: "group" }, el("th", { scope: "rowgroup", colspan: String(turns.length + 1), text: group })));
+    for (const [id, label, value] of stages) {
+      const row = el("tr", { "data-stage": id }, el("th", { scope: "row", text: label }));
+      for (const t of turns) {
+        const shown = value(t);
+        row.append(el("td", { "data-turn": String(t.number), class: shown === null ? "muted" : "", text: shown ?? "–" }));
+      }
+      rows.push(row);
+    }
+  }
+  $("latency-rows").replaceChildren(...rows);
 }
 
 $("type-form").addEventListener("submit", (event) => {
   event.preventDefault();
+  player.context();
   const input = $("type-text");
   const text = input.value.trim();
   if (!text) return;
   input.value = "";
   addBubble("user", text, "typed");
   takeTurn(text, { sttLatency: null, heardAt: performance.now() });
+});
+
+$("barge-in").addEventListener("change", () => {
+  state.bargeIn = $("barge-in").checked;
+  // Echo cancellation is what lets the microphone stay live; it is asked for when the microphone starts.
+  if (state.mic && state.mic.setEchoCancellation) state.mic.setEchoCancellation(state.bargeIn);
+  savePrefs();
 });
 
 // ---------------------------------------------------------------- speak panel
@@ -725,7 +867,7 @@ function loadPrefs() {
 
 function savePrefs() {
   try {
-    localStorage.setItem(PREFS_KEY, JSON.stringify({ mode: state.mode, voice: $("voice").value, speed: $("speed").value }));
+    localStorage.setItem(PREFS_KEY, JSON.stringify({ mode: state.mode, voice: $("voice").value, speed: $("speed").value, bargeIn: state.bargeIn }));
   } catch {
     // storage disabled: preferences simply are not kept
   }
@@ -736,6 +878,10 @@ function restorePrefs() {
   if (prefs.mode === "ptt" || prefs.mode === "handsfree") {
     state.mode = prefs.mode;
     $(prefs.mode === "ptt" ? "mode-ptt" : "mode-handsfree").checked = true;
+  }
+  if (typeof prefs.bargeIn === "boolean") {
+    state.bargeIn = prefs.bargeIn;
+    $("barge-in").checked = prefs.bargeIn;
   }
   if (prefs.speed) {
     $("speed").value = prefs.speed;
@@ -821,6 +967,7 @@ async function refreshStatus() {
       ["Voice", h.voice ? `${h.voice}${h.voice_loaded ? "" : " (not loaded yet)"}` : null],
       ["LLM", `${h.llm_model} · ${h.ollama ? "Ollama reachable" : "Ollama not reachable"}${llmUrl ? ` at ${llmUrl}` : ""}`],
       ["Workers", h.workers ? `${h.workers.running} busy, ${h.workers.waiting} waiting, ${h.workers.max_concurrent} max` : null],
+      ["Replies", replyStream.open ? "streamed over /ws/tts (connected)" : "streamed over /ws/tts (not connected yet)"],
     ], reasons);
     state.health.tts = true;
     if (state.health.llm !== false && h.ollama === false) {
@@ -842,6 +989,7 @@ async function main() {
   restorePrefs();
   updateMicButton();
   await loadConfig();
+  tts.connect().catch(() => {}); // opened now, so the first reply does not wait for it; reopened when it closes
   checkSecureContext();
   await Promise.allSettled([loadVoices(), refreshStatus()]);
   setInterval(refreshStatus, POLL_MS);

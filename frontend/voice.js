@@ -32,8 +32,9 @@ function micError(err) {
 
 /** Captures the microphone as mono PCM16 at `targetRate`; calls onFrame(ArrayBuffer, rms). */
 export class MicCapture {
-  constructor({ targetRate, frameMs = 40, onFrame }) {
+  constructor({ targetRate, frameMs = 40, onFrame, echoCancellation = false }) {
     this.targetRate = targetRate;
+    this.echoCancellation = echoCancellation;
     this.frameMs = frameMs;
     this.onFrame = onFrame;
     this.stream = null;
@@ -48,8 +49,10 @@ export class MicCapture {
     }
     try {
       this.stream = await navigator.mediaDevices.getUserMedia({
-        // Raw audio: Whisper and the VAD do best on it, and the page mutes itself while the assistant speaks.
-        audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+        // Raw audio otherwise (Whisper and the VAD do best on it). With barge-in the microphone stays live while
+        // the assistant speaks, and echo cancellation keeps the assistant's own voice out of it; without it
+        // the page stops feeding the microphone while the assistant speaks.
+        audio: { channelCount: 1, echoCancellation: this.echoCancellation, noiseSuppression: false, autoGainControl: false },
       });
     } catch (err) {
       throw micError(err);
@@ -76,6 +79,13 @@ export class MicCapture {
       this.stop();
       throw new MicError("The audio processor could not be started", String((err && err.message) || err));
     }
+  }
+
+  /** Turn echo cancellation on or off on the running microphone (where the browser allows it). */
+  setEchoCancellation(on) {
+    this.echoCancellation = on;
+    const track = this.stream && this.stream.getAudioTracks()[0];
+    if (track) track.applyConstraints({ echoCancellation: on }).catch(() => {});
   }
 
   stop() {
@@ -108,7 +118,8 @@ export class SttError extends Error {
 
 /**
  * One /ws/stt session. connect() resolves with the "ready" message; afterwards `handlers` get
- * onTranscript, onPartial (services that send partial transcripts), onNoSpeech, onBufferLimit,
+ * onTranscript, onPartial (services that send partial transcripts), onSpeechStarted, onSpeechEnded
+ * (voice activity: speech_started is what barge-in reacts to), onNoSpeech, onBufferLimit,
  * onServerError(message) and onClosed(SttError|null). Message types it does not know are ignored.
  */
 export class SttSocket {
@@ -200,6 +211,12 @@ export class SttSocket {
         break;
       case "partial":
         if (h.onPartial) h.onPartial(message);
+        break;
+      case "speech_started":
+        if (h.onSpeechStarted) h.onSpeechStarted(message);
+        break;
+      case "speech_ended":
+        if (h.onSpeechEnded) h.onSpeechEnded(message);
         break;
       case "no_speech":
         if (h.onNoSpeech) h.onNoSpeech(message);

@@ -120,7 +120,13 @@ def choose_compute_type(requested: str, device: str, supported: set[str]) -> str
 
 
 def _directory_size(path: Path) -> int:
-    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+    total = 0
+    for entry in path.rglob("*"):
+        try:
+            total += entry.stat().st_size if entry.is_file() else 0
+        except OSError:
+            continue  # huggingface_hub renames *.incomplete files while we look
+    return total
 
 
 def _download(name: str, target: Path) -> Path:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -92,9 +93,6 @@ class SttService:
 
     async def load_model(self) -> None:
         stt = self.settings.stt
-        # Silero VAD ships inside faster-whisper; loading it here keeps the first session's
-        # ONNX load off the event loop.
-        await anyio.to_thread.run_sync(get_vad_model)
         try:
             engine = await anyio.to_thread.run_sync(
                 WhisperEngine.load,
@@ -160,6 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Silero VAD ships inside faster-whisper and loads in a blink; loading it before serving keeps
+        # the first session's ONNX load off the event loop.
+        await anyio.to_thread.run_sync(get_vad_model)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(service.load_model)
             yield
@@ -229,11 +230,11 @@ async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> 
     send_lock = anyio.Lock()
     gone = False
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: dict[str, Any], still_valid: Callable[[], bool] | None = None) -> None:
         nonlocal gone
-        # The worker and the receive loop both send; one frame at a time on the wire.
+        # The worker, partial tasks and the receive loop all send; one frame at a time on the wire.
         async with send_lock:
-            if gone:
+            if gone or (still_valid is not None and not still_valid()):
                 return
             try:
                 await websocket.send_json(message)
@@ -248,14 +249,19 @@ async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> 
     session = SttSession(
         settings, service.model, service.transcribe_limiter, service.vad_limiter, send, service.metrics
     )
-    await send(protocol.ready(session_id, settings.sample_rate, session.language, settings.model))
+    # Only the model's name: a client has no business knowing the server's directories.
+    await send(protocol.ready(session_id, settings.sample_rate, session.language, Path(settings.model).name))
     intake = _Intake(websocket)
     service._intakes.add(intake)
-    drained = False
+    drained = failed = False
     try:
         try:
             async with anyio.create_task_group() as tasks:
-                session.on_fatal = tasks.cancel_scope.cancel
+                def stop_for_fatal() -> None:
+                    session.abandon()
+                    tasks.cancel_scope.cancel()
+
+                session.on_fatal = stop_for_fatal
                 session.tasks = tasks
                 tasks.start_soon(session.run_worker)
                 if service.draining:
@@ -268,14 +274,20 @@ async def _serve(websocket: WebSocket, service: SttService, session_id: str) -> 
                         session.abandon()  # out of time: stop the transcription under way
                     else:
                         drained = not gone
+                else:
+                    session.abandon()  # the client left: the transcription under way stops early
                 tasks.cancel_scope.cancel()
-        except WebSocketDisconnect:
-            pass
+        except Exception:
+            # A bug must not drop the socket silently: the client hears why before the close.
+            log.exception("session_failed")
+            failed = True
         finally:
             service._intakes.discard(intake)
             session.close()
             log.info("session_closed", utterances=session.utterances, drained=drained)
-        if session.fatal:
+        if failed:
+            await _close_with_error(websocket, "internal_error", "internal server error; see the service log")
+        elif session.fatal:
             await _close_with_error(websocket, "model_unavailable", session.fatal)
         elif drained:
             await _close_going_away(websocket)
@@ -321,9 +333,12 @@ async def _receive_loop(intake: _Intake, session: SttSession, settings: SttSetti
 async def _close_with_error(websocket: WebSocket, code: str, message: str) -> None:
     if websocket.client_state != WebSocketState.CONNECTED:
         return
-    await websocket.send_json(protocol.error(code, message))
-    # A close reason is limited to 123 bytes by RFC 6455; the full text went in the message above.
-    await websocket.close(protocol.CLOSE_INTERNAL_ERROR, message.encode()[:120].decode(errors="ignore"))
+    try:
+        await websocket.send_json(protocol.error(code, message))
+        # A close reason is limited to 123 bytes by RFC 6455; the full text went in the message above.
+        await websocket.close(protocol.CLOSE_INTERNAL_ERROR, message.encode()[:120].decode(errors="ignore"))
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client is already gone
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 from anyio import CapacityLimiter
@@ -39,7 +40,23 @@ from stt.vad import WINDOW_SAMPLES, StreamingVad
 
 log = get_logger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+class Send(Protocol):
+    """Sends one message; `still_valid` is checked once it is this message's turn on the wire."""
+
+    def __call__(
+        self, message: dict[str, Any], still_valid: Callable[[], bool] | None = None
+    ) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True)
+class _Job:
+    """An utterance (or a no-speech acknowledgement) waiting for the session's worker."""
+
+    epoch: int
+    item: Utterance | NoSpeech
+    speech_end: float
+    language: str | None
+    word_timestamps: bool
 
 
 class ModelUnavailable(Exception):
@@ -106,9 +123,8 @@ class SttSession:
         # no-speech acknowledgements, which carry no audio.
         shortest = max(settings.min_speech_ms / 1000, 0.032)
         self._queue_items = int(math.ceil(settings.max_buffer_seconds / shortest)) + 16
-        self._queue_in, self._queue_out = anyio.create_memory_object_stream[
-            tuple[int, Utterance | NoSpeech, float]
-        ](self._queue_items)
+        self._queue_in, self._queue_out = anyio.create_memory_object_stream[_Job](self._queue_items)
+        self._holding: Utterance | None = None
         self._epoch = 0
         self._stopping = threading.Event()
         self._worker_done = anyio.Event()
@@ -138,12 +154,15 @@ class SttSession:
         self._vad.reset()
         while True:
             try:
-                _, item, _ = self._queue_out.receive_nowait()
+                job = self._queue_out.receive_nowait()
             except anyio.WouldBlock:
                 break
-            if isinstance(item, Utterance):
-                dropped += item.duration
-                self.segmenter.transcribed(item)
+            if isinstance(job.item, Utterance):
+                dropped += job.item.duration
+                self.segmenter.transcribed(job.item)
+        if self._holding is not None:
+            # Taken by the worker but not started: it sees the new epoch and drops it.
+            dropped += self._holding.duration
         self._new_utterance()
         log.info("session_reset", dropped_seconds=round(dropped, 3))
         await self._send(protocol.reset_done(round(dropped, 3)))
@@ -191,6 +210,8 @@ class SttSession:
                 await self._send(protocol.speech_started(event.at))
                 continue
             if isinstance(event, SpeechEnded):
+                # Partials of this utterance are void from here on, also one already waiting to be sent.
+                self._new_utterance()
                 await self._send(protocol.speech_ended(event.at, event.reason))
                 continue
             speech_end = time.perf_counter()
@@ -198,8 +219,10 @@ class SttSession:
                 self._new_utterance()
                 if event.reason == "silence":
                     speech_end = self._last_speech_at
+            # Options are taken now: a config sent later applies to later utterances only.
+            job = _Job(self._epoch, event, speech_end, self.language, self.word_timestamps)
             try:
-                self._queue_in.send_nowait((self._epoch, event, speech_end))
+                self._queue_in.send_nowait(job)
             except anyio.WouldBlock:
                 if isinstance(event, Utterance):
                     self.segmenter.transcribed(event)
@@ -216,31 +239,43 @@ class SttSession:
             self._worker_done.set()
 
     async def _work(self) -> None:
-        async for epoch, item, speech_end in self._queue_out:
-            if epoch != self._epoch:
+        async for job in self._queue_out:
+            if isinstance(job.item, NoSpeech):
+                if job.epoch == self._epoch:
+                    await self._send(protocol.no_speech(job.item.duration))
                 continue
-            if isinstance(item, NoSpeech):
-                await self._send(protocol.no_speech(item.duration))
-                continue
+            self._holding = job.item
             try:
-                await self._transcribe(epoch, item, speech_end)
+                await self._transcribe(job)
             except ModelUnavailable as exc:
                 self.fatal = str(exc)
                 self.on_fatal()
                 return
+            except Exception as exc:  # CUDA out of memory, a CTranslate2 error: this utterance is lost, not the session
+                log.exception("transcription_failed", audio_seconds=round(job.item.duration, 3))
+                await self._send(protocol.error("transcription_failed", f"this utterance could not be transcribed: {exc}"))
+            finally:
+                # The one place an utterance stops counting against the buffer, whatever became of it.
+                self._holding = None
+                self.segmenter.transcribed(job.item)
 
-    async def _transcribe(self, epoch: int, utterance: Utterance, speech_end: float) -> None:
+    def _current(self, job: _Job) -> bool:
+        return job.epoch == self._epoch and not self._stopping.is_set()
+
+    async def _transcribe(self, job: _Job) -> None:
+        utterance = job.item
+        assert isinstance(utterance, Utterance)
         queued_at = time.perf_counter()
         engine = await self._model.wait()
-        try:
-            async with self._transcribe_limiter:
-                waited = time.perf_counter() - queued_at
-                with self._metrics.workers_busy.track_inprogress():
-                    result = await anyio.to_thread.run_sync(
-                        engine.transcribe, utterance.audio, self.language, self._stopping.is_set, self.word_timestamps
-                    )
-        finally:
-            self.segmenter.transcribed(utterance)
+        async with self._transcribe_limiter:
+            if not self._current(job):
+                return  # reset or closed while it waited: the worker goes to someone who needs it
+            self._holding = None
+            waited = time.perf_counter() - queued_at
+            with self._metrics.workers_busy.track_inprogress():
+                result = await anyio.to_thread.run_sync(
+                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
+                )
         self.utterances += 1
         metrics = self._metrics
         metrics.transcribe_seconds.observe(result.transcribe_seconds)
@@ -248,7 +283,7 @@ class SttSession:
         metrics.queue_wait.observe(waited)
         metrics.utterance_audio.observe(result.duration)
         metrics.utterances.labels(utterance.reason).inc()
-        latency = time.perf_counter() - speech_end
+        latency = time.perf_counter() - job.speech_end
         log.info(
             "utterance_transcribed",
             audio_seconds=round(result.duration, 3),
@@ -260,7 +295,7 @@ class SttSession:
             language=result.language,
             characters=len(result.text),
         )
-        if epoch != self._epoch or self._stopping.is_set():
+        if not self._current(job):
             return
         if result.text:
             metrics.final_latency.observe(latency)
@@ -271,8 +306,8 @@ class SttSession:
                 "real_time_factor": round(result.real_time_factor, 3),
             }
             await self._send(protocol.transcript(result, utterance, timings))
-        elif utterance.reason == "end":
-            # Whisper judged the audio as no speech: acknowledge the client's end all the same.
+        else:
+            # Whisper heard no words: every utterance still ends with exactly one result message.
             await self._send(protocol.no_speech(utterance.duration))
 
     def _new_utterance(self) -> None:
@@ -283,6 +318,8 @@ class SttSession:
     def _maybe_partial(self) -> None:
         if not (self.partials and self.tasks and self.segmenter.speech_confirmed) or self._partial_running:
             return
+        if self.segmenter.in_trailing_silence:
+            return  # the final may be due any moment: a partial now would only compete with it for the CPU
         now = time.perf_counter()
         if now - self._last_partial_at < self._settings.partial_interval_ms / 1000:
             return
@@ -291,11 +328,10 @@ class SttSession:
             return
         self._last_partial_at = now
         limiter = self._transcribe_limiter
-        # Partials never queue: they run only on a free worker, and with two or more workers one is
-        # always left for finals, so a final never waits behind a partial.
-        reserve = 1 if limiter.total_tokens >= 2 else 0
+        # Partials never queue and never take the last free worker: that one is kept for finals.
+        # With stt.max_concurrent 1 there are therefore no partials.
         token = object()
-        if limiter.borrowed_tokens + reserve >= limiter.total_tokens:
+        if limiter.borrowed_tokens + 1 >= limiter.total_tokens:
             self._metrics.partials.labels("skipped").inc()
             return
         try:
@@ -310,6 +346,9 @@ class SttSession:
         try:
             with self._metrics.workers_busy.track_inprogress():
                 text = await anyio.to_thread.run_sync(engine.transcribe_partial, audio, self.language)
+        except Exception:
+            log.warning("partial_failed", exc_info=True)  # a partial is a preview: skip it, the final will come
+            return
         finally:
             self._transcribe_limiter.release_on_behalf_of(token)
             self._partial_running = False
@@ -318,4 +357,7 @@ class SttSession:
         shown = self._stabilizer.update(text)
         if shown is not None:
             self._metrics.partials.labels("sent").inc()
-            await self._send(protocol.partial(shown.stable, shown.unstable))
+            await self._send(
+                protocol.partial(shown.stable, shown.unstable),
+                still_valid=lambda: utterance_seq == self._utterance_seq,
+            )

@@ -88,7 +88,9 @@ class SegmenterLimits:
 
         return cls(
             threshold=stt.vad_threshold,
-            endpoint_windows=max(1, windows(stt.endpoint_silence_ms)),
+            # Rounded down: Silero scores the first window after speech as speech (its tail), so the
+            # silence actually waited for is this plus one window, about endpoint_silence_ms.
+            endpoint_windows=max(1, int(stt.endpoint_silence_ms / 1000 / WINDOW_SECONDS)),
             min_speech_windows=windows(stt.min_speech_ms),
             pad_windows=windows(stt.speech_pad_ms),
             max_utterance_samples=int(stt.max_utterance_seconds * SAMPLE_RATE),
@@ -129,6 +131,7 @@ class UtteranceSegmenter:
         """Drop the utterance being collected and the pre-roll; returns the seconds dropped."""
         dropped = self._utterance_samples / SAMPLE_RATE
         self._start_utterance_state()
+        self._overflowing = False
         self._in_speech = False
         self._pre_roll.clear()
         self._idle_samples = 0
@@ -143,6 +146,11 @@ class UtteranceSegmenter:
     @property
     def held_samples(self) -> int:
         return self.queued_samples + self._utterance_samples
+
+    @property
+    def in_trailing_silence(self) -> bool:
+        """Speech has paused: the utterance may end within endpoint_silence_ms."""
+        return self._silence_run > 0
 
     @property
     def speech_confirmed(self) -> bool:

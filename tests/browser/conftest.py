@@ -107,9 +107,14 @@ def chromium_args(speech: Path, *, fake_permission_ui: bool = True) -> list[str]
     return args
 
 
+def launch(playwright_instance: Any, microphone: Path, **options: Any) -> Any:
+    """Debian's Chromium whose fake microphone plays `microphone` once."""
+    return playwright_instance.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(microphone, **options))
+
+
 @pytest.fixture(scope="module")
 def browser(playwright_instance: Any, speech_file: SpeechFile) -> Iterator[Any]:
-    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(speech_file.path))
+    browser = launch(playwright_instance, speech_file.path)
     yield browser
     browser.close()
 
@@ -117,9 +122,7 @@ def browser(playwright_instance: Any, speech_file: SpeechFile) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def browser_without_mic_permission(playwright_instance: Any, speech_file: SpeechFile) -> Iterator[Any]:
     """No fake permission UI: the page must ask, and the test context denies."""
-    browser = playwright_instance.chromium.launch(
-        executable_path=str(CHROMIUM), args=chromium_args(speech_file.path, fake_permission_ui=False)
-    )
+    browser = launch(playwright_instance, speech_file.path, fake_permission_ui=False)
     yield browser
     browser.close()
 
@@ -166,7 +169,8 @@ def open_page(browser: Any, url: str, name: str, **context_options: Any) -> Iter
 
 
 class WireRecorder:
-    """ASGI middleware on the STT app: records what crosses /ws/stt, exactly as the service receives it."""
+    """ASGI middleware: records what crosses a service's WebSocket (/ws/stt, /ws/tts), exactly as the
+    service receives and sends it."""
 
     def __init__(self, app: ASGIApp, wire: Wire) -> None:
         self.app = app
@@ -189,6 +193,8 @@ class WireRecorder:
         async def recording_send(message: Message) -> None:
             if message["type"] == "websocket.send" and message.get("text"):
                 self.wire.server_messages.append(json.loads(message["text"]))
+            elif message["type"] == "websocket.send" and message.get("bytes") is not None:
+                self.wire.server_frames.append(message["bytes"])
             elif message["type"] == "websocket.close":
                 self.wire.closes.append((message.get("code"), message.get("reason")))
             await send(message)
@@ -201,6 +207,8 @@ class Wire:
     audio_frames: list[bytes] = field(default_factory=list)
     client_messages: list[dict[str, Any]] = field(default_factory=list)
     server_messages: list[dict[str, Any]] = field(default_factory=list)
+    server_frames: list[bytes] = field(default_factory=list)
+    """Binary frames the service sent (the PCM16 of /ws/tts's audio chunks)."""
     closes: list[tuple[int | None, str | None]] = field(default_factory=list)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
@@ -216,7 +224,10 @@ class Stack:
     tts: RunningServer
     stt: RunningServer | None
     wire: Wire
+    """/ws/stt, as the STT service saw it."""
     ollama: OllamaDouble | None
+    tts_wire: Wire = field(default_factory=Wire)
+    """/ws/tts (the reply stream), as the TTS service saw it."""
 
     @property
     def url(self) -> str:
@@ -263,10 +274,12 @@ def start_stack(
                 _wait_for(lambda: httpx.get(f"{stt_server.http_url}/health").json()["whisper_loaded"], "STT model load")
             else:
                 settings.stt.port = int(down_url().rsplit(":", 1)[1])
+            tts_wire = Wire()
             tts_app = with_dashboard(create_tts_app(settings), settings)
+            tts_app.add_middleware(WireRecorder, wire=tts_wire)
             tts_server = stack.enter_context(run_server(tts_app))
             _wait_for(lambda: not tts_app.state.pipeline.state.loading, "TTS engine start")
-            return Stack(settings, tts_server, stt_server, wire, None)
+            return Stack(settings, tts_server, stt_server, wire, None, tts_wire)
 
         yield start
 

@@ -6,6 +6,7 @@ synthetic Piper voice, Ollama double), so what the page shows is what the servic
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -24,20 +25,29 @@ LEADING_AND_ENDPOINT_S = 2.0  # speech pad before + endpoint silence after (0.3 
 
 
 def watch_reply_audio(page: Any) -> None:
-    """Counts the reply <audio> element's playing/ended events, so a test sees playback start and finish."""
+    """Records the page's "playback" events (Web Audio: chunks scheduled, first sound, natural end, stop),
+    so a test sees playback start and finish, and how much microphone audio was sent meanwhile."""
     page.evaluate(
         """() => {
-            const audio = document.getElementById("reply-audio");
             const sent = () => Number(document.getElementById("audio-stats").dataset.samples || 0);
-            window.__reply = { playing: 0, ended: 0, durations: [], sentAtStart: [], sentAtEnd: [] };
-            audio.addEventListener("playing", () => { window.__reply.playing++; window.__reply.sentAtStart.push(sent()); });
-            audio.addEventListener("ended", () => {
-                window.__reply.ended++;
-                window.__reply.durations.push(audio.duration);
-                window.__reply.sentAtEnd.push(sent());
+            const r = window.__reply = { playing: 0, ended: 0, stopped: 0, durations: [], sentAtStart: [], sentAtEnd: [], events: [] };
+            document.addEventListener("playback", ({ detail }) => {
+                r.events.push(detail);
+                if (detail.type === "playing") { r.playing++; r.sentAtStart.push(sent()); }
+                else if (detail.type === "ended") { r.ended++; r.durations.push(detail.seconds); r.sentAtEnd.push(sent()); }
+                else if (detail.type === "stopped") { r.stopped++; r.sentAtEnd.push(sent()); }
             });
         }"""
     )
+
+
+def js_ms(milliseconds: float) -> str:
+    """What the page's ms() shows for a duration."""
+    return f"{math.floor(milliseconds + 0.5)} ms" if milliseconds < 1000 else f"{milliseconds / 1000:.2f} s"
+
+
+def latency_cell(page: Any, stage: str, turn: int) -> str:
+    return page.inner_text(f"#latency-rows tr[data-stage='{stage}'] td[data-turn='{turn}']")
 
 
 def wait_healthy(page: Any) -> None:
@@ -82,32 +92,58 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
         assert user.query_selector(".words").inner_text() == (transcript["text"].strip() or "(nothing recognisable)")
         assert ollama.chat_requests[-1]["messages"][-1]["content"] == transcript["text"].strip()
 
-        # The reply was fetched, shown and played from start to end.
+        # The reply came over /ws/tts, was shown and played from start to end, chunk by chunk.
+        tts_wire = stack.tts_wire
+        assert tts_wire.client_messages == [
+            {"type": "text_input", "data": {"text": transcript["text"].strip(), "reply": True, "voice": "en_US-test-medium"}}
+        ]
+        [complete] = tts_wire.of_type("generation_complete")
+        chunks = tts_wire.of_type("audio_chunk")
+        assert len(chunks) == complete["data"]["chunks"] == len(tts_wire.server_frames) >= 1
         assistant = page.query_selector(".turn.assistant")
-        assert assistant.query_selector(".words").inner_text() == ollama.behaviour.reply
+        assert assistant.query_selector(".words").inner_text() == complete["data"]["text"] == ollama.behaviour.reply
         reply = page.evaluate("window.__reply")
-        assert reply["playing"] >= 1 and reply["ended"] == 1 and reply["durations"][0] > 0
-        # While the assistant spoke, the microphone fed nothing to the service.
-        assert reply["sentAtStart"][0] == reply["sentAtEnd"][0] > 0
+        assert reply["playing"] == 1 and reply["ended"] == 1 and reply["stopped"] == 0
+        scheduled = [e for e in reply["events"] if e["type"] == "chunk"]
+        assert [e["samples"] for e in scheduled] == [c["data"]["samples"] for c in chunks]
+        assert {e["sampleRate"] for e in scheduled} == {22050}
+        assert reply["durations"][0] == pytest.approx(complete["data"]["audio_seconds"], abs=0.001)
+        # Barge-in is on by default: the microphone stays live (with echo cancellation) while the assistant speaks.
+        assert page.is_checked("#barge-in")
+        assert reply["sentAtEnd"][0] > reply["sentAtStart"][0] > 0
+        assert page.evaluate("window.dashboard.state.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is True
 
-        # Status: both services healthy, and the turn's latencies measured.
+        # Status: both services healthy, and the turn's latencies by stage, as the services measured them.
         assert page.inner_text("#svc-stt [data-role='badge']") == "healthy"
         assert page.inner_text("#svc-tts [data-role='badge']") == "healthy"
-        row = page.query_selector("#latency-rows tr[data-turn='1']")
-        cells = [cell.inner_text() for cell in row.query_selector_all("td")]
-        assert cells[0] == "#1" and all(cell.endswith(("ms", " s")) for cell in cells[1:]), cells
+        stt_timings, tts_timings = transcript["timings"], complete["data"]["timings"]
+        assert latency_cell(page, "stt_final", 1) == js_ms(stt_timings["speech_end_to_transcript_s"] * 1000)
+        assert latency_cell(page, "stt_transcribe", 1) == js_ms(stt_timings["transcribe_s"] * 1000)
+        assert latency_cell(page, "stt_rtf", 1).endswith("×")
+        assert latency_cell(page, "llm_ttft", 1) == js_ms(tts_timings["llm"]["time_to_first_token_s"] * 1000)
+        assert latency_cell(page, "llm_rate", 1).endswith(" tok/s")
+        assert latency_cell(page, "tts_ttfa", 1) == js_ms(tts_timings["tts"]["time_to_first_audio_s"] * 1000)
+        assert latency_cell(page, "tts_rtf", 1).endswith("×")
+        assert latency_cell(page, "queue_stt", 1) == js_ms(stt_timings["queue_wait_s"] * 1000)
+        assert latency_cell(page, "queue_tts", 1) == js_ms(tts_timings["queue"]["wait_s"] * 1000)
+        assert latency_cell(page, "page_first_audio", 1).endswith(("ms", " s"))
         # A typed message takes the same path to the reply.
         ollama.behaviour.reply = "It is sunny in Berlin today, about 21 degrees."
         page.fill("#type-text", "And what should I wear?")
         page.press("#type-text", "Enter")
         page.wait_for_function("window.__reply.ended === 2")
         assert page.query_selector_all(".turn.assistant .words")[-1].inner_text() == ollama.behaviour.reply
+        # A typed turn has no speech-to-text stage; the others are measured.
+        assert latency_cell(page, "stt_final", 2) == "–" and latency_cell(page, "stt_transcribe", 2) == "–"
+        assert latency_cell(page, "tts_ttfa", 2).endswith(("ms", " s"))
+        assert page.inner_text("#latency thead th[data-turn='2']") == "#2"  # newest first
 
         page.click("#mic")  # stop: the socket closes after the last frame
         page.wait_for_selector("#talk-state[data-state='off']")
         assert wire.client_messages[-1] == {"type": "end"}  # stopping flushes the last words
         samples = int(page.get_attribute("#audio-stats", "data-samples"))
         _wait(lambda: len(stack.wire.pcm()) == samples)  # the page counts what the service received, frame for frame
+        assert "streamed over /ws/tts (connected)" in page.inner_text("#svc-tts")
         save_docs_screenshot(watch.screenshot("main_screen"))
 
 
@@ -152,10 +188,16 @@ def test_socket_closed_by_the_server_shows_its_reason(start_stack: Any, browser:
         assert stack.wire.closes == [(1013, "too many connections")]
         [problem] = problems(page)
         assert "Reason: too many connections (code 1013: the service is busy, try again later)" in problem
-        # Usable again once the other client leaves.
+        # Usable again once the other client leaves; here without barge-in ("Let me interrupt" off): the
+        # microphone is not fed while the assistant thinks and speaks, as before streaming.
         other_client.close()
+        page.uncheck("#barge-in")
+        watch_reply_audio(page)
         page.click("#mic")
         page.wait_for_selector(".turn.assistant[data-state='played']", timeout=30_000)
+        reply = page.evaluate("window.__reply")
+        assert reply["ended"] == 1 and reply["sentAtStart"][0] == reply["sentAtEnd"][0] > 0
+        assert page.evaluate("window.dashboard.state.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is False
 
 
 def test_ollama_down_says_so_and_speaks_the_words_instead(start_stack: Any, browser: Any) -> None:

@@ -101,7 +101,8 @@ def test_ready_message_describes_the_session(server: RunningServer, whisper_mode
         ready = receive(ws)
     assert ready["type"] == "ready"
     assert len(ready["session_id"]) == 12
-    assert (ready["sample_rate"], ready["language"], ready["model"]) == (16000, None, str(whisper_model_dir))
+    # The model's name only: a client does not learn the server's directories.
+    assert (ready["sample_rate"], ready["language"], ready["model"]) == (16000, None, whisper_model_dir.name)
 
 
 def test_speech_followed_by_silence_gives_one_transcript(server: RunningServer) -> None:
