@@ -449,3 +449,86 @@ def test_metrics_are_exposed_in_prometheus_format(server: RunningServer) -> None
     assert 'stt_final_latency_seconds_bucket{le="0.5"}' in text, "explicit latency buckets"
     assert "stt_model_loaded 1.0" in text
     assert "stt_audio_received_seconds_total" in text
+
+
+def test_end_then_reset_back_to_back_never_leaves_the_session_deaf(make_settings) -> None:
+    # Regression: an utterance handed to the worker and then dropped by reset used to keep counting
+    # against the buffer, until the session heard nothing at all.
+    settings = make_settings(stt={"max_buffer_seconds": 5, "max_utterance_seconds": 4})
+    speech = to_pcm16(make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=0))
+    with stt_server(settings) as server, session(server) as ws:
+        for _ in range(5):
+            for offset in range(0, len(speech), FRAME_BYTES):
+                ws.send(speech[offset : offset + FRAME_BYTES])
+            send_json(ws, {"type": "end"})
+            send_json(ws, {"type": "reset"})
+            assert receive(ws)["type"] == "reset_done"
+        time.sleep(0.3)  # let the worker finish with what reset dropped
+        stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+        message = receive(ws)
+    assert message["type"] == "transcript", f"expected a transcript, got {message}"
+
+
+def test_a_failed_transcription_is_reported_and_the_session_goes_on(server: RunningServer) -> None:
+    """Replaces our engine's transcribe for one call: no real model fails on demand (CUDA OOM)."""
+    engine = server.app.state.service.model.engine
+    real = engine.transcribe
+    calls = []
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA failed with error out of memory")
+        return real(*args, **kwargs)
+
+    engine.transcribe = fail_once
+    try:
+        with session(server) as ws:
+            stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+            error = receive(ws)
+            assert (error["type"], error["code"]) == ("error", "transcription_failed")
+            assert "out of memory" in error["message"]
+            stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+            assert receive(ws)["type"] == "transcript"
+    finally:
+        engine.transcribe = real
+
+
+def test_with_one_worker_there_are_no_partials(make_settings) -> None:
+    settings = make_settings(stt={"partial_interval_ms": 100, "max_concurrent": 1})
+    pcm = to_pcm16(make_speech("one two three four five six seven eight", lead_silence_s=0.2, trail_silence_s=1.0))
+    with stt_server(settings) as server, session(server) as ws:
+        for offset in range(0, len(pcm), 3200):
+            ws.send(pcm[offset : offset + 3200])
+            time.sleep(0.1)
+        messages = receive_until(ws, "transcript")
+        metrics = httpx.get(f"{server.http_url}/metrics").text
+    assert not [m for m in messages if m["type"] == "partial"], "the only worker is kept for finals"
+    assert 'stt_partials_total{outcome="skipped"}' in metrics
+
+
+def test_a_disconnect_stops_the_transcription_under_way(server: RunningServer) -> None:
+    """Replaces our engine's transcribe with one that waits for its stop signal: a real decode of a
+    toy model ends too fast to observe whether the signal was given."""
+    engine = server.app.state.service.model.engine
+    real = engine.transcribe
+    started, stopped = threading.Event(), threading.Event()
+
+    def slow(audio: Any, language: Any, should_stop: Callable[[], bool], *args: Any) -> Any:
+        started.set()
+        deadline = time.monotonic() + 10
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if should_stop():
+            stopped.set()
+        return real(audio, language, should_stop, *args)
+
+    engine.transcribe = slow
+    try:
+        with session(server) as ws:
+            stream(ws, make_speech(PHRASE, trail_silence_s=0))
+            send_json(ws, {"type": "end"})
+            assert started.wait(10)
+        assert stopped.wait(5), "the session told the transcription to stop when its client left"
+    finally:
+        engine.transcribe = real
