@@ -24,7 +24,7 @@ Server -> client
 - `audio_chunk` `{"generation_id", "chunk_id", "sample_rate", "text_chunk", "samples", "format": "pcm_s16le"}`
   followed by one binary frame.
 - `generation_complete` `{"generation_id", "chunks", "voice", "engine", "text", "audio_seconds", "timings"}`.
-- `generation_cancelled` `{"generation_id", "chunks"}`.
+- `generation_cancelled` `{"generation_id", "chunks", "timings"}` (the stages reached before the cancel).
 - `error` `{"code", "message", "generation_id"?}` with the HTTP error codes (text_too_long, voice_not_found,
   llm_unavailable, engine_busy...) plus `bad_message` (invalid JSON, not an object, unknown type, a
   binary frame), `invalid_request` (a known type with bad fields), `request_too_large` (a message over
@@ -299,6 +299,8 @@ class TtsSocket:
             )
             await self.pipeline.run_turn(request, on_event, turn)
             timings = turn.timings
+            # Free before announcing completion: a client answering at once must not hear "busy".
+            self._generation = None
             await self._send(
                 message(
                     "generation_complete",
@@ -331,7 +333,8 @@ class TtsSocket:
                 pass
         finally:
             self.service.finish_turn("ws", turn.timings, outcome, generation_id=gid, chunks=turn.chunks)
-            self._generation = None
+            if self._generation is generation:
+                self._generation = None
             generation.done.set()
 
     async def _stop_generation(self) -> _Generation | None:
@@ -349,7 +352,14 @@ class TtsSocket:
         if generation is None:
             await self._error("nothing_to_cancel", "no generation is running; nothing to cancel")
             return
-        await self._send(message("generation_cancelled", generation_id=generation.id, chunks=generation.turn.chunks))
+        await self._send(
+            message(
+                "generation_cancelled",
+                generation_id=generation.id,
+                chunks=generation.turn.chunks,
+                timings=generation.turn.timings.as_dict(),
+            )
+        )
 
 
 async def refuse(websocket: WebSocket, limit: int) -> None:

@@ -214,7 +214,9 @@ def test_cancel_mid_stream_stops_llm_and_synthesis_and_the_socket_carries_on(
         gate.open.set()
         rest, more_audio = generation(ws, until=("generation_cancelled",))
         assert [m["type"] for m in rest] == ["generation_cancelled"]
-        assert rest[0]["data"] == {"generation_id": 1, "chunks": 1}
+        cancelled = rest[0]["data"]
+        assert (cancelled["generation_id"], cancelled["chunks"]) == (1, 1)
+        assert cancelled["timings"]["llm"]["tokens"] > 0, "the stages reached before the cancel are reported"
         assert more_audio == b""
         assert pipeline.counters.running == 0 and pipeline.limiter.borrowed_tokens == 0
         assert pipeline.counters.cancelled == 1 and pipeline.counters.turns == 0
