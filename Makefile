@@ -34,6 +34,7 @@ bench: $(TEST_STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m bench.stt_bench
 	$(PY) -m bench.tts_bench
+	$(PY) -m bench.streaming_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache
