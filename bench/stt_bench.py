@@ -18,7 +18,7 @@ What runs
   permessage-deflate. The server logs at info into a file next to the model, as in production.
 * Settings, the same on both sides: the defaults of SttSettings (endpoint_silence_ms 600,
   max_concurrent 2 -> num_workers 2, language null = detect) plus device cpu, compute_type int8,
-  cpu_threads from --threads (0 = CTranslate2's default of 4 threads), and greedy decoding:
+  cpu_threads from --threads (0 = one per available core, as the server resolves it), and greedy decoding:
   beam_size 1, temperatures [0.0]. On random weights the shipped default (beam 5 with temperature
   fallback) takes seconds (FIXTURES.md): it would measure the fixture's erratic decoding, not the
   server. Both sides always get the same values.
@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 
 from core.config import PROJECT_ROOT, LoggingSettings, SttSettings
+from stt.engine import available_cores
 
 DEFAULT_TEXT = "Please turn on the lights in the kitchen. Then set a timer for ten minutes."
 LEAD_SILENCE_S = 0.5
@@ -190,7 +191,7 @@ def load_direct_model(model_dir: Path, stt: SttSettings) -> Any:
         str(model_dir),
         device=stt.device,
         compute_type=stt.compute_type,
-        cpu_threads=stt.cpu_threads,
+        cpu_threads=stt.cpu_threads or available_cores(),
         num_workers=stt.max_concurrent,
     )
 
@@ -502,7 +503,7 @@ def run_bench(
             "model_dir": str(model_dir),
             "device": stt.device,
             "compute_type": stt.compute_type,
-            "cpu_threads": stt.cpu_threads,
+            "cpu_threads": stt.cpu_threads or available_cores(),
             "num_workers": stt.max_concurrent,
             "beam_size": stt.beam_size,
             "temperatures": stt.temperatures,
@@ -594,7 +595,7 @@ def _verdict(check: dict[str, Any]) -> str:
 def format_table(result: dict[str, Any]) -> str:
     s, rec = result["settings"], result["recording"]
     direct, fast, paced = result["direct_transcribe_s"], result["fast_stream"], result["realtime_stream"]
-    threads = f"{s['cpu_threads']}" + (" (CTranslate2 default: 4)" if s["cpu_threads"] == 0 else "")
+    threads = f"{s['cpu_threads']}"
     lines = [
         f"STT benchmark: {s['model_shape']}-shaped Whisper, {s['device']} {s['compute_type']}, "
         + f"cpu_threads {threads}, num_workers {s['num_workers']}, {s['cpu_count']} CPUs",

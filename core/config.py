@@ -74,7 +74,7 @@ class SttSettings(Section):
     compute_type: ComputeType = "auto"
     """CTranslate2 compute type; auto picks float16 on CUDA and int8 on the CPU."""
     cpu_threads: int = Field(0, ge=0, le=256)
-    """Threads per transcription on the CPU; 0 lets CTranslate2 choose."""
+    """Threads per transcription on the CPU; 0 uses one per available core (CTranslate2's own default, 4, oversubscribes small machines)."""
     language: str | None = None
     """Language code such as en; null detects the language of each utterance."""
     beam_size: int = Field(5, ge=1, le=20)

@@ -95,6 +95,13 @@ def add_windows_cuda_dll_dirs() -> list[Path]:
     return added
 
 
+def available_cores() -> int:
+    """Cores this process may run on (affinity and cpusets respected where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def choose_device(requested: str, cuda_devices: int) -> tuple[str, str]:
     """The device to try first and why."""
     if requested == "cpu":
@@ -208,7 +215,7 @@ class WhisperEngine:
                     str(path),
                     device=attempt,
                     compute_type=compute_type,
-                    cpu_threads=settings.cpu_threads,
+                    cpu_threads=settings.cpu_threads or available_cores(),
                     # One CTranslate2 worker per pool slot, so concurrent transcriptions run in parallel.
                     num_workers=settings.max_concurrent,
                 )
@@ -226,6 +233,7 @@ class WhisperEngine:
                 path=str(path),
                 device=attempt,
                 compute_type=compute_type,
+                cpu_threads=settings.cpu_threads or available_cores(),
                 seconds=round(loaded.load_seconds, 2),
             )
             return cls(model, loaded, settings)
