@@ -141,3 +141,15 @@ def main(service: Literal["stt", "tts"], description: str, create_app: Callable[
         sys.exit(f"{service}: {exc}")  # exit code 1 with the message; the supervisor reports it
     section = getattr(settings, service)
     serve(create_app(settings), section.host, section.port, grace_s=settings.supervisor.shutdown_grace_s)
+
+
+def lazy_app(create_app: Callable[[], FastAPI]) -> Callable[[str], Any]:
+    """A module `__getattr__` that builds `app` on first access, so `uvicorn MODULE:app` works and
+    importing the module reads no configuration."""
+
+    def module_getattr(name: str) -> Any:
+        if name == "app":
+            return create_app()
+        raise AttributeError(name)
+
+    return module_getattr

@@ -19,6 +19,7 @@ from core.config import PROJECT_ROOT, Settings, SttSettings, get_settings
 from core.http import RequestContextMiddleware, install_error_handlers
 from core.logging import configure_logging, get_logger
 from core.metrics import render
+from core.serve import lazy_app
 from core.serve import main as serve_main
 from stt import protocol
 from stt.engine import ModelLoadError, WhisperEngine
@@ -345,11 +346,7 @@ def main() -> None:
     serve_main("stt", "Run the speech-to-text service.", create_app)
 
 
-def __getattr__(name: str) -> Any:
-    # `uvicorn stt.server:app` builds the app on first access, so importing this module is free of side effects.
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)
+__getattr__ = lazy_app(create_app)  # `uvicorn stt.server:app`
 
 
 if __name__ == "__main__":

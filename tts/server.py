@@ -34,6 +34,7 @@ from core.config import PROJECT_ROOT, Settings, get_settings
 from core.http import RequestContextMiddleware, ServiceError, error_body, install_error_handlers
 from core.llm import OllamaClient
 from core.logging import configure_logging, get_logger
+from core.serve import lazy_app
 from core.serve import main as serve_main
 from tts.dashboard import build_router
 from tts.errors import InvalidJson, InvalidRequest, RequestTooLarge
@@ -652,11 +653,7 @@ def main() -> None:
     serve_main("tts", "Run the text-to-speech service and the dashboard.", create_app)
 
 
-def __getattr__(name: str) -> Any:
-    # `uvicorn tts.server:app` builds the app on first access, so importing this module is free of side effects.
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)
+__getattr__ = lazy_app(create_app)  # `uvicorn tts.server:app`
 
 
 if __name__ == "__main__":
