@@ -140,7 +140,21 @@ def main(service: Literal["stt", "tts"], description: str, create_app: Callable[
     except ConfigError as exc:
         sys.exit(f"{service}: {exc}")  # exit code 1 with the message; the supervisor reports it
     section = getattr(settings, service)
-    serve(create_app(settings), section.host, section.port, grace_s=settings.supervisor.shutdown_grace_s)
+    # uvicorn buffers a whole WebSocket message before the app sees it: bound that from the config.
+    # Twice our own limit, so a message just over it still gets our explanatory error; anything
+    # larger is closed by uvicorn with 1009 (message too big).
+    message_limit = (
+        max(settings.stt.max_frame_bytes, settings.stt.max_message_bytes)
+        if service == "stt"
+        else settings.tts.ws_max_message_bytes
+    )
+    serve(
+        create_app(settings),
+        section.host,
+        section.port,
+        grace_s=settings.supervisor.shutdown_grace_s,
+        ws_max_size=2 * message_limit,
+    )
 
 
 def lazy_app(create_app: Callable[[], FastAPI]) -> Callable[[str], Any]:

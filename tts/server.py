@@ -15,12 +15,14 @@ import json
 import struct
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
 import anyio
+import structlog
 from anyio.abc import TaskGroup
 from fastapi import FastAPI, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
@@ -56,6 +58,24 @@ log = get_logger(__name__)
 
 FRONTEND_DIR = PROJECT_ROOT / "frontend"
 REPLY_HEADER = "X-Reply-Text"
+REPLY_TRUNCATED_HEADER = "X-Reply-Text-Truncated"
+REPLY_HEADER_MAX_BYTES = 4096
+"""Proxies and HTTP clients commonly refuse response heads over 8-16 KB; a long reply is cut."""
+
+
+def reply_text_headers(text: str) -> dict[str, str]:
+    """X-Reply-Text, percent-encoded UTF-8, cut at a character boundary when it would be too long."""
+    encoded = quote(text, safe="")
+    if len(encoded) <= REPLY_HEADER_MAX_BYTES:
+        return {REPLY_HEADER: encoded}
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix whose encoding fits
+        middle = (low + high + 1) // 2
+        if len(quote(text[:middle], safe="")) <= REPLY_HEADER_MAX_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return {REPLY_HEADER: quote(text[:low], safe=""), REPLY_TRUNCATED_HEADER: "true"}
 
 
 class TtsRequest(BaseModel):
@@ -257,12 +277,14 @@ def create_app(
             content=audio,
             media_type="audio/wav",
             headers={
-                REPLY_HEADER: quote(speech.text, safe=""),
+                **reply_text_headers(speech.text),
                 "X-Voice": speech.voice,
                 "X-Engine": speech.engine,
                 "X-Audio-Duration": f"{speech.duration_s:.3f}",
                 "Server-Timing": timings.server_timing(),
-                "Access-Control-Expose-Headers": f"{REPLY_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing",
+                "Access-Control-Expose-Headers": (
+                    f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing"
+                ),
                 "Cache-Control": "no-store",
             },
         )
@@ -306,11 +328,16 @@ def create_app(
 
     @app.get("/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
     async def tts_sse_get(
+        request: Request,
         text: str = Query(..., description="The user's words (reply true) or the words to speak (reply false)."),
         voice: str | None = Query(None, description="Voice name from GET /voices."),
         reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
         speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
     ) -> Response:
+        if "last-event-id" in request.headers:
+            # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
+            # repeated, and 204 is how the SSE standard tells it to stop.
+            return Response(status_code=204)
         started = time.perf_counter()
         return _EventStream(service, _turn_request(TtsRequest(text=text, voice=voice, reply=reply, speed=speed)), started)
 
@@ -338,9 +365,10 @@ def create_app(
             return
         service.websocket_clients += 1
         try:
-            await websocket.accept()
-            log.info("ws_connected")
-            await TtsSocket(websocket, service).serve()
+            with structlog.contextvars.bound_contextvars(session_id=uuid.uuid4().hex[:12]):
+                await websocket.accept()
+                log.info("ws_connected")
+                await TtsSocket(websocket, service).serve()
         finally:
             service.websocket_clients -= 1
 

@@ -186,10 +186,13 @@ class TtsSocket:
 
     async def serve(self) -> None:
         try:
-            await self._send(self._connection())
+            # The voice list globs the voices folder: file-system work stays off the event loop.
+            await self._send(await anyio.to_thread.run_sync(self._connection))
             async with anyio.create_task_group() as tasks:
                 try:
                     await self._receive_loop(tasks)
+                except _Gone:
+                    pass  # caught inside the group: outside it would arrive wrapped in an ExceptionGroup
                 finally:
                     await self._stop_generation()
                     tasks.cancel_scope.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import wave
 from collections.abc import Iterator
@@ -266,3 +267,21 @@ def test_connections_over_the_limit_are_refused_with_1013(voices_dir: Path, olla
             with pytest.raises(ConnectionClosed) as closed:
                 second.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+
+def test_a_client_that_vanishes_after_a_request_leaves_no_error_behind(
+    voices_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a send failing inside the session's task group escaped as an ExceptionGroup and
+    # uvicorn logged "Exception in ASGI application" for an ordinary disconnect.
+    with serve(make_settings(voices_dir, down_url())) as (server, _):
+        caplog.set_level(logging.ERROR)
+        for _ in range(3):
+            ws = connect(f"{server.ws_url}/ws/tts")
+            receive(ws)
+            for _ in range(200):
+                ws.send("not json")
+            ws.socket.close()  # abrupt: no close frame, while replies are still owed
+        time.sleep(1.0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
