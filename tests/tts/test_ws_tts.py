@@ -277,11 +277,11 @@ def test_a_client_that_vanishes_after_a_request_leaves_no_error_behind(
     with serve(make_settings(voices_dir, down_url())) as (server, _):
         caplog.set_level(logging.ERROR)
         for _ in range(3):
-            ws = connect(f"{server.ws_url}/ws/tts")
-            receive(ws)
-            for _ in range(200):
-                ws.send("not json")
-            ws.socket.close()  # abrupt: no close frame, while replies are still owed
+            with connect(f"{server.ws_url}/ws/tts") as ws:
+                receive(ws)
+                for _ in range(200):
+                    ws.send("not json")
+                ws.socket.close()  # abrupt: no close frame, while replies are still owed
         time.sleep(1.0)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
