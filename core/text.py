@@ -25,8 +25,6 @@ _CLOSERS = "[" + re.escape(_CLOSER_CHARS) + "]"
 _SENTENCE_END = re.compile(rf"""[.!?…]+{_CLOSERS}*(?=\s)|[。！？]+{_CLOSERS}*(?=[\s\S])|\n""")
 # Where the first fragment of a reply may end early: a comma, semicolon or colon and then whitespace.
 _CLAUSE_END = re.compile(rf"""[,;:]{_CLOSERS}*(?=\s)""")
-_TOKEN = re.compile(r"\S+")
-_LAST_TOKEN = re.compile(r"(\S+)$")
 _OPENERS = "\"'([«“‘*_`"
 _DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # e.g, i.e, U.S, a.m (the final dot is the mark itself)
 _INITIAL = re.compile(r"[A-HJ-Z]")  # "J. R. R. Tolkien"; "I." ends a sentence ("Neither am I.")
@@ -63,67 +61,150 @@ def clean_for_speech(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _is_word(token: str) -> bool:
-    return any(char.isalnum() for char in token)
-
-
-def _count_words(text: str) -> int:
-    return sum(1 for match in _TOKEN.finditer(text) if _is_word(match.group()))
-
-
 def _is_abbreviation(token: str) -> bool:
     """Whether `token` (the word before a dot, without the dot) makes the dot a non-end."""
     word = token.lstrip(_OPENERS)
     return word.casefold() in ABBREVIATIONS or bool(_DOTTED.fullmatch(word)) or bool(_INITIAL.fullmatch(word))
 
 
-def _false_end(text: str, start: int, match: re.Match[str]) -> bool:
-    """A match of _SENTENCE_END that does not end a sentence: a lone dot after an abbreviation, an
-    initial, or a list number at the start of the fragment ("1. Preheat..."); or a "sentence" with
-    nothing speakable in it (it is kept with the next one)."""
-    mark = match.group()
-    if mark == "\n":
-        return False
-    if not any(char.isalnum() for char in text[start : match.end()]):
-        return True
-    if mark.rstrip(_CLOSER_CHARS) != ".":
-        return False
-    before = text[start : match.start()]
-    last = _LAST_TOKEN.search(before)
-    if last is None:
-        return False
-    token = last.group(1)
-    if _is_abbreviation(token):
-        return True
-    return token.isdigit() and len(token) <= 3 and before.strip() == token
+_MARK_CHARS = ".!?…。！？"
+
+
+class _FragmentEnd:
+    """Finds where the fragment that starts at `start` of a growing text ends (the rules of
+    `_next_cut`), resuming where the last call stopped. Every position is decided once, from the text
+    up to one character after it, so feeding a reply token by token costs about what the whole reply
+    does (rescanning the unfinished fragment on every token made it quadratic: 2000 characters of
+    "Dr. " took seconds on the event loop)."""
+
+    def __init__(self, start: int, clause_words: int = 0, max_words: int = 0) -> None:
+        self.start = start
+        self.clause_words = clause_words
+        self.max_words = max_words
+        self._sentence_from = start
+        """Sentence ends starting before this are decided (all false ends)."""
+        self._first_alnum: int | None = None
+        self._alnum_from = start
+        """No letter or digit in text[start:_alnum_from] (while _first_alnum is None)."""
+        self._first_visible: int | None = None
+        # Word counting for the first fragment's early cuts, one character at a time.
+        self._chars_from = start
+        self._token_start: int | None = None
+        self._token_is_word = False
+        self._words = 0
+        self._clause_from: int | None = None
+        """Where the clause_words-th word's first letter ends: a clause end from here on may cut."""
+        self._max_cut: int | None = None
+        """End of the first complete token that reaches max_words (not an abbreviation)."""
+
+    def _has_alnum_before(self, text: str, end: int) -> bool:
+        if self._first_alnum is None:
+            for index in range(self._alnum_from, end):
+                if text[index].isalnum():
+                    self._first_alnum = index
+                    break
+            else:
+                self._alnum_from = max(self._alnum_from, end)
+                return False
+        return self._first_alnum < end
+
+    def _false_end(self, text: str, match: re.Match[str]) -> bool:
+        """`_false_end`, looking only at the token before the mark and at what is known of the fragment."""
+        mark = match.group()
+        if mark == "\n":
+            return False
+        if not self._has_alnum_before(text, match.end()):
+            return True
+        if mark.rstrip(_CLOSER_CHARS) != ".":
+            return False
+        token_start = token_end = match.start()
+        while token_start > self.start and not text[token_start - 1].isspace():
+            token_start -= 1
+        if token_start == token_end:
+            return False
+        token = text[token_start:token_end]
+        if _is_abbreviation(token):
+            return True
+        if not (token.isdigit() and len(token) <= 3):
+            return False
+        if self._first_visible is None:
+            index = self.start
+            while text[index].isspace():
+                index += 1
+            self._first_visible = index
+        return self._first_visible == token_start
+
+    def _sentence_end(self, text: str) -> int | None:
+        for match in _SENTENCE_END.finditer(text, self._sentence_from):
+            if not self._false_end(text, match):
+                return match.end()
+            self._sentence_from = match.end()
+        # Only a run of end marks (and closers) touching the end of the text may still become an end.
+        index = len(text)
+        while index > self._sentence_from and text[index - 1] in _CLOSER_CHARS:
+            index -= 1
+        marks = index
+        while marks > self._sentence_from and text[marks - 1] in _MARK_CHARS:
+            marks -= 1
+        self._sentence_from = marks if marks < index else len(text)
+        return None
+
+    def _count_words(self, text: str) -> None:
+        for index in range(self._chars_from, len(text)):
+            char = text[index]
+            if char.isspace():
+                if self._token_start is not None:
+                    token = text[self._token_start : index]
+                    if (
+                        self.max_words > 0
+                        and self._max_cut is None
+                        and self._words >= self.max_words
+                        and not (token.endswith(".") and _is_abbreviation(token[:-1]))
+                    ):
+                        self._max_cut = index
+                    self._token_start = None
+                continue
+            if self._token_start is None:
+                self._token_start, self._token_is_word = index, False
+            if not self._token_is_word and char.isalnum():
+                self._token_is_word = True
+                self._words += 1
+                if self._words == self.clause_words and self._clause_from is None:
+                    self._clause_from = index + 1
+        self._chars_from = len(text)
+
+    def cut(self, text: str) -> int | None:
+        """End index of the fragment in `text` (which only ever grows), or None while undecided."""
+        best = self._sentence_end(text)
+        if self.clause_words <= 0 and self.max_words <= 0:
+            return best
+        self._count_words(text)
+        limit = best if best is not None else len(text)
+        if self.clause_words > 0 and self._clause_from is not None and self._clause_from < limit:
+            match = _CLAUSE_END.search(text, self._clause_from, limit)
+            if match is not None:
+                best = limit = match.end()
+            elif best is None:
+                # Nothing before the end of the text; only a mark touching it may still become a clause end.
+                index = len(text)
+                while index > self._clause_from and text[index - 1] in _CLOSER_CHARS:
+                    index -= 1
+                if index > self._clause_from and text[index - 1] in ",;:":
+                    index -= 1
+                self._clause_from = index
+        if self._max_cut is not None and self._max_cut < limit:
+            best = self._max_cut
+        return best
 
 
 def _next_cut(text: str, start: int, clause_words: int, max_words: int) -> int | None:
     """End index of the first decidable fragment of text[start:], or None while undecided.
     `clause_words` > 0 allows a cut at a comma once the fragment holds that many words; `max_words` > 0
-    forces a cut at the first space after that many words (both for the first fragment of a reply)."""
-    best: int | None = None
-    for match in _SENTENCE_END.finditer(text, start):
-        if not _false_end(text, start, match):
-            best = match.end()
-            break
-    if clause_words > 0:
-        for match in _CLAUSE_END.finditer(text, start, best if best is not None else len(text)):
-            if _count_words(text[start : match.start()]) >= clause_words:
-                best = match.end()
-                break
-    if max_words > 0:
-        count = 0
-        for match in _TOKEN.finditer(text, start, best if best is not None else len(text)):
-            if match.end() >= len(text):
-                break  # the word may still grow
-            token = match.group()
-            if _is_word(token):
-                count += 1
-            if count >= max_words and not (token.endswith(".") and _is_abbreviation(token[:-1])):
-                best = match.end()
-                break
-    return best
+    forces a cut at the first space after that many words (both for the first fragment of a reply).
+    A sentence end mark is no end after an abbreviation, an initial, or a list number at the start of
+    the fragment ("1. Preheat..."), nor when the "sentence" has nothing speakable in it (it is kept with
+    the next one)."""
+    return _FragmentEnd(start, clause_words, max_words).cut(text)
 
 
 def _cut(text: str) -> list[str]:
@@ -238,6 +319,7 @@ class SpeechSplitter:
         self._pending = ""
         self.fragments = 0
         """Fragments handed out so far."""
+        self._scan = self._scan_from(0)
 
     def _clean(self, raw: str) -> str | None:
         spoken = " ".join(clean_for_speech(raw).split("\n"))
@@ -246,23 +328,22 @@ class SpeechSplitter:
         self.fragments += 1
         return spoken
 
+    def _scan_from(self, start: int) -> _FragmentEnd:
+        first = self.fragments == 0
+        return _FragmentEnd(start, self.first_min_words if first else 0, self.first_max_words if first else 0)
+
     def _cuts(self) -> Iterator[str]:
+        # The scan of the unfinished fragment is kept across feeds: it resumes where it stopped.
         start = 0
-        while True:
-            first = self.fragments == 0
-            end = _next_cut(
-                self._pending,
-                start,
-                self.first_min_words if first else 0,
-                self.first_max_words if first else 0,
-            )
-            if end is None:
-                break
+        while (end := self._scan.cut(self._pending)) is not None:
             raw, start = self._pending[start:end], end
             spoken = self._clean(raw)
+            self._scan = self._scan_from(end)
             if spoken is not None:
                 yield spoken
-        self._pending = self._pending[start:]
+        if start:
+            self._pending = self._pending[start:]
+            self._scan = self._scan_from(0)
 
     def feed(self, piece: str) -> Iterator[str]:
         """Add `piece`; yield the fragments it completes."""
@@ -274,6 +355,7 @@ class SpeechSplitter:
         self._pending += self._fences.flush()
         yield from self._cuts()
         rest, self._pending = self._pending, ""
+        self._scan = self._scan_from(0)
         spoken = self._clean(rest)
         if spoken is not None:
             yield spoken

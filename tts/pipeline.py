@@ -10,7 +10,8 @@ Both paths cut the text the same way, so they speak the same audio. Synthesis ru
 worker pool: at most tts.max_concurrent at once; the others wait in arrival order for up to
 tts.queue_timeout_s, then get EngineBusy (503 with Retry-After). `speak` holds one worker for the
 whole text; `run_turn` takes a worker per fragment, so a streaming turn holds none while it waits
-for the LLM. A cancelled turn (client gone, `Turn.cancel`) stops its LLM request at once and its
+for the LLM; only its first fragment can get EngineBusy (later ones wait their turn without the
+timeout, so a turn that has started speaking is never cut off mid-reply). A cancelled turn (client gone, `Turn.cancel`) stops its LLM request at once and its
 synthesis before the next sentence: its worker is free within one sentence's synthesis.
 """
 
@@ -282,6 +283,8 @@ class Turn:
         self.chunks = 0
         """Audio pieces handed out."""
         self.sample_rate: int | None = None
+        self.admitted = False
+        """True once a fragment got a worker: later fragments wait for one without tts.queue_timeout_s."""
         self.failure: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
 
@@ -442,11 +445,20 @@ class TtsPipeline:
                 timings.llm_done_at = time.perf_counter()
         if not reply.strip():
             raise self._empty_reply()
+        if not self.fragments(reply):
+            raise self._unspeakable_reply()
         return reply
 
     def _empty_reply(self) -> LlmError:
         return LlmError(
             f"the model {self.settings.llm.model!r} returned an empty reply; try again or change llm.model"
+        )
+
+    def _unspeakable_reply(self) -> LlmError:
+        # The model's fault, not the client's: its own text was fine (that would be EmptyText, 422).
+        return LlmError(
+            f"the model {self.settings.llm.model!r}'s reply had nothing speakable (only code or symbols); "
+            "try again or adjust llm.system_prompt"
         )
 
     def fragments(self, text: str) -> list[str]:
@@ -577,7 +589,7 @@ class TtsPipeline:
                 await put(splitter.feed(request.text))
                 await put(splitter.flush())
             if splitter.fragments == 0:
-                raise EmptyText(_NOTHING_SPEAKABLE)
+                raise self._unspeakable_reply() if request.reply else EmptyText(_NOTHING_SPEAKABLE)
         except Exception as exc:
             turn.failure = exc
         finally:
@@ -636,7 +648,13 @@ class TtsPipeline:
         turn.fragments.append(fragment)
         await on_event(ReplyText(turn.text, False))
         waited = time.perf_counter()
-        await self._acquire()
+        # tts.queue_timeout_s is the turn's admission: only its first synthesis can be refused. Later
+        # fragments queue like everyone else (FIFO) but wait without a timeout: a turn that has started
+        # speaking is never cut off mid-reply with engine_busy because a later request took the worker
+        # between two of its sentences. The wait stays bounded (each request ahead of it holds a worker
+        # for one synthesis, and new arrivals still time out) and cancellable (Turn.cancel, client gone).
+        await self._acquire(timeout=not turn.admitted)
+        turn.admitted = True
         timings.queue_waits.append(time.perf_counter() - waited)
         try:
             self.counters.running += 1
@@ -673,7 +691,9 @@ class TtsPipeline:
         turn.chunks += 1
         await on_event(piece)
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, timeout: bool = True) -> None:
+        """Wait for a worker in arrival order: up to tts.queue_timeout_s (then EngineBusy), or for as long
+        as it takes when `timeout` is False (the later fragments of an admitted turn)."""
         tts = self.settings.tts
         if self.limiter.available_tokens < 1:
             log.warning(
@@ -684,7 +704,7 @@ class TtsPipeline:
             )
         self.counters.waiting += 1
         try:
-            with anyio.move_on_after(tts.queue_timeout_s) as scope:
+            with anyio.move_on_after(tts.queue_timeout_s if timeout else math.inf) as scope:
                 await self.limiter.acquire()
         finally:
             self.counters.waiting -= 1

@@ -16,7 +16,8 @@ import httpx
 from structlog.testing import capture_logs
 
 from tests.fixtures.ollama_double import OllamaDouble
-from tests.tts.conftest import Gate, gated_factory, make_settings, serve, wait_for
+from tests.fixtures.piper_voice import expected_samples
+from tests.tts.conftest import VOICE, Gate, gated_factory, make_settings, serve, wait_for
 
 
 def post_in_thread(url: str, body: dict, results: dict, key: str) -> threading.Thread:
@@ -147,3 +148,64 @@ def test_client_leaving_the_queue_frees_its_place(voices_dir: Path, ollama: Olla
     assert results["holder"].status_code == 200
     assert gate.sentences == ["Holding."]
     assert pipeline.counters.served == 1
+
+
+class SentenceGate(Gate):
+    """Holds only the named sentences, each until the test releases it; the others pass."""
+
+    def __init__(self, held: list[str]) -> None:
+        super().__init__()
+        self.reached = {text: threading.Event() for text in held}
+        self.release = {text: threading.Event() for text in held}
+
+    def wait_here(self, text: str) -> None:
+        with self._lock:
+            self.sentences.append(text)
+        if text in self.release:
+            self.reached[text].set()
+            assert self.release[text].wait(30), f"{text!r} never released"
+
+
+def test_a_started_stream_is_not_cut_off_by_a_request_queued_between_its_sentences(
+    voices_dir: Path, ollama: OllamaDouble
+) -> None:
+    queue_timeout_s = 0.5
+    gate = SentenceGate(["One.", "Other."])
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1, queue_timeout_s=queue_timeout_s)
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, _):
+        pipeline = server.app.state.pipeline
+        results: dict = {}
+
+        def stream() -> None:
+            results["stream"] = httpx.post(
+                f"{server.http_url}/tts/stream",
+                json={"text": "One. Two. Three.", "reply": False},
+                headers={"Accept": "audio/pcm"},
+                timeout=30,
+            )
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        streamer.start()
+        assert gate.reached["One."].wait(10)  # the turn was admitted: its first sentence holds the worker
+        other = post_in_thread(server.http_url, {"text": "Other.", "reply": False}, results, "other")
+        wait_for(lambda: pipeline.counters.waiting == 1)
+        gate.release["One."].set()  # (well within the /tts request's own queue_timeout_s)
+        # The /tts request was first in line: it takes the worker, and the turn's "Two." queues behind it.
+        assert gate.reached["Other."].wait(10)
+        wait_for(lambda: pipeline.counters.waiting == 1)
+        # Past queue_timeout_s: before the fix "Two." was refused here with engine_busy, mid-stream.
+        time.sleep(2 * queue_timeout_s)
+        try:
+            assert pipeline.counters.rejected_busy == 0 and pipeline.counters.waiting == 1
+        finally:
+            gate.release["Other."].set()
+        other.join(10)
+        streamer.join(10)
+    assert results["other"].status_code == 200
+    stream_response = results["stream"]
+    assert stream_response.status_code == 200
+    voice_model = voices_dir / f"{VOICE}.onnx"
+    spoken = ["One.", "Two.", "Three."]
+    assert len(stream_response.content) == 2 * sum(expected_samples(voice_model, text) for text in spoken)
+    assert gate.sentences == ["One.", "Other.", "Two.", "Three."]
+    assert pipeline.counters.rejected_busy == 0 and pipeline.counters.served == 2

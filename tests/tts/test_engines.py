@@ -4,6 +4,7 @@ local HTTP double of its API, XTTS with the coqui-tts model object replaced by a
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,57 @@ def test_piper_reloads_a_voice_replaced_in_place(voices_dir: Path, tmp_path: Pat
     stat = (voices_dir / f"{VOICE}.onnx").stat()
     os.utime(voices_dir / f"{VOICE}.onnx", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert list(engine.synthesize("Hi.", VOICE, 1.0))[0].sample_rate == 16000
+
+
+class _HeldLoadPiperEngine(PiperEngine):
+    """The real Piper engine with our own loader hook (`PiperEngine._load`, not Piper) held for one
+    voice: nothing else can keep a voice load in flight for as long as the test needs. The voice is
+    still really loaded once the hold is released."""
+
+    held_voice = "en_GB-new-low"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+        self.loading = threading.Event()
+        self.loads: list[str] = []
+
+    def _load(self, model: Path, config: Path):  # type: ignore[no-untyped-def]
+        name = model.name.removesuffix(".onnx")
+        self.loads.append(name)
+        if name == self.held_voice:
+            self.loading.set()
+            assert self.release.wait(30), "load never released"
+        return super()._load(model, config)
+
+
+def test_piper_loading_a_voice_does_not_stall_the_cached_ones(voices_dir: Path) -> None:
+    build_piper_voice(voices_dir, "en_GB-new-low", sample_rate=16000)
+    engine = _HeldLoadPiperEngine(Settings(tts={"voices_dir": str(voices_dir), "voice": VOICE}))
+    engine.start()
+    results: dict[str, list[Any]] = {}
+
+    def speak(key: str, voice: str) -> None:
+        results[key] = list(engine.synthesize("Hi there.", voice, 1.0))
+
+    loaders = [threading.Thread(target=speak, args=(key, "en_GB-new-low"), daemon=True) for key in ("new1", "new2")]
+    for thread in loaders:
+        thread.start()
+    assert engine.loading.wait(10)
+    # While the new voice is loading, the default (cached) voice still speaks.
+    default = threading.Thread(target=speak, args=("default", VOICE), daemon=True)
+    default.start()
+    default.join(10)
+    assert not default.is_alive(), "synthesis with the cached voice waited for another voice's load"
+    assert total(results["default"]) == expected_samples(voices_dir / f"{VOICE}.onnx", "Hi there.")
+    assert "new1" not in results and "new2" not in results
+    engine.release.set()
+    for thread in loaders:
+        thread.join(10)
+    assert results["new1"][0].sample_rate == results["new2"][0].sample_rate == 16000
+    # Two requests for the same voice at once load it once.
+    assert engine.loads == [VOICE, "en_GB-new-low"]
+    assert engine.loaded_voices() == [VOICE, "en_GB-new-low"]
 
 
 def test_piper_multi_speaker_uses_the_configured_speaker(tmp_path: Path) -> None:

@@ -224,6 +224,28 @@ def test_ollama_error_status_from_the_model(voices_dir: Path, ollama: OllamaDoub
     }
 
 
+@pytest.mark.parametrize("tokens", ["pieces", "words"])
+def test_a_reply_with_nothing_speakable_is_the_models_error_not_the_clients(
+    voices_dir: Path, ollama: OllamaDouble, tokens: str
+) -> None:
+    ollama.behaviour.reply = "```python\nprint('Hello. World!')\n```"
+    ollama.behaviour.tokens = tokens
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        whole = client.post("/tts", json={"text": "Write me some code"})
+        streamed = client.post("/tts/stream", json={"text": "Write me some code"})
+        # The client's own text with nothing speakable is still the client's error.
+        own = client.post("/tts/stream", json={"text": "```python\nprint('x')\n```", "reply": False})
+    message = (
+        "the model 'llama3.2:3b''s reply had nothing speakable (only code or symbols); "
+        "try again or adjust llm.system_prompt"
+    )
+    for response in (whole, streamed):
+        assert response.status_code == 502
+        assert error_of(response) == {"code": "llm_error", "message": message}
+    assert own.status_code == 422
+    assert error_of(own)["code"] == "empty_text"
+
+
 # -- health, voices, dashboard -----------------------------------------------------------------------
 
 

@@ -39,6 +39,9 @@ class PiperEngine(Engine):
         self._downloader = downloader
         self._cache: OrderedDict[str, tuple[int, object]] = OrderedDict()
         self._lock = threading.Lock()
+        """Guards _cache and _loading; never held while a voice loads."""
+        self._loading: dict[str, threading.Lock] = {}
+        """One lock per voice name, held while that voice loads (names are checked voice names: few)."""
         self._use_cuda = tts.piper.use_cuda
 
     def start(self) -> None:
@@ -80,26 +83,42 @@ class PiperEngine(Engine):
     def loaded_voices(self) -> list[str]:
         return list(self._cache)
 
-    def _voice(self, name: str):  # -> PiperVoice
-        model, config = piper_voice_files(self.voices_dir, name)
+    def _cached(self, name: str, stamp: int):  # -> PiperVoice | None
         with self._lock:
-            try:
-                stamp = model.stat().st_mtime_ns
-            except FileNotFoundError:
-                raise VoiceNotFound(name, self.voices(), self.name) from None
             cached = self._cache.get(name)
             if cached and cached[0] == stamp:
                 self._cache.move_to_end(name)
                 return cached[1]
-            # Loading holds the lock: loads are rare and a voice is never loaded twice at once.
-            voice = self._load(model, config)
-            self._cache[name] = (stamp, voice)
-            self._cache.move_to_end(name)
-            while len(self._cache) > self.settings.cache_size:
-                dropped, _ = self._cache.popitem(last=False)
-                log.info("voice_unloaded", voice=dropped, reason="cache full", cache_size=self.settings.cache_size)
-            log.info("voice_loaded", voice=name, sample_rate=voice.config.sample_rate)
+            return None
+
+    def _voice(self, name: str):  # -> PiperVoice
+        model, config = piper_voice_files(self.voices_dir, name)
+        try:
+            stamp = model.stat().st_mtime_ns
+        except FileNotFoundError:
+            raise VoiceNotFound(name, self.voices(), self.name) from None
+        voice = self._cached(name, stamp)
+        if voice is not None:
             return voice
+        # Loading (building an ONNX session) takes seconds: it holds only this voice's own lock, so
+        # syntheses with cached voices go on meanwhile, and a voice is never loaded twice at once.
+        with self._lock:
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:
+            voice = self._cached(name, stamp)  # loaded by whoever held the lock before us
+            if voice is not None:
+                return voice
+            voice = self._load(model, config)
+            with self._lock:
+                self._cache[name] = (stamp, voice)
+                self._cache.move_to_end(name)
+                while len(self._cache) > self.settings.cache_size:
+                    dropped, _ = self._cache.popitem(last=False)
+                    log.info(
+                        "voice_unloaded", voice=dropped, reason="cache full", cache_size=self.settings.cache_size
+                    )
+        log.info("voice_loaded", voice=name, sample_rate=voice.config.sample_rate)
+        return voice
 
     def _load(self, model: Path, config: Path):  # -> PiperVoice
         from piper import PiperVoice
