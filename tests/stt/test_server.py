@@ -319,16 +319,17 @@ def test_health_answers_at_once_while_every_worker_is_busy(make_settings) -> Non
         for _ in range(20):
             stream(ws, speech)
             send_json(ws, {"type": "end"})
-        deadline = time.monotonic() + 30
-        while service.transcribe_limiter.borrowed_tokens == 0 and time.monotonic() < deadline:
-            time.sleep(0.002)
+        # The worker frees its slot for a moment between two utterances: each check starts while busy.
         latencies = []
-        while service.transcribe_limiter.borrowed_tokens == 1 and len(latencies) < 5:
+        deadline = time.monotonic() + 30
+        while len(latencies) < 5 and time.monotonic() < deadline:
+            if service.transcribe_limiter.borrowed_tokens == 0:
+                time.sleep(0.001)
+                continue
             started = time.perf_counter()
             assert httpx.get(f"{server.http_url}/health").status_code == 200
             latencies.append(time.perf_counter() - started)
-        assert len(latencies) == 5, "the worker went idle before five health checks were made"
-        assert service.transcribe_limiter.borrowed_tokens == 1, "the worker must still be busy"
+        assert len(latencies) == 5, "five health checks were made while the worker was busy"
         assert [receive(ws)["type"] for _ in range(20)] == ["transcript"] * 20
     assert max(latencies) < 0.5
 
