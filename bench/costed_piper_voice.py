@@ -19,6 +19,8 @@ import math
 import os
 from pathlib import Path
 
+from tests.fixtures.piper_voice import voice_config
+
 BUILDER_VERSION = "costed-piper-medium-1"
 VOICE_NAME = "en_US-bench-medium"
 SAMPLE_RATE = 22050
@@ -43,7 +45,6 @@ def build_costed_voice(voices_dir: Path | None = None, *, seed: int = 1234) -> P
         import torch
     except ImportError as exc:
         raise SystemExit(f"the costed voice needs CPU torch ({exc}): pip install torch==2.13.0") from None
-    from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP
     from piper.train.vits.models import SynthesizerTrn
 
     voices_dir.mkdir(parents=True, exist_ok=True)
@@ -101,20 +102,7 @@ def build_costed_voice(voices_dir: Path | None = None, *, seed: int = 1234) -> P
         },
         dynamo=False,
     )
-    config = {
-        "audio": {"sample_rate": SAMPLE_RATE, "quality": "medium"},
-        "espeak": {"voice": "en-us"},
-        "language": {"code": "en_US"},
-        "inference": {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8},
-        "phoneme_type": "espeak",
-        "phoneme_map": {},
-        "phoneme_id_map": DEFAULT_PHONEME_ID_MAP,
-        "num_symbols": num_symbols,
-        "num_speakers": 1,
-        "speaker_id_map": {},
-        "piper_version": "1.0.0",
-        "dataset": VOICE_NAME,
-    }
+    config = voice_config(VOICE_NAME, sample_rate=SAMPLE_RATE, num_symbols=num_symbols)
     (voices_dir / f"{VOICE_NAME}.onnx.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     tmp_path.replace(model_path)
     marker.write_text(BUILDER_VERSION)
