@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
+from core import __version__
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -76,6 +77,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error")
         return JSONResponse(error_body("internal_error", "internal server error; see the service log"), 500)
+
+
+def service_app(*, title: str, description: str, lifespan: Lifespan[FastAPI]) -> FastAPI:
+    """A FastAPI app with the conventions every service shares: request ids and access logs, and
+    one error body for every failure."""
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan, description=description)
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    return app
 
 
 class RequestContextMiddleware:

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from core import __version__
 from core.config import PROJECT_ROOT, Settings, SttSettings, get_settings
-from core.http import RequestContextMiddleware, install_error_handlers
+from core.http import service_app
 from core.logging import configure_logging, get_logger
 from core.metrics import render
 from core.serve import lazy_app
@@ -167,16 +167,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
             tasks.cancel_scope.cancel()
 
-    app = FastAPI(
+    app = service_app(
         title="Voice assistant: speech to text",
-        version=__version__,
         lifespan=lifespan,
         description="Stream PCM16 audio to /ws/stt and receive transcripts.",
     )
     app.state.service = service
     app.state.drain = service.drain  # awaited by core.serve on SIGTERM, before uvicorn closes sockets
-    app.add_middleware(RequestContextMiddleware)
-    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

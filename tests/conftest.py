@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from core.config import Settings, get_settings
+from tests.fixtures.ollama_double import OllamaDouble, ollama_double
 from tests.fixtures.whisper_model import build_whisper_model
 
 _OUR_VARIABLES = ("CONFIG_PATH", "ENVIRONMENT", "OLLAMA_URL", "GROQ_API_KEY")
@@ -27,6 +28,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def ollama() -> Iterator[OllamaDouble]:
+    """A real HTTP server on 127.0.0.1 speaking Ollama's wire format; behaviour set per test."""
+    with ollama_double() as double:
+        yield double
 
 
 @pytest.fixture(scope="session")

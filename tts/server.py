@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from core import __version__
 from core.audio import wav_bytes
 from core.config import PROJECT_ROOT, Settings, get_settings
-from core.http import RequestContextMiddleware, ServiceError, error_body, install_error_handlers
+from core.http import ServiceError, error_body, service_app
 from core.llm import OllamaClient
 from core.logging import configure_logging, get_logger
 from core.serve import lazy_app
@@ -214,17 +214,14 @@ def create_app(
         pipeline.close()
         await llm.aclose()
 
-    app = FastAPI(
+    app = service_app(
         title="Voice assistant: text to speech",
-        version=__version__,
         lifespan=lifespan,
         description="POST text to /tts and receive the assistant's spoken answer (or the text itself) as WAV.",
     )
     app.state.service = service
     app.state.pipeline = pipeline
     app.state.metrics = service.metrics
-    app.add_middleware(RequestContextMiddleware)
-    install_error_handlers(app)
 
     @app.post(
         "/tts",

@@ -29,7 +29,7 @@ from tests.fixtures.ollama_double import OllamaDouble, down_url
 from tests.fixtures.server import RunningServer, run_server
 from tests.fixtures.speech import make_speech, write_wav
 from tests.tts.conftest import make_settings as tts_settings
-from tests.tts.conftest import ollama, voices_dir  # noqa: F401  (fixtures reused from the TTS tests)
+from tests.tts.conftest import voices_dir  # noqa: F401  (a fixture reused from the TTS tests)
 from tts.dashboard import build_router
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from core.config import PROJECT_ROOT
-from tests.fixtures.ollama_double import OllamaDouble, ollama_double
+from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import build_piper_voice
 
 VOICE = "en_US-test-medium"
@@ -158,12 +158,6 @@ def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("supervisor-voices")
     build_piper_voice(folder, VOICE)
     return folder
-
-
-@pytest.fixture
-def ollama() -> Iterator[OllamaDouble]:
-    with ollama_double() as double:
-        yield double
 
 
 @pytest.fixture

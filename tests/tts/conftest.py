@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from core.config import Settings
-from tests.fixtures.ollama_double import OllamaDouble, ollama_double
 from tests.fixtures.piper_voice import build_piper_voice
 from tests.fixtures.server import RunningServer, run_server
 from tts.engines import create_engine
@@ -29,12 +28,6 @@ def voices_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "voices"
     build_piper_voice(folder, VOICE)
     return folder
-
-
-@pytest.fixture
-def ollama() -> Iterator[OllamaDouble]:
-    with ollama_double() as double:
-        yield double
 
 
 def make_settings(voices_dir: Path, llm_url: str, **tts: Any) -> Settings:
