@@ -504,7 +504,6 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings, specs: Sequence[ServiceSpec]) -> None:
-        self.settings = settings
         self.config = settings.supervisor
         self.stopping = asyncio.Event()
         self.force = asyncio.Event()

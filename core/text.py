@@ -360,10 +360,6 @@ class SpeechSplitter:
         if spoken is not None:
             yield spoken
 
-    @property
-    def pending_chars(self) -> int:
-        return len(self._pending)
-
 
 def speech_fragments(text: str, first_min_words: int = 0, first_max_words: int = 0) -> list[str]:
     """The fragments `SpeechSplitter` gives for the whole of `text` (what /tts speaks)."""

@@ -28,10 +28,6 @@ class AudioChunk:
     text: str = ""
     """The text this audio speaks."""
 
-    @property
-    def duration_s(self) -> float:
-        return len(self.samples) / self.sample_rate if self.sample_rate else 0.0
-
 
 class Engine(ABC):
     """A speech engine: one instance per process, shared by every request (thread-safe)."""

@@ -7,7 +7,6 @@ requests of at most tts.groq.max_input_chars. API errors map to our codes: 401/4
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -51,7 +50,6 @@ class GroqEngine(Engine):
         self.default_voice = settings.tts.voice or self.settings.voice
         self._retry_after_s = retry_after_s or settings.tts.retry_after_s
         self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         if self.settings.api_key is None or not self.settings.api_key.get_secret_value().strip():

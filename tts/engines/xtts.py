@@ -62,7 +62,6 @@ class XttsEngine(Engine):
         self.default_voice = settings.tts.voice or self.settings.speaker
         self._factory = model_factory or _coqui_model
         self._model: Any = None
-        self.device: str | None = None
         # One inference at a time on the one model: XTTS is heavy and its state is not meant to be shared.
         self._lock = threading.Lock()
 
@@ -79,7 +78,6 @@ class XttsEngine(Engine):
             raise
         except Exception as exc:
             raise EngineStartError(f"could not load XTTS model {self.settings.model!r}: {exc}") from None
-        self.device = device
         log.info("xtts_loaded", model=self.settings.model, device=device)
 
     @property
