@@ -86,7 +86,7 @@ from typing import Any
 import numpy as np
 
 from core.config import PROJECT_ROOT, LoggingSettings, SttSettings
-from stt.engine import available_cores
+from stt.engine import cpu_threads
 
 DEFAULT_TEXT = "Please turn on the lights in the kitchen. Then set a timer for ten minutes."
 LEAD_SILENCE_S = 0.5
@@ -191,7 +191,7 @@ def load_direct_model(model_dir: Path, stt: SttSettings) -> Any:
         str(model_dir),
         device=stt.device,
         compute_type=stt.compute_type,
-        cpu_threads=stt.cpu_threads or available_cores(),
+        cpu_threads=cpu_threads(stt),
         num_workers=stt.max_concurrent,
     )
 
@@ -503,7 +503,7 @@ def run_bench(
             "model_dir": str(model_dir),
             "device": stt.device,
             "compute_type": stt.compute_type,
-            "cpu_threads": stt.cpu_threads or available_cores(),
+            "cpu_threads": cpu_threads(stt),
             "num_workers": stt.max_concurrent,
             "beam_size": stt.beam_size,
             "temperatures": stt.temperatures,
@@ -683,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="measured rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unrecorded rounds first (default 2)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="stt.cpu_threads for both sides (default 0: CTranslate2's default, 4)"
+        "--threads", type=int, default=0, help="stt.cpu_threads for both sides (default 0: one thread per available core, as the server does)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(

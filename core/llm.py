@@ -189,7 +189,7 @@ class OllamaClient:
     def _translate(self, exc: BaseException, *, attempts: bool) -> LLMError:
         tries = f" after {self.settings.retry_attempts + 1} attempts" if attempts else ""
         if isinstance(exc, httpx.ReadTimeout):
-            return self._timeout()
+            return self.timeout_error()
         if isinstance(exc, _ServerError):
             return LLMUnavailable(
                 f"{exc}{tries}; check the Ollama log, and that the model loads (`ollama run {self.settings.model}`)"
@@ -200,7 +200,7 @@ class OllamaClient:
             "or point llm.url (or OLLAMA_URL) at the right address"
         )
 
-    def _timeout(self) -> LLMTimeout:
+    def timeout_error(self) -> LLMTimeout:
         return LLMTimeout(
             f"Ollama did not finish the reply within llm.timeout_s={self.settings.timeout_s:g} s; "
             "raise llm.timeout_s or use a smaller model"
@@ -231,7 +231,7 @@ class OllamaClient:
         try:
             reply = await self._attempts(attempt)
         except TimeoutError:
-            raise self._timeout() from None
+            raise self.timeout_error() from None
         reply = reply.strip()
         if len(reply) > limit:
             log.warning("llm_reply_truncated", chars=len(reply), limit=limit)

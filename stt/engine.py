@@ -102,6 +102,11 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def cpu_threads(stt: SttSettings) -> int:
+    """stt.cpu_threads, where 0 means one thread per available core."""
+    return stt.cpu_threads or available_cores()
+
+
 def choose_device(requested: str, cuda_devices: int) -> tuple[str, str]:
     """The device to try first and why."""
     if requested == "cpu":
@@ -205,6 +210,7 @@ class WhisperEngine:
         device, reason = choose_device(settings.device, ctranslate2.get_cuda_device_count())
         log.info("device_selected", device=device, reason=reason)
         attempts = [device, "cpu"] if device == "cuda" and settings.device == "auto" else [device]
+        threads = cpu_threads(settings)
         failure: Exception | None = None
         for attempt in attempts:
             try:
@@ -215,7 +221,7 @@ class WhisperEngine:
                     str(path),
                     device=attempt,
                     compute_type=compute_type,
-                    cpu_threads=settings.cpu_threads or available_cores(),
+                    cpu_threads=threads,
                     # One CTranslate2 worker per pool slot, so concurrent transcriptions run in parallel.
                     num_workers=settings.max_concurrent,
                 )
@@ -233,7 +239,7 @@ class WhisperEngine:
                 path=str(path),
                 device=attempt,
                 compute_type=compute_type,
-                cpu_threads=settings.cpu_threads or available_cores(),
+                cpu_threads=threads,
                 seconds=round(loaded.load_seconds, 2),
             )
             return cls(model, loaded, settings)

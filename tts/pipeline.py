@@ -29,7 +29,7 @@ import numpy as np
 
 from core.audio import float32_to_pcm16, resample
 from core.config import Settings
-from core.llm import LLMError, LLMModelNotFound, LLMTimeout, LLMUnavailable, LlmStats, OllamaClient
+from core.llm import LLMError, LLMModelNotFound, LlmStats, LLMTimeout, LLMUnavailable, OllamaClient
 from core.logging import get_logger
 from core.text import SpeechSplitter, speech_fragments
 from tts.engines import Engine, create_engine
@@ -107,7 +107,6 @@ class _Counters:
     """Requests and turns stopped early (client gone or cancelled)."""
     turns: int = 0
     """Streaming turns in progress now."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,10 +144,6 @@ class AudioPiece:
     @property
     def samples(self) -> int:
         return len(self.pcm16) // 2
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples / self.sample_rate
 
 
 TurnEvent = ReplyText | AudioPiece
@@ -445,8 +440,6 @@ class TtsPipeline:
                 timings.llm_done_at = time.perf_counter()
         if not reply.strip():
             raise self._empty_reply()
-        if not self.fragments(reply):
-            raise self._unspeakable_reply()
         return reply
 
     def _empty_reply(self) -> LlmError:
@@ -475,12 +468,14 @@ class TtsPipeline:
         speed: float,
         cancel: threading.Event | None = None,
         timings: TurnTimings | None = None,
+        reply: bool = False,
     ) -> Speech:
-        """Synthesize `text` in the worker pool, waiting for a free worker up to tts.queue_timeout_s."""
+        """Synthesize `text` in the worker pool, waiting for a free worker up to tts.queue_timeout_s.
+        `reply`: the text is the LLM's answer, so nothing speakable in it is the model's failure."""
         engine = self.engine()
         sentences = self.fragments(text)
         if not sentences:
-            raise EmptyText(_NOTHING_SPEAKABLE)
+            raise self._unspeakable_reply() if reply else EmptyText(_NOTHING_SPEAKABLE)
         spoken = " ".join(sentences)
         cancel = cancel or threading.Event()
         waited = time.perf_counter()
@@ -623,10 +618,7 @@ class TtsPipeline:
         except LLMError as exc:
             raise _llm_error(exc) from None
         except TimeoutError:
-            raise LlmTimeout(
-                f"Ollama did not finish the reply within llm.timeout_s={llm.timeout_s:g} s; "
-                "raise llm.timeout_s or use a smaller model"
-            ) from None
+            raise _llm_error(self.llm.timeout_error()) from None
         finally:
             # Closing the stream closes the HTTP response: Ollama stops generating. Shielded, so it
             # happens even when the turn was cancelled.

@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -236,23 +236,22 @@ def create_app(
     )
     async def tts(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _read_json(request, _body_limit(settings))
-        try:
-            parsed = TtsRequest.model_validate(body)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        text, voice, speed = pipeline.check_request(parsed.text, parsed.voice, parsed.speed)
-        reply = settings.tts.reply_default if parsed.reply is None else parsed.reply
+        checked = await checked_body(request)
+        text, voice, speed, reply = checked.text, checked.voice, checked.speed, checked.reply
 
         cancel = threading.Event()
         result: dict[str, Any] = {}
         timings = TurnTimings(started=started, reply=reply)
 
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_watch_disconnect, request, cancel, tasks)
+            def stop() -> None:
+                cancel.set()  # the synthesis stops between sentences
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(_watch_disconnect, request.receive, stop)
             try:
                 words = await pipeline.reply_text(text, timings) if reply else text
-                result["speech"] = await pipeline.speak(words, voice, speed, cancel, timings)
+                result["speech"] = await pipeline.speak(words, voice, speed, cancel, timings, reply=reply)
             except Cancelled:
                 pass
             except Exception as exc:  # re-raised below, outside the task group, so it is not wrapped in a group
@@ -435,14 +434,13 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest("; ".join(parts))
 
 
-async def _watch_disconnect(request: Request, cancel: threading.Event, tasks: TaskGroup) -> None:
-    """Waits for the client to go away; then stops the synthesis (between sentences) and the request."""
+async def _watch_disconnect(receive: Receive, on_gone: Callable[[], None]) -> None:
+    """Waits for the client to go away (the request body has been read already), then calls on_gone."""
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             log.info("client_disconnected")
-            cancel.set()
-            tasks.cancel_scope.cancel()
+            on_gone()
             return
 
 
@@ -501,7 +499,7 @@ class _TurnResponse(Response):
         outcome = "ok"
         await self.on_begin()
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_watch_asgi_disconnect, receive, turn)
+            tasks.start_soon(_watch_disconnect, receive, turn.cancel)
             try:
                 await self.service.pipeline.run_turn(self.turn_request, lambda event: self.on_event(event, turn), turn)
             except Cancelled:
@@ -662,16 +660,6 @@ class _EventStream(_TurnResponse):
 
 async def _no_receive() -> dict[str, Any]:
     return {"type": "http.disconnect"}
-
-
-async def _watch_asgi_disconnect(receive: Receive, turn: Turn) -> None:
-    """Cancels the turn when the client goes away (the request body has been read already)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            log.info("client_disconnected")
-            turn.cancel()
-            return
 
 
 def main() -> None:
