@@ -87,9 +87,9 @@ def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Setti
 
 
 def wait_engine(app: Any) -> None:
-    while app.state.pipeline.state.loading:
+    while app.state.service.engines.loading:
         time.sleep(0.02)
-    state = app.state.pipeline.state
+    state = app.state.service.engines
     if state.engine is None or state.fallback:
         raise SystemExit(f"the piper engine did not start: {state.error}")
 

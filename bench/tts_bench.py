@@ -103,10 +103,10 @@ def main() -> int:
     app = create_app(settings)
     logging.getLogger().setLevel(logging.WARNING)
     with run_server(app) as server, httpx.Client(base_url=server.http_url, timeout=120) as client:
-        while app.state.pipeline.state.loading:
+        while app.state.service.engines.loading:
             time.sleep(0.05)
-        if app.state.pipeline.state.engine is None or app.state.pipeline.state.fallback:
-            print(f"engine did not start: {app.state.pipeline.state.error}", file=sys.stderr)
+        if app.state.service.engines.engine is None or app.state.service.engines.fallback:
+            print(f"engine did not start: {app.state.service.engines.error}", file=sys.stderr)
             return 1
         for _ in range(2):  # warm both paths
             direct_once(voice)

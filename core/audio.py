@@ -6,6 +6,7 @@ Everything works on mono float32 arrays in [-1, 1]; int16 appears only at the wi
 from __future__ import annotations
 
 import io
+import struct
 import wave
 
 import av
@@ -40,6 +41,20 @@ def wav_bytes(pcm16: bytes, sample_rate: int, channels: int = 1) -> bytes:
         writer.setframerate(sample_rate)
         writer.writeframes(pcm16)
     return buffer.getvalue()
+
+
+WAV_UNKNOWN_SIZE = 0xFFFFFFFF
+"""RIFF and data sizes of a streamed WAV, whose length is unknown when the header is sent. The largest
+value (not 0) because readers that trust the header then read to the end of the stream (ffmpeg,
+browsers, Python's wave), while a size of 0 makes some of them play nothing."""
+
+
+def streaming_wav_header(sample_rate: int, channels: int = 1, sample_width: int = 2) -> bytes:
+    """A 44-byte PCM WAV header for a stream of unknown length (see WAV_UNKNOWN_SIZE)."""
+    block = channels * sample_width
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, sample_width * 8)
+    size = struct.pack("<I", WAV_UNKNOWN_SIZE)
+    return b"RIFF" + size + b"WAVEfmt " + fmt + b"data" + size
 
 
 def _to_frame(audio: np.ndarray, sample_rate: int) -> av.AudioFrame:

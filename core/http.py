@@ -1,76 +1,99 @@
-"""The HTTP conventions both services share: one error body, request ids, access logs.
+"""The HTTP edge both services share: the one table from error codes to statuses, the error body,
+request ids and access logs, the JSON body reader, and streamed responses that can be cut off.
 
-This is the one module in core that knows about HTTP (ASGI): keeping the error contract in one
-place is worth more than keeping core free of it, and it still imports neither service.
+This is the one module in core that knows HTTP (ASGI): keeping the error contract in one place is
+worth more than keeping core free of it, and it still imports neither service.
 """
 
 from __future__ import annotations
 
+import contextvars
+import json
+import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import anyio
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from core import __version__
+from core.errors import InvalidJson, InvalidRequest, RequestTooLarge, ServiceError, describe_validation_errors
 from core.logging import get_logger
 
 log = get_logger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
+HTTP_STATUS: dict[str, int] = {
+    "internal_error": 500,
+    "invalid_json": 422,
+    "invalid_request": 422,
+    "bad_message": 422,
+    "request_too_large": 413,
+    "unsupported_media_type": 415,
+    "empty_text": 422,
+    "text_too_long": 413,
+    "invalid_speed": 422,
+    "invalid_voice_name": 422,
+    "voice_not_found": 404,
+    "bad_audio": 422,
+    "too_many_connections": 503,
+    "too_many_pending": 503,
+    "busy": 409,
+    "nothing_to_cancel": 409,
+    "shutting_down": 503,
+    "engine_busy": 503,
+    "engine_loading": 503,
+    "engine_unavailable": 503,
+    "engine_auth": 502,
+    "engine_error": 502,
+    "model_unavailable": 503,
+    "transcription_failed": 500,
+    "stt_unavailable": 503,
+    "llm_error": 502,
+    "llm_unavailable": 503,
+    "llm_model_not_found": 503,
+    "llm_timeout": 504,
+}
+"""Every code of core.errors and the HTTP status it is answered with (a test checks it covers them all)."""
 
-class ServiceError(Exception):
-    """A failure the client should hear about, with a stable machine-readable code."""
-
-    status_code = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
+_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        parts.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
-    return "; ".join(parts) or "invalid request"
-
-
-_HTTP_CODES = {
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
+def error_response(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    return JSONResponse(error_body(error.code, error.message), HTTP_STATUS.get(error.code, 500), headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as `{"error": {"code", "message"}}` with a fitting status code."""
+    """Every error leaves as `{"error": {"code", "message"}}` with the status of HTTP_STATUS."""
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", _validation_message(exc)), 422)
+        return JSONResponse(error_body("invalid_request", describe_validation_errors(exc.errors())), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _STARLETTE_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -80,16 +103,50 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def service_app(*, title: str, description: str, lifespan: Lifespan[FastAPI]) -> FastAPI:
-    """A FastAPI app with the conventions every service shares: request ids and access logs, and
-    one error body for every failure."""
+    """A FastAPI app with the conventions every service shares: request ids and access logs, one error
+    body for every failure, and streamed responses that a failure can cut off (`abort_response`)."""
     app = FastAPI(title=title, version=__version__, lifespan=lifespan, description=description)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     return app
 
 
+# -- request context, and cutting a streamed response off ------------------------------------------
+
+
+@dataclass
+class _ResponseState:
+    aborted: bool = False
+
+
+_response_state: contextvars.ContextVar[_ResponseState | None] = contextvars.ContextVar("response_state", default=None)
+
+
+def abort_response(code: str, reason: str) -> None:
+    """The streamed response of this request failed after it started: it ends without its final chunk,
+    so the client sees a broken response instead of a complete-looking short one. Logged once, here, as
+    the warning it is (`stream_aborted`); the server's own "returned without completing" line is dropped."""
+    state = _response_state.get()
+    if state is not None:
+        state.aborted = True
+    log.warning("stream_aborted", code=code, reason=reason)
+
+
+class _DropAbortedStreamNotice(logging.Filter):
+    """uvicorn logs an error when a response ends without its final chunk; for a response we cut off on
+    purpose (abort_response) that has been logged already, as a warning with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        state = _response_state.get()
+        return not (state is not None and state.aborted and "without completing response" in record.getMessage())
+
+
+logging.getLogger("uvicorn.error").addFilter(_DropAbortedStreamNotice())
+
+
 class RequestContextMiddleware:
-    """Binds a request id into the log context, returns it in X-Request-ID, logs each request."""
+    """Binds a request id into the log context, returns it in X-Request-ID, logs each request, and holds
+    back the final chunk of a response that was aborted (abort_response)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -103,13 +160,18 @@ class RequestContextMiddleware:
         request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex[:16]
         started = time.perf_counter()
         status = 500
+        # Set in this task and never reset: the server logs its notice of an incomplete response in this
+        # same task's context, after the app returned (see _DropAbortedStreamNotice).
+        state = _ResponseState()
+        _response_state.set(state)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            elif state.aborted and message["type"] == "http.response.body" and not message.get("more_body", False):
+                return
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -122,5 +184,67 @@ class RequestContextMiddleware:
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
+                    aborted=state.aborted or None,
                     ms=round((time.perf_counter() - started) * 1000, 1),
                 )
+
+
+# -- bodies and disconnects ------------------------------------------------------------------------
+
+
+async def read_json_body(request: Request, limit: int, hint: str, example: str) -> Any:
+    """The request's JSON body, at most `limit` bytes (`hint` names the setting behind the limit), or
+    the error that says what is wrong; `example` shows a valid body."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (see {hint})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body is over the {limit}-byte limit (see {hint})")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidJson(f"the request body is empty; send JSON such as {example}")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidJson("the request body is not UTF-8 text; send UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(
+            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"send e.g. {example}"
+        ) from None
+
+
+def validated(model: type[ModelT], body: Any) -> ModelT:
+    """`body` validated by the pydantic `model`, or InvalidRequest naming each bad field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_errors(exc.errors(), model.model_fields)) from None
+
+
+@asynccontextmanager
+async def on_disconnect(request: Request, callback: Callable[[], None]) -> AsyncIterator[None]:
+    """Calls `callback` if the client goes away while the block runs (its body must have been read)."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        log.info("client_disconnected")
+        callback()
+
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch)
+        try:
+            yield
+        except Exception as exc:  # re-raised outside the task group, which would wrap it in a group
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure

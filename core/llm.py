@@ -1,11 +1,9 @@
-"""The LLM client: the assistant's reply to the user's words, from Ollama.
+"""The LLM client: the assistant's reply to the user's words, from Ollama, piece by piece as it is written.
 
-Replies are requested as a stream and assembled (`reply`), or handed on piece by piece
-(`stream_reply`) so a streaming pipeline only has to forward them. Connection errors and 5xx
-answers are retried with exponential backoff (tenacity); 4xx answers such as an unknown model are
-not, and every failure becomes an `LLMError` whose message tells the user what to do.
-
-This module knows nothing about HTTP status codes of our own services: callers map the errors.
+Connection errors and 5xx answers before the first piece are retried with exponential backoff
+(tenacity); 4xx answers such as an unknown model are not, and every failure becomes one of the LLM
+errors of core.errors, whose message tells the user what to do. `LlmHealth` answers /health's "is the
+LLM there?" from a cache refreshed in the background, so /health never waits for it.
 """
 
 from __future__ import annotations
@@ -18,33 +16,14 @@ from typing import Any
 import anyio
 import httpx
 import ollama
+from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from core.config import LlmSettings
+from core.errors import LlmError, LlmModelNotFound, LlmTimeout, LlmUnavailable
 from core.logging import get_logger
-from core.text import truncate_at_sentence
 
 log = get_logger(__name__)
-
-
-class LLMError(Exception):
-    """The LLM could not answer; the message says why and what to do."""
-
-
-class LLMUnavailable(LLMError):
-    """Ollama cannot be reached, or kept failing with server errors, after all retries."""
-
-
-class LLMModelNotFound(LLMError):
-    """Ollama does not have the configured model."""
-
-
-class LLMTimeout(LLMError):
-    """Ollama did not finish the reply within llm.timeout_s."""
-
-
-class LLMRequestError(LLMError):
-    """Ollama refused the request (a 4xx answer other than an unknown model)."""
 
 
 class _ServerError(Exception):
@@ -67,7 +46,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass
 class LlmStats:
-    """How one reply streamed: filled in by `reply` and `stream_reply` as pieces arrive."""
+    """How one reply streamed: filled in by `stream_reply` as pieces arrive."""
 
     started: float = field(default_factory=time.perf_counter)
     """perf_counter() when the request was made."""
@@ -111,11 +90,6 @@ class OllamaClient:
         await self._client.close()
         await self._health_client.aclose()
 
-    def retry_delays(self) -> list[float]:
-        """The waits before each retry: base, 2x base, 4x base, ... (llm.retry_attempts of them)."""
-        base = self.settings.retry_base_delay_s
-        return [base * 2**attempt for attempt in range(self.settings.retry_attempts)]
-
     def _messages(self, text: str) -> list[dict[str, str]]:
         messages = []
         if self.settings.system_prompt:
@@ -145,12 +119,12 @@ class OllamaClient:
         except ollama.ResponseError as exc:
             status = exc.status_code
             if status == 404 or (status == -1 and "not found" in str(exc.error).lower()):
-                raise LLMModelNotFound(
+                raise LlmModelNotFound(
                     f"Ollama at {self.settings.url} has no model {self.settings.model!r} ({exc.error}): "
                     f"run `ollama pull {self.settings.model}`, or set llm.model to an installed model"
                 ) from None
             if 400 <= status < 500:
-                raise LLMRequestError(
+                raise LlmError(
                     f"Ollama refused the request ({status}: {exc.error}); check llm.model and llm.options"
                 ) from None
             raise _ServerError(status, str(exc.error)) from None
@@ -160,7 +134,7 @@ class OllamaClient:
 
     async def _attempts(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
         def wait(state: RetryCallState) -> float:
-            # 1 s, 2 s, 4 s... (retry_delays) before retry 1, 2, 3...
+            # llm.retry_base_delay_s, doubled for each further retry: 1 s, 2 s, 4 s...
             return self.settings.retry_base_delay_s * 2 ** (state.attempt_number - 1)
 
         def before_sleep(state: RetryCallState) -> None:
@@ -186,64 +160,29 @@ class OllamaClient:
         except (ConnectionError, httpx.TransportError, _ServerError) as exc:
             raise self._translate(exc, attempts=True) from None
 
-    def _translate(self, exc: BaseException, *, attempts: bool) -> LLMError:
+    def _translate(self, exc: BaseException, *, attempts: bool) -> LlmError:
         tries = f" after {self.settings.retry_attempts + 1} attempts" if attempts else ""
         if isinstance(exc, httpx.ReadTimeout):
             return self.timeout_error()
         if isinstance(exc, _ServerError):
-            return LLMUnavailable(
+            return LlmUnavailable(
                 f"{exc}{tries}; check the Ollama log, and that the model loads (`ollama run {self.settings.model}`)"
             )
-        return LLMUnavailable(
+        return LlmUnavailable(
             f"cannot reach Ollama at {self.settings.url} ({exc.__class__.__name__}){tries}: start it with "
             f"`ollama serve`, make sure the model is there (`ollama pull {self.settings.model}`), "
             "or point llm.url (or OLLAMA_URL) at the right address"
         )
 
-    def timeout_error(self) -> LLMTimeout:
-        return LLMTimeout(
+    def timeout_error(self) -> LlmTimeout:
+        return LlmTimeout(
             f"Ollama did not finish the reply within llm.timeout_s={self.settings.timeout_s:g} s; "
             "raise llm.timeout_s or use a smaller model"
         )
 
-    async def reply(self, text: str, stats: LlmStats | None = None) -> str:
-        """The whole reply to `text`, streamed and assembled, cut at llm.max_reply_chars. `stats`, when
-        given, records the time to the first token and the token rate."""
-        limit = self.settings.max_reply_chars
-        started = time.perf_counter()
-
-        async def attempt() -> str:
-            pieces: list[str] = []
-            length = 0
-            with anyio.fail_after(self.settings.timeout_s):
-                parts = self._parts(text, stats)
-                try:
-                    async for piece in parts:
-                        pieces.append(piece)
-                        length += len(piece)
-                        if length > limit:
-                            # Enough to speak; stop generating instead of paying for the rest.
-                            break
-                finally:
-                    await parts.aclose()  # type: ignore[attr-defined]
-            return "".join(pieces)
-
-        try:
-            reply = await self._attempts(attempt)
-        except TimeoutError:
-            raise self.timeout_error() from None
-        reply = reply.strip()
-        if len(reply) > limit:
-            log.warning("llm_reply_truncated", chars=len(reply), limit=limit)
-            reply = truncate_at_sentence(reply, limit)
-        log.info(
-            "llm_reply", model=self.settings.model, chars=len(reply), seconds=round(time.perf_counter() - started, 3)
-        )
-        return reply
-
     async def stream_reply(self, text: str, stats: LlmStats | None = None) -> AsyncIterator[str]:
         """The reply to `text` piece by piece as Ollama writes it. Failures before the first piece are
-        retried like `reply`; once text has been handed on, a failure ends the stream with an LLMError.
+        retried; once text has been handed on, a failure ends the stream with an LlmError.
         Closing the generator (aclose) stops the request. No overall time limit: the caller sets one."""
 
         async def start() -> tuple[str | None, AsyncIterator[str] | None]:
@@ -269,14 +208,6 @@ class OllamaClient:
         finally:
             await parts.aclose()  # type: ignore[attr-defined]
 
-    async def available(self) -> bool:
-        """Whether Ollama answers at llm.url within llm.health_timeout_s (no retries)."""
-        try:
-            response = await self._health_client.get("/api/tags")
-        except (httpx.HTTPError, OSError):
-            return False
-        return response.status_code == 200
-
     async def has_model(self) -> bool | None:
         """Whether Ollama lists llm.model; None when Ollama cannot be asked."""
         try:
@@ -288,3 +219,35 @@ class OllamaClient:
         names = {entry.get("model") or entry.get("name") for entry in models if isinstance(entry, dict)}
         wanted = self.settings.model
         return wanted in names or (":" not in wanted and f"{wanted}:latest" in names)
+
+
+class LlmHealth:
+    """Whether the LLM answers and has its model, for /health: cached for llm.health_cache_s and refreshed
+    in the background, so /health never waits for the LLM."""
+
+    def __init__(self, llm: OllamaClient, ttl_s: float) -> None:
+        self.llm = llm
+        self.ttl_s = ttl_s
+        self.reachable = False
+        self.model_available: bool | None = None
+        self.checked_at: float | None = None
+        self._refreshing = False
+
+    async def refresh(self) -> None:
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            has_model = await self.llm.has_model()
+            self.reachable = has_model is not None
+            self.model_available = has_model
+            self.checked_at = time.monotonic()
+        finally:
+            self._refreshing = False
+
+    def current(self, tasks: TaskGroup | None) -> tuple[bool, bool | None]:
+        """(reachable, model available) as last seen; starts a refresh in `tasks` when stale."""
+        stale = self.checked_at is None or time.monotonic() - self.checked_at >= self.ttl_s
+        if stale and not self._refreshing and tasks is not None:
+            tasks.start_soon(self.refresh)
+        return self.reachable, self.model_available

@@ -235,30 +235,6 @@ def truncate_at_sentence(text: str, limit: int) -> str:
     return (head[:space] if space > 0 else head).rstrip()
 
 
-class SentenceBuffer:
-    """Collects streamed text (LLM tokens) and hands out each sentence once it is complete."""
-
-    def __init__(self) -> None:
-        self._pending = ""
-
-    def feed(self, piece: str) -> Iterator[str]:
-        """Add `piece`; yield the sentences it completes."""
-        self._pending += piece
-        parts = _cut(self._pending)
-        # The last part may still grow; everything before it is a finished sentence. A sentence end
-        # mark right at the end of the buffer is not final yet ("3." may become "3.5").
-        self._pending = parts.pop()
-        for part in parts:
-            if part.strip():
-                yield part.strip()
-
-    def flush(self) -> Iterator[str]:
-        """Yield what is left (the last sentence, which may lack its end mark)."""
-        rest, self._pending = self._pending.strip(), ""
-        if rest:
-            yield rest
-
-
 class CodeFenceFilter:
     """Drops fenced code blocks (``` ... ```) from streamed text, even when a fence is split across
     tokens: a run of backticks touching the end of the text so far is held back until it is complete.
@@ -352,10 +328,25 @@ class SpeechSplitter:
 
     def flush(self) -> Iterator[str]:
         """The end of the text: yield what is left."""
+        yield from self._end(cut_off=False)
+
+    def cut_off(self) -> Iterator[str]:
+        """The text stopped at a length limit (llm.max_reply_chars), maybe in the middle of a word: the
+        fragments complete within it are spoken; the unfinished rest only when nothing was said yet, and
+        then cut at its last word boundary, never mid-word. The one reply-length rule of the service."""
+        yield from self._end(cut_off=True)
+
+    def _end(self, *, cut_off: bool) -> Iterator[str]:
         self._pending += self._fences.flush()
         yield from self._cuts()
         rest, self._pending = self._pending, ""
         self._scan = self._scan_from(0)
+        if cut_off:
+            if self.fragments:
+                return
+            # Whitespace at the very end means the last word was complete; otherwise it may not be.
+            boundary = max(rest.rfind(" "), rest.rfind("\n"), rest.rfind("\t"))
+            rest = rest[:boundary] if boundary > 0 else ""
         spoken = self._clean(rest)
         if spoken is not None:
             yield spoken

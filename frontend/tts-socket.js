@@ -1,6 +1,7 @@
 // The reply stream: one WebSocket to the TTS service's /ws/tts (same origin as this page), reopened
-// when it closes. Protocol (tts/ws.py): every message is {"type", "data"}; each audio_chunk message is
-// followed by exactly one binary frame of PCM16 (mono, little-endian) at the chunk's sample_rate.
+// when it closes. Protocol (tts/ws.py): every message is a JSON object {"type", ...fields}; each
+// audio_chunk message is followed by exactly one binary frame of PCM16 (mono, little-endian) at the
+// chunk's sample_rate.
 import { ApiError } from "./api.js";
 
 const RECONNECT_MS = [500, 1000, 2000, 5000, 10000];
@@ -92,14 +93,14 @@ export class TtsSocket {
         if (message.type === "connection" && !settled) {
           settled = true;
           clearTimeout(timer);
-          this.connection = message.data || {};
+          this.connection = message;
           this.opening = null;
           this.attempt = 0;
           if (this.onConnection) this.onConnection(this.connection);
           resolve(this.connection);
           return;
         }
-        this.dispatch(message.type, message.data || {});
+        this.dispatch(message.type, message);
       };
       ws.onclose = (event) => {
         if (this.ws !== ws) return;
@@ -130,14 +131,14 @@ export class TtsSocket {
     this.reconnectTimer = setTimeout(() => this.connect().catch(() => {}), delay);
   }
 
-  send(type, data) {
+  send(type, fields = {}) {
     if (!this.open) return false;
-    this.ws.send(JSON.stringify(data === undefined ? { type } : { type, data }));
+    this.ws.send(JSON.stringify({ type, ...fields }));
     return true;
   }
 
   /**
-   * Start a generation: text_input {text, voice, reply, parameters: {speed}}. handlers: onStarted(data),
+   * Start a generation: text_input {text, voice, reply, speed}. handlers: onStarted(message),
    * onText(text, isFinal), onAudio(meta, ArrayBuffer). Returns the Generation (await its `done`).
    */
   generate({ text, voice, reply, speed }, handlers = {}) {
@@ -154,7 +155,7 @@ export class TtsSocket {
       if (generation.cancelled) return generation.resolve({ cancelled: true });
       const data = { text, reply: Boolean(reply) };
       if (voice) data.voice = voice;
-      if (speed && speed !== 1) data.parameters = { speed };
+      if (speed && speed !== 1) data.speed = speed;
       this.current = generation;
       if (!this.send("text_input", data)) throw new ApiError(0, "tts_unreachable", "The reply stream closed.");
     })().catch((err) => {

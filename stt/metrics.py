@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from core.metrics import AUDIO_SECONDS_BUCKETS, LATENCY_BUCKETS, REAL_TIME_FACTOR_BUCKETS
+from core.metrics import AUDIO_SECONDS_BUCKETS, LATENCY_BUCKETS, REAL_TIME_FACTOR_BUCKETS, render
+from stt.engine import Transcript
 
 
 class SttMetrics:
-    def __init__(self) -> None:
+    def __init__(self, connections: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.final_latency = Histogram(
@@ -46,8 +49,20 @@ class SttMetrics:
             "stt_buffer_limit_reached_total", "Times a session's buffer filled up and audio was dropped.", registry=r
         )
         self.connections = Gauge("stt_connections", "Open /ws/stt sessions.", registry=r)
+        self.connections.set_function(connections)
         self.connections_refused = Counter(
             "stt_connections_refused_total", "Sessions refused because stt.max_connections were open.", registry=r
         )
         self.workers_busy = Gauge("stt_workers_busy", "Transcriptions running now (finals and partials).", registry=r)
         self.model_loaded = Gauge("stt_model_loaded", "1 once the Whisper model is loaded.", registry=r)
+
+    def observe_utterance(self, result: Transcript, reason: str, queue_wait_s: float) -> None:
+        """One final transcription."""
+        self.transcribe_seconds.observe(result.transcribe_seconds)
+        self.real_time_factor.observe(result.real_time_factor)
+        self.queue_wait.observe(queue_wait_s)
+        self.utterance_audio.observe(result.duration)
+        self.utterances.labels(reason).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return render(self.registry)

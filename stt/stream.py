@@ -67,6 +67,8 @@ class SpeechEnded:
 class BufferLimitReached:
     duration: float
     """Seconds held when the limit was hit."""
+    limit: float
+    """The limit, in seconds (stt.max_buffer_seconds)."""
 
 
 Event = Utterance | NoSpeech | BufferLimitReached | SpeechStarted | SpeechEnded
@@ -271,7 +273,8 @@ class UtteranceSegmenter:
         events: list[Event] = []
         if not self._overflowing:
             self._overflowing = True
-            events.append(BufferLimitReached(round(self.held_samples / SAMPLE_RATE, 3)))
+            limit = self.limits.max_buffer_samples / SAMPLE_RATE
+            events.append(BufferLimitReached(round(self.held_samples / SAMPLE_RATE, 3), limit))
             if self._in_speech:
                 events.extend(self._close("buffer_limit"))
                 self._in_speech = False

@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse
 
 from core import __version__
 from core.config import Settings
-from core.http import error_body
+from core.errors import SttUnavailable
+from core.http import error_response
 
 STT_WS_PATH = "/ws/stt"
 STT_HEALTH_TIMEOUT_S = 1.5
@@ -94,13 +95,11 @@ def build_router(settings: Settings) -> APIRouter:
             data = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             reason = type(exc).__name__ if not str(exc) else str(exc)
-            return JSONResponse(
-                error_body(
-                    "stt_unavailable",
+            return error_response(
+                SttUnavailable(
                     f"The speech-to-text service is not answering at {stt_base} ({reason}). "
-                    "Start it (make run starts both services) or check stt.host and stt.port.",
-                ),
-                status_code=503,
+                    "Start it (make run starts both services) or check stt.host and stt.port."
+                )
             )
         return JSONResponse(data, status_code=response.status_code)
 

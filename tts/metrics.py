@@ -3,7 +3,7 @@
 Every turn (POST /tts, /tts/stream, the SSE routes and each WS generation) is observed once, when it
 ends, from its TurnTimings: per-stage histograms (LLM time to first token and token rate, time to
 first audio, synthesis time and real-time factor, waits for a worker) and a counter of outcomes.
-Gauges read the pipeline's live counters when scraped.
+Gauges read the worker pool's live counters when scraped.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.metrics import AUDIO_SECONDS_BUCKETS, LATENCY_BUCKETS, REAL_TIME_FACTOR_BUCKETS, render
-from tts.pipeline import TtsPipeline, TurnTimings
+from tts.turn import TurnTimings
+from tts.workers import WorkerPool
 
 TOKENS_PER_SECOND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0, 200.0)
 """LLM tokens per second after the first token; below about 5 a spoken reply stalls between sentences.
@@ -26,7 +27,7 @@ ENDPOINTS = ("tts", "stream", "sse", "ws")
 class TtsMetrics:
     """The metric objects of one TTS app, in its own CollectorRegistry."""
 
-    def __init__(self, pipeline: TtsPipeline, websocket_clients: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, pool: WorkerPool, websocket_clients: Callable[[], int] = lambda: 0) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.turns = Counter(
             "tts_turns",
@@ -56,7 +57,7 @@ class TtsMetrics:
         )
         self.synthesis = Histogram(
             "tts_synthesis_seconds",
-            "Seconds in a worker per synthesis (a fragment when streaming, the whole text for POST /tts).",
+            "Seconds in a worker per synthesis (one fragment of a turn).",
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
@@ -85,7 +86,7 @@ class TtsMetrics:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
-        counters = pipeline.counters
+        counters = pool.counters
         Gauge("tts_workers_running", "Syntheses running now.", registry=registry).set_function(
             lambda: counters.running
         )
@@ -94,7 +95,7 @@ class TtsMetrics:
         )
         Gauge(
             "tts_workers_max", "Syntheses that may run at once (tts.max_concurrent).", registry=registry
-        ).set_function(lambda: pipeline.settings.tts.max_concurrent)
+        ).set_function(lambda: pool.size)
         Gauge("tts_streaming_turns", "Streaming turns in progress now.", registry=registry).set_function(
             lambda: counters.turns
         )

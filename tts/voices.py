@@ -14,7 +14,8 @@ from pathlib import Path
 
 from core.config import VOICE_NAME_PATTERN
 from core.logging import get_logger
-from tts.errors import EngineStartError, InvalidVoiceName
+from core.errors import InvalidVoiceName
+from tts.engines.base import EngineStartError
 
 log = get_logger(__name__)
 

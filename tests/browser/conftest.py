@@ -278,7 +278,7 @@ def start_stack(
             tts_app = with_dashboard(create_tts_app(settings), settings)
             tts_app.add_middleware(WireRecorder, wire=tts_wire)
             tts_server = stack.enter_context(run_server(tts_app))
-            _wait_for(lambda: not tts_app.state.pipeline.state.loading, "TTS engine start")
+            _wait_for(lambda: not tts_app.state.service.engines.loading, "TTS engine start")
             return Stack(settings, tts_server, stt_server, wire, None, tts_wire)
 
         yield start

@@ -95,19 +95,19 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
         # The reply came over /ws/tts, was shown and played from start to end, chunk by chunk.
         tts_wire = stack.tts_wire
         assert tts_wire.client_messages == [
-            {"type": "text_input", "data": {"text": transcript["text"].strip(), "reply": True, "voice": "en_US-test-medium"}}
+            {"type": "text_input", "text": transcript["text"].strip(), "reply": True, "voice": "en_US-test-medium"}
         ]
         [complete] = tts_wire.of_type("generation_complete")
         chunks = tts_wire.of_type("audio_chunk")
-        assert len(chunks) == complete["data"]["chunks"] == len(tts_wire.server_frames) >= 1
+        assert len(chunks) == complete["chunks"] == len(tts_wire.server_frames) >= 1
         assistant = page.query_selector(".turn.assistant")
-        assert assistant.query_selector(".words").inner_text() == complete["data"]["text"] == ollama.behaviour.reply
+        assert assistant.query_selector(".words").inner_text() == complete["text"] == ollama.behaviour.reply
         reply = page.evaluate("window.__reply")
         assert reply["playing"] == 1 and reply["ended"] == 1 and reply["stopped"] == 0
         scheduled = [e for e in reply["events"] if e["type"] == "chunk"]
-        assert [e["samples"] for e in scheduled] == [c["data"]["samples"] for c in chunks]
+        assert [e["samples"] for e in scheduled] == [c["samples"] for c in chunks]
         assert {e["sampleRate"] for e in scheduled} == {22050}
-        assert reply["durations"][0] == pytest.approx(complete["data"]["audio_seconds"], abs=0.001)
+        assert reply["durations"][0] == pytest.approx(complete["audio_seconds"], abs=0.001)
         # Barge-in is on by default: the microphone stays live (with echo cancellation) while the assistant speaks.
         assert page.is_checked("#barge-in")
         assert reply["sentAtEnd"][0] > reply["sentAtStart"][0] > 0
@@ -116,7 +116,7 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
         # Status: both services healthy, and the turn's latencies by stage, as the services measured them.
         assert page.inner_text("#svc-stt [data-role='badge']") == "healthy"
         assert page.inner_text("#svc-tts [data-role='badge']") == "healthy"
-        stt_timings, tts_timings = transcript["timings"], complete["data"]["timings"]
+        stt_timings, tts_timings = transcript["timings"], complete["timings"]
         assert latency_cell(page, "stt_final", 1) == js_ms(stt_timings["speech_end_to_transcript_s"] * 1000)
         assert latency_cell(page, "stt_transcribe", 1) == js_ms(stt_timings["transcribe_s"] * 1000)
         assert latency_cell(page, "stt_rtf", 1).endswith("×")
@@ -234,7 +234,7 @@ def test_microphone_denied_is_explained(start_stack: Any, browser_without_mic_pe
         [problem] = problems(page)
         assert "Allow the microphone for this page" in problem
         assert not stack.wire.audio_frames and stack.stt is not None
-        assert stack.stt.app.state.service.connections == 0  # no socket was left open
+        assert stack.stt.app.state.sockets.count == 0  # no socket was left open
         page.fill("#type-text", "Hello")
         page.press("#type-text", "Enter")
         page.wait_for_selector(".turn.assistant[data-state='played']")

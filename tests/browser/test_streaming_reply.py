@@ -101,17 +101,17 @@ def test_streamed_reply_starts_playing_while_it_is_still_being_generated(
         chunks = stack.tts_wire.of_type("audio_chunk")
         [complete] = stack.tts_wire.of_type("generation_complete")
         scheduled = [e for e in reply["events"] if e["type"] == "chunk"]
-        assert [e["chunk"] for e in scheduled] == [c["data"]["chunk_id"] for c in chunks] == list(range(len(chunks)))
+        assert [e["chunk"] for e in scheduled] == [c["chunk_id"] for c in chunks] == list(range(len(chunks)))
         assert [e["samples"] for e in scheduled] == [len(frame) // 2 for frame in stack.tts_wire.server_frames]
-        assert len(scheduled) == complete["data"]["chunks"] >= 3
+        assert len(scheduled) == complete["chunks"] >= 3
         for before, after in zip(scheduled, scheduled[1:], strict=False):
             if after["underrun"]:  # the next sentence was not ready yet: it starts as soon as it comes
                 assert after["start"] > before["end"]
             else:
                 assert after["start"] == pytest.approx(before["end"], abs=1e-9)
         [ended] = [e for e in reply["events"] if e["type"] == "ended"]
-        assert ended["seconds"] == pytest.approx(complete["data"]["audio_seconds"], abs=0.001)
-        assert page.inner_text(".turn.assistant .words") == complete["data"]["text"]
+        assert ended["seconds"] == pytest.approx(complete["audio_seconds"], abs=0.001)
+        assert page.inner_text(".turn.assistant .words") == complete["text"]
 
 
 def test_speaking_over_the_assistant_stops_it_and_the_new_words_get_an_answer(
@@ -147,12 +147,12 @@ def test_speaking_over_the_assistant_stops_it_and_the_new_words_get_an_answer(
         assert len(speech_starts) == 2 and len(transcripts) == 2
         # The TTS service got cancel_generation for the first generation, and stopped it (and the LLM stream).
         assert [m["type"] for m in tts.client_messages] == ["text_input", "cancel_generation", "text_input"]
-        assert tts.client_messages[0]["data"]["text"] == transcripts[0]["text"].strip()
-        assert tts.client_messages[2]["data"]["text"] == transcripts[1]["text"].strip()
+        assert tts.client_messages[0]["text"] == transcripts[0]["text"].strip()
+        assert tts.client_messages[2]["text"] == transcripts[1]["text"].strip()
         [cancelled] = tts.of_type("generation_cancelled")
-        assert cancelled["data"]["generation_id"] == 1
+        assert cancelled["generation_id"] == 1
         [complete] = tts.of_type("generation_complete")
-        assert complete["data"]["generation_id"] == 2 and complete["data"]["text"] == SHORT_REPLY
+        assert complete["generation_id"] == 2 and complete["text"] == SHORT_REPLY
         _wait(lambda: ollama.aborted_streams == 1, "the first LLM stream being stopped")
         assert long_behaviour is not ollama.behaviour and ollama.finished_streams == 1  # only the short one ran to its end
 
@@ -166,16 +166,16 @@ def test_speaking_over_the_assistant_stops_it_and_the_new_words_get_an_answer(
         assert sum(e["samples"] for e in first_chunks) / 22050 < len(LONG_REPLY) * 0.024 / 2  # not half of it heard
         # No chunk of the cancelled generation played after the cancel: each one the service sent was either
         # scheduled before the stop (and stopped with it) or discarded on arrival.
-        sent_first = [c for c in tts.of_type("audio_chunk") if c["data"]["generation_id"] == 1]
+        sent_first = [c for c in tts.of_type("audio_chunk") if c["generation_id"] == 1]
         dropped = page.evaluate("window.dashboard.tts.droppedAfterCancel")
         assert len(sent_first) == len(first_chunks) + dropped
-        order = [m["type"] for m in tts.server_messages if m["data"].get("generation_id") == 1]
+        order = [m["type"] for m in tts.server_messages if m.get("generation_id") == 1]
         assert order[-1] == "generation_cancelled" and "generation_complete" not in order
         # The second turn: its own words, its own reply, played to the end.
         second_chunks = [e for e in events if e["type"] == "chunk" and e["tag"] == "turn-2"]
         assert [e["type"] for e in events if e["tag"] == "turn-2"][-1] == "ended" and second_chunks
         assert sum(e["samples"] for e in second_chunks) == sum(
-            c["data"]["samples"] for c in tts.of_type("audio_chunk") if c["data"]["generation_id"] == 2
+            c["samples"] for c in tts.of_type("audio_chunk") if c["generation_id"] == 2
         )
         users = [u.inner_text() for u in page.query_selector_all(".turn.user:not(.partial) .words")]
         assert users == [transcripts[0]["text"].strip(), transcripts[1]["text"].strip()]

@@ -156,29 +156,37 @@ def test_frame_over_the_limit_is_refused(make_settings) -> None:
     with stt_server(make_settings(stt={"max_frame_bytes": 4096})) as server, session(server) as ws:
         ws.send(bytes(4098))
         error = receive(ws)
-        assert error["code"] == "bad_audio"
-        assert "4098 bytes exceeds stt.max_frame_bytes (4096)" in error["message"]
+        assert error["code"] == "request_too_large"
+        assert "4098 bytes is over the 4096-byte limit (stt.max_frame_bytes)" in error["message"]
         ws.send(bytes(4096))
         send_json(ws, {"type": "end"})
         assert receive(ws)["type"] == "no_speech"
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    ("text", "code", "expected"),
     [
-        ("not json", "invalid JSON"),
-        ("[1, 2]", 'JSON object with a "type"'),
-        ('{"type": "shout"}', "unknown message type 'shout'; allowed: config, end, reset"),
-        ('{"type": "end", "now": true}', "invalid 'end' message: now: Extra inputs are not permitted"),
-        ('{"type": "config", "language": "xx"}', "unknown language 'xx'"),
-        ('{"type": "config", "language": "' + "a" * 5000 + '"}', "exceeds stt.max_message_bytes (4096 bytes)"),
+        ("not json", "invalid_json", "not valid JSON"),
+        ("[1, 2]", "bad_message", 'JSON object with a "type"'),
+        ('{"type": "shout"}', "bad_message", "unknown message type 'shout'; known types: config, end, reset"),
+        ('{"type": "end", "now": true}', "invalid_request", "invalid 'end' message: unknown field 'now'"),
+        ('{"type": "config", "language": "xx"}', "invalid_request", "unknown language 'xx'"),
+        ('{"type": "config", "partials": "yes"}', "invalid_request", "'partials': Input should be a valid boolean"),
+        (
+            '{"type": "config", "language": "' + "a" * 5000 + '"}',
+            "request_too_large",
+            "over the 4096-byte limit (stt.max_message_bytes)",
+        ),
     ],
 )
-def test_bad_messages_get_an_error_and_the_connection_stays_open(server: RunningServer, text: str, expected: str) -> None:
+def test_bad_messages_get_an_error_and_the_connection_stays_open(
+    server: RunningServer, text: str, code: str, expected: str
+) -> None:
     with session(server) as ws:
         ws.send(text)
         error = receive(ws)
-        assert (error["type"], error["code"]) == ("error", "bad_message")
+        assert set(error) == {"type", "code", "message"}
+        assert (error["type"], error["code"]) == ("error", code)
         assert expected in error["message"]
         send_json(ws, {"type": "end"})
         assert receive(ws)["type"] == "no_speech"
@@ -225,13 +233,13 @@ def test_buffer_limit_is_reported_and_accepted_audio_is_still_transcribed(make_s
     def hold_model_loading(service: SttService) -> None:
         # Reaching the limit needs transcription to lag behind the audio; holding the model load
         # does that deterministically (this replaces our own loader hook, not faster-whisper).
-        load = service.load_model
+        load = service.model.load
 
         async def gated() -> None:
             await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
             await load()
 
-        service.load_model = gated  # type: ignore[method-assign]
+        service.model.load = gated  # type: ignore[method-assign]
 
     speech = make_speech("one two three four five six seven eight nine ten eleven twelve", lead_silence_s=0, trail_silence_s=0)
     try:
@@ -293,11 +301,12 @@ def test_a_client_that_leaves_mid_utterance_leaves_nothing_behind(server: Runnin
         stream(ws, audio)
         send_json(ws, {"type": "end"})  # an utterance is being transcribed as the client leaves
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (service.connections or service.transcribe_limiter.borrowed_tokens):
+    sockets = server.app.state.sockets
+    while time.monotonic() < deadline and (sockets.count or service.pools.transcribe.borrowed_tokens):
         time.sleep(0.02)
-    assert service.connections == 0
-    assert service.transcribe_limiter.borrowed_tokens == 0
-    assert service.vad_limiter.borrowed_tokens == 0
+    assert sockets.count == 0
+    assert service.pools.transcribe.borrowed_tokens == 0
+    assert service.pools.vad.borrowed_tokens == 0
     assert httpx.get(f"{server.http_url}/health").json()["connections"] == 0
 
 
@@ -319,19 +328,21 @@ def test_health_answers_at_once_while_every_worker_is_busy(make_settings) -> Non
         for _ in range(20):
             stream(ws, speech)
             send_json(ws, {"type": "end"})
-        # The worker frees its slot for a moment between two utterances: each check starts while busy.
-        latencies = []
+        # The worker frees its slot for a moment between two utterances: a check counts when the worker
+        # was busy both when it was asked and when it answered, so it answered during the work. How fast
+        # it answers is a figure for bench/, not a wall-clock bound here.
+        answered_while_busy = 0
+        busy = lambda: service.pools.transcribe.borrowed_tokens == 1  # noqa: E731
         deadline = time.monotonic() + 30
-        while len(latencies) < 5 and time.monotonic() < deadline:
-            if service.transcribe_limiter.borrowed_tokens == 0:
+        while answered_while_busy < 5 and time.monotonic() < deadline:
+            if not busy():
                 time.sleep(0.001)
                 continue
-            started = time.perf_counter()
-            assert httpx.get(f"{server.http_url}/health").status_code == 200
-            latencies.append(time.perf_counter() - started)
-        assert len(latencies) == 5, "five health checks were made while the worker was busy"
+            health = httpx.get(f"{server.http_url}/health", timeout=5)
+            assert health.status_code == 200 and health.json()["status"] == "ok"
+            answered_while_busy += busy()
+        assert answered_while_busy == 5, "five health checks were answered while the worker was busy"
         assert [receive(ws)["type"] for _ in range(20)] == ["transcript"] * 20
-    assert max(latencies) < 0.5
 
 
 def test_each_utterance_is_logged_with_its_timings(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -398,7 +409,7 @@ def test_partials_are_skipped_when_workers_are_busy_but_finals_arrive(make_setti
             stream(busy, speech)
             send_json(busy, {"type": "end"})
         deadline = time.monotonic() + 30
-        while service.transcribe_limiter.borrowed_tokens == 0 and time.monotonic() < deadline:
+        while service.pools.transcribe.borrowed_tokens == 0 and time.monotonic() < deadline:
             time.sleep(0.002)
         pcm = to_pcm16(make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=1.0))
         for offset in range(0, len(pcm), 1600):

@@ -45,7 +45,7 @@ def serve(settings: Settings, **app_options: Any) -> Iterator[tuple[RunningServe
     app = create_app(settings, **app_options)
     with run_server(app) as server:
         deadline = time.monotonic() + 20
-        while app.state.pipeline.state.loading:
+        while app.state.service.engines.loading:
             assert time.monotonic() < deadline, "engine did not start"
             time.sleep(0.01)
         with httpx.Client(base_url=server.http_url, timeout=30) as client:

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 from tests.fixtures.ollama_double import down_url
 from tests.tts.conftest import make_settings, serve
-from tts.server import REPLY_HEADER, REPLY_HEADER_MAX_BYTES, REPLY_TRUNCATED_HEADER, reply_text_headers
+from tts.http_api import REPLY_HEADER, REPLY_HEADER_MAX_BYTES, REPLY_TRUNCATED_HEADER, reply_text_headers
 
 
 def test_a_short_reply_travels_whole_in_its_header() -> None:

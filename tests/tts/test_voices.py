@@ -11,7 +11,8 @@ from core.config import Settings
 from tests.fixtures.piper_voice import build_piper_voice
 from tts.engines.espeak import EspeakEngine
 from tts.engines.piper import PiperEngine
-from tts.errors import EngineStartError, InvalidVoiceName, VoiceNotFound
+from core.errors import InvalidVoiceName, VoiceNotFound
+from tts.engines import EngineStartError
 from tts.voices import check_voice_name, ensure_piper_voice, list_piper_voices
 
 BAD_NAMES = [

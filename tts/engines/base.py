@@ -1,8 +1,8 @@
 """The one interface every speech engine implements.
 
-Engines take text and return audio as plain dataclasses; they know nothing about HTTP. All their
-methods block (model calls, file access, network for cloud engines): callers run them in the
-worker pool, never on the event loop.
+Engines take text and return audio as plain dataclasses; they know no protocol and raise only core
+errors (core.errors). All their methods block (model calls, file access, network for cloud engines):
+callers run them in the worker pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
+from core.config import Settings, TtsSettings
+
+
+class EngineStartError(Exception):
+    """An engine cannot start (missing voice, failed download, missing extra); the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,16 @@ class Engine(ABC):
     name: ClassVar[str]
     """Engine name as used in tts.engine."""
 
-    default_voice: str
-    """The voice used when a request names none."""
+    def __init__(self, settings: Settings, *, as_fallback: bool = False) -> None:
+        # tts.voice names a voice of the configured engine: an engine standing in for it as the fallback
+        # uses its own default instead.
+        self.default_voice: str = (None if as_fallback else settings.tts.voice) or self.own_default_voice(settings.tts)
+        """The voice used when a request names none."""
+
+    @classmethod
+    @abstractmethod
+    def own_default_voice(cls, tts: TtsSettings) -> str:
+        """The default voice in this engine's own config section (used when tts.voice is null)."""
 
     @abstractmethod
     def start(self) -> None:

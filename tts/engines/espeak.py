@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from core.config import EspeakSettings, Settings
+from core.config import EspeakSettings, Settings, TtsSettings
+from core.errors import EngineError, VoiceNotFound
 from core.text import split_sentences
-from tts.engines.base import AudioChunk, Engine
+from tts.engines.base import AudioChunk, Engine, EngineStartError
 from tts.engines.espeak_lib import EspeakError, EspeakNG
-from tts.errors import EngineError, EngineStartError, VoiceNotFound
 from tts.voices import VOICE_NAME, check_voice_name
 
 _MIN_RATE_WPM = 80
@@ -23,11 +23,14 @@ class EspeakEngine(Engine):
     name = "espeak"
 
     def __init__(self, settings: Settings, *, as_fallback: bool = False) -> None:
+        super().__init__(settings, as_fallback=as_fallback)
         self.settings: EspeakSettings = settings.tts.espeak
-        # As the fallback, tts.voice names a voice of the failed engine: use espeak's own default.
-        self.default_voice = (None if as_fallback else settings.tts.voice) or self.settings.voice
         self._espeak = EspeakNG()
         self._voices: list[str] | None = None
+
+    @classmethod
+    def own_default_voice(cls, tts: TtsSettings) -> str:
+        return tts.espeak.voice
 
     def start(self) -> None:
         try:
@@ -63,3 +66,6 @@ class EspeakEngine(Engine):
                     raise VoiceNotFound(voice, self.voices(), self.name) from None
                 raise EngineError(f"espeak-ng failed: {exc}") from None
             yield AudioChunk(audio.samples, audio.sample_rate, sentence)
+
+
+ENGINE = EspeakEngine

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import httpx
 
 from core.audio import decode_wav
-from core.config import GroqSettings, Settings
+from core.config import GroqSettings, Settings, TtsSettings
+from core.errors import EngineAuth, EngineBusy, EngineError, VoiceNotFound
 from core.logging import get_logger
 from core.text import split_sentences, truncate_at_sentence
-from tts.engines.base import AudioChunk, Engine
-from tts.errors import EngineAuth, EngineBusy, EngineError, EngineStartError, VoiceNotFound
+from tts.engines.base import AudioChunk, Engine, EngineStartError
 from tts.voices import check_voice_name
 
 log = get_logger(__name__)
@@ -45,11 +45,15 @@ def pack_sentences(text: str, limit: int) -> list[str]:
 class GroqEngine(Engine):
     name = "groq"
 
-    def __init__(self, settings: Settings, *, retry_after_s: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, as_fallback: bool = False) -> None:
+        super().__init__(settings, as_fallback=as_fallback)
         self.settings: GroqSettings = settings.tts.groq
-        self.default_voice = settings.tts.voice or self.settings.voice
-        self._retry_after_s = retry_after_s or settings.tts.retry_after_s
+        self._retry_after_s = settings.tts.retry_after_s
         self._client: httpx.Client | None = None
+
+    @classmethod
+    def own_default_voice(cls, tts: TtsSettings) -> str:
+        return tts.groq.voice
 
     def start(self) -> None:
         if self.settings.api_key is None or not self.settings.api_key.get_secret_value().strip():
@@ -119,7 +123,7 @@ class GroqEngine(Engine):
         if status == 429:
             retry_after = response.headers.get("retry-after", "")
             seconds = int(float(retry_after)) + 1 if _is_number(retry_after) else self._retry_after_s
-            raise EngineBusy(f"Groq's rate limit is reached ({detail}); try again in {seconds} s", seconds)
+            raise EngineBusy(f"Groq's rate limit is reached ({detail}); try again in {seconds} s", retry_after_s=seconds)
         raise EngineError(f"Groq answered {status}: {detail}")
 
     def close(self) -> None:
@@ -145,3 +149,6 @@ def _error_message(response: httpx.Response) -> str:
     except ValueError:
         pass
     return response.text[:300] or response.reason_phrase
+
+
+ENGINE = GroqEngine

@@ -12,10 +12,10 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.config import Settings
+from core.config import Settings, TtsSettings
+from core.errors import EngineError, VoiceNotFound
 from core.logging import get_logger
-from tts.engines.base import AudioChunk, Engine
-from tts.errors import EngineError, EngineStartError, VoiceNotFound
+from tts.engines.base import AudioChunk, Engine, EngineStartError
 from tts.voices import (
     Downloader,
     check_voice_name,
@@ -31,11 +31,11 @@ log = get_logger(__name__)
 class PiperEngine(Engine):
     name = "piper"
 
-    def __init__(self, settings: Settings, *, downloader: Downloader | None = None) -> None:
+    def __init__(self, settings: Settings, *, as_fallback: bool = False, downloader: Downloader | None = None) -> None:
+        super().__init__(settings, as_fallback=as_fallback)
         tts = settings.tts
         self.settings = tts.piper
         self.voices_dir: Path = settings.resolve_path(tts.voices_dir)
-        self.default_voice = tts.voice or tts.piper.voice
         self._downloader = downloader
         self._cache: OrderedDict[str, tuple[int, object]] = OrderedDict()
         self._lock = threading.Lock()
@@ -43,6 +43,10 @@ class PiperEngine(Engine):
         self._loading: dict[str, threading.Lock] = {}
         """One lock per voice name, held while that voice loads (names are checked voice names: few)."""
         self._use_cuda = tts.piper.use_cuda
+
+    @classmethod
+    def own_default_voice(cls, tts: TtsSettings) -> str:
+        return tts.piper.voice
 
     def start(self) -> None:
         if self.settings.use_cuda:
@@ -79,9 +83,6 @@ class PiperEngine(Engine):
     @property
     def voice_loaded(self) -> bool:
         return self.default_voice in self._cache
-
-    def loaded_voices(self) -> list[str]:
-        return list(self._cache)
 
     def _cached(self, name: str, stamp: int):  # -> PiperVoice | None
         with self._lock:
@@ -167,3 +168,6 @@ class PiperEngine(Engine):
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+ENGINE = PiperEngine

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from core.config import Settings, XttsSettings
+from core.config import Settings, TtsSettings, XttsSettings
+from core.errors import EngineError, VoiceNotFound
 from core.logging import get_logger
 from core.text import split_sentences
-from tts.engines.base import AudioChunk, Engine
-from tts.errors import EngineError, EngineStartError, VoiceNotFound
+from tts.engines.base import AudioChunk, Engine, EngineStartError
 from tts.voices import VOICE_NAME, check_voice_name
 
 log = get_logger(__name__)
@@ -56,14 +56,20 @@ def _pick_device(setting: str) -> str:
 class XttsEngine(Engine):
     name = "xtts"
 
-    def __init__(self, settings: Settings, *, model_factory: ModelFactory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, as_fallback: bool = False, model_factory: ModelFactory | None = None
+    ) -> None:
+        super().__init__(settings, as_fallback=as_fallback)
         self.settings: XttsSettings = settings.tts.xtts
         self.speakers_dir = settings.resolve_path(self.settings.speakers_dir)
-        self.default_voice = settings.tts.voice or self.settings.speaker
         self._factory = model_factory or _coqui_model
         self._model: Any = None
         # One inference at a time on the one model: XTTS is heavy and its state is not meant to be shared.
         self._lock = threading.Lock()
+
+    @classmethod
+    def own_default_voice(cls, tts: TtsSettings) -> str:
+        return tts.xtts.speaker
 
     def start(self) -> None:
         if not (self.speakers_dir / f"{self.default_voice}.wav").is_file():
@@ -118,3 +124,6 @@ class XttsEngine(Engine):
 
     def close(self) -> None:
         self._model = None
+
+
+ENGINE = XttsEngine

@@ -1,0 +1,89 @@
+"""The STT service core: the one protocol-free API every speech-to-text protocol calls.
+
+- `open_session()`: a live session (stt/session.py): feed audio, end, reset, configure; typed events out;
+- `transcribe(audio)`: a whole 16 kHz array (file uploads), in the same worker pool;
+- `health()`, and the one model and the shared worker pools behind them.
+
+One instance per process, shared by every client of every protocol. It knows no HTTP or WebSocket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from faster_whisper.vad import get_vad_model
+
+from core import __version__
+from core.config import Settings
+from core.logging import get_logger
+from stt.engine import Transcript
+from stt.metrics import SttMetrics
+from stt.model import ModelHolder
+from stt.session import Pools, SttSession
+
+log = get_logger(__name__)
+
+
+class SttService:
+    def __init__(self, settings: Settings, *, connections: Callable[[], int] = lambda: 0) -> None:
+        self.settings = settings
+        stt = settings.stt
+        self.model = ModelHolder(settings)
+        self.pools = Pools(anyio.CapacityLimiter(stt.max_concurrent), anyio.CapacityLimiter(stt.vad_workers))
+        self.metrics = SttMetrics(connections)
+        self._connections = connections
+
+    @property
+    def model_name(self) -> str:
+        """The model's name, never its directory: a client has no business knowing the server's paths."""
+        return Path(self.settings.stt.model).name
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SttService]:
+        """The service's lifetime: the model loads in the background while the service already answers."""
+        # Silero VAD ships inside faster-whisper and loads in a blink; loading it before serving keeps
+        # the first session's ONNX load off the event loop.
+        await anyio.to_thread.run_sync(get_vad_model)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._load_model)
+            try:
+                yield self
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def _load_model(self) -> None:
+        await self.model.load()
+        if self.model.engine is not None:
+            self.metrics.model_loaded.set(1)
+
+    def open_session(self) -> SttSession:
+        """A new live session; use it as `async with service.open_session() as session`."""
+        return SttSession(self.settings.stt, self.model, self.pools, self.metrics)
+
+    async def transcribe(self, audio: np.ndarray, language: str | None = None, word_timestamps: bool = False) -> Transcript:
+        """A whole 16 kHz mono float32 array, in the shared worker pool (raises ModelUnavailable)."""
+        engine = await self.model.wait()
+        async with self.pools.transcribe:
+            return await anyio.to_thread.run_sync(engine.transcribe, audio, language, lambda: False, word_timestamps)
+
+    def health(self) -> dict[str, Any]:
+        stt = self.settings.stt
+        engine = self.model.engine
+        return {
+            "status": "ok" if engine else "degraded",
+            "whisper_loaded": engine is not None,
+            "loading": self.model.loading,
+            "error": self.model.error,
+            "environment": self.settings.environment,
+            "model": stt.model,
+            "device": engine.loaded.device if engine else stt.device,
+            "compute_type": engine.loaded.compute_type if engine else stt.compute_type,
+            "connections": self._connections(),
+            "max_connections": stt.max_connections,
+            "version": __version__,
+        }

@@ -1,0 +1,310 @@
+"""The native HTTP protocol of the TTS service: parse the request, run a turn, encode its events.
+
+- POST /tts: the whole turn as one WAV (Server-Timing header with the stage timings).
+- POST /tts/stream: chunked WAV (or raw PCM16 with `Accept: audio/pcm`), fragment by fragment.
+- GET /tts/sse?text=... and POST /tts/sse: the same as Server-Sent Events.
+- GET /voices, GET /health, GET /metrics.
+
+Streams start with their first event, so a failure before it (LLM down, every worker busy) is an
+ordinary JSON error with its status; a failure after it cuts the audio stream off (core.http.abort_response)
+or ends the event stream with an `error` event.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from starlette.background import BackgroundTask
+
+from core.audio import streaming_wav_header, wav_bytes
+from core.errors import ServiceError, ShuttingDown
+from core.http import abort_response, error_body, on_disconnect, read_json_body, validated
+from core.logging import get_logger
+from tts.runner import EMPTY_RATE
+from tts.service import TtsService
+from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent, TurnRequest, TurnTimings
+
+log = get_logger(__name__)
+
+REPLY_HEADER = "X-Reply-Text"
+REPLY_TRUNCATED_HEADER = "X-Reply-Text-Truncated"
+REPLY_HEADER_MAX_BYTES = 4096
+"""Proxies and HTTP clients commonly refuse response heads over 8-16 KB; a long reply is cut."""
+CLIENT_CLOSED_REQUEST = 499
+"""The de-facto status of a request whose client went away; nobody reads it."""
+BODY_EXAMPLE = '{"text": "Hello", "reply": false}'
+
+
+class TtsRequest(BaseModel):
+    """Body of POST /tts, /tts/stream and /tts/sse."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: StrictStr = Field(description="The user's words (reply true) or the words to speak (reply false).")
+    voice: StrictStr | None = Field(None, description="Voice name from GET /voices; default: the configured voice.")
+    reply: StrictBool | None = Field(None, description="Speak the LLM's answer to the text; default: tts.reply_default.")
+    speed: float | None = Field(None, description="Speaking speed, 1.0 normal; allowed range in tts.min_speed..max_speed.")
+
+
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": TtsRequest.model_json_schema()}}}}
+
+
+def reply_text_headers(text: str) -> dict[str, str]:
+    """X-Reply-Text, percent-encoded UTF-8, cut at a character boundary when it would be too long."""
+    encoded = quote(text, safe="")
+    if len(encoded) <= REPLY_HEADER_MAX_BYTES:
+        return {REPLY_HEADER: encoded}
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix whose encoding fits
+        middle = (low + high + 1) // 2
+        if len(quote(text[:middle], safe="")) <= REPLY_HEADER_MAX_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return {REPLY_HEADER: quote(text[:low], safe=""), REPLY_TRUNCATED_HEADER: "true"}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def server_timing(timings: TurnTimings) -> str:
+    """A Server-Timing header value (milliseconds), for the stages known so far."""
+    parts = []
+    if timings.llm is not None:
+        if timings.llm.time_to_first_token_s is not None:
+            parts.append(f'llm_ttft;dur={_ms(timings.llm.time_to_first_token_s)};desc="LLM time to first token"')
+        if timings.llm_total_s is not None:
+            parts.append(f'llm;dur={_ms(timings.llm_total_s)};desc="LLM reply"')
+    if timings.queue_waits:
+        parts.append(f'queue;dur={_ms(timings.queue_wait_s)};desc="Waiting for a worker"')
+    if timings.syntheses:
+        parts.append(f'tts;dur={_ms(timings.synthesis_s)};desc="Synthesis"')
+    if timings.first_audio_at is not None:
+        parts.append(f'ttfa;dur={_ms(timings.time_to_first_audio_s)};desc="Time to first audio"')
+    if timings.finished_at is not None:
+        parts.append(f"total;dur={_ms(timings.total_s)}")
+    return ", ".join(parts)
+
+
+def _body_limit(service: TtsService) -> int:
+    # Room for the longest allowed text even when every character is JSON-escaped (\uXXXX), plus the other fields.
+    return service.settings.tts.max_text_length * 12 + 4096
+
+
+async def _checked(service: TtsService, request: Request) -> TurnRequest:
+    body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE)
+    parsed = validated(TtsRequest, body)
+    return await service.check_request(parsed.text, parsed.voice, parsed.speed, parsed.reply)
+
+
+async def _first(turn: Turn, request: Request, wanted: tuple[type, ...]) -> TurnEvent | None:
+    """The turn's first event of a type in `wanted` (None when it ended without one), watching for the client
+    going away meanwhile. A failure before it, or the client leaving, closes the turn and is raised."""
+    try:
+        async with on_disconnect(request, turn.cancel):
+            async for event in turn:
+                if isinstance(event, wanted):
+                    return event
+        return None
+    except BaseException:
+        await turn.aclose()
+        raise
+
+
+def _abandoned() -> Response:
+    log.info("request_abandoned", reason="client disconnected")
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+def build_router(service: TtsService) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/tts",
+        response_class=Response,
+        responses={200: {"content": {"audio/wav": {}}, "description": "Mono PCM16 WAV; X-Reply-Text holds the words"}},
+        openapi_extra=_BODY,
+    )
+    async def tts(request: Request) -> Response:
+        started = time.perf_counter()
+        turn = service.start_turn(await _checked(service, request), "tts", started)
+        try:
+            async with on_disconnect(request, turn.cancel):
+                speech = await service.speak(turn)
+        except Cancelled:
+            return _abandoned()
+        finally:
+            await turn.aclose()
+        return Response(
+            content=wav_bytes(speech.pcm16, speech.sample_rate),
+            media_type="audio/wav",
+            headers={
+                **reply_text_headers(speech.text),
+                "X-Voice": speech.voice,
+                "X-Engine": speech.engine,
+                "X-Audio-Duration": f"{speech.duration_s:.3f}",
+                "Server-Timing": server_timing(turn.timings),
+                "Access-Control-Expose-Headers": (
+                    f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing"
+                ),
+                "Cache-Control": "no-store",
+            },
+        )
+
+    @router.post(
+        "/tts/stream",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"audio/wav": {}, "audio/pcm": {}},
+                "description": "Chunked mono PCM16: a WAV header for a stream of unknown length, then the audio "
+                "of each sentence as soon as it is synthesized. With `Accept: audio/pcm`, raw PCM16 (little-endian) "
+                "and the rate in X-Sample-Rate.",
+            }
+        },
+        openapi_extra=_BODY,
+    )
+    async def tts_stream(request: Request) -> Response:
+        started = time.perf_counter()
+        turn = service.start_turn(await _checked(service, request), "stream", started)
+        raw = "audio/pcm" in request.headers.get("accept", "").lower()
+        try:
+            first = await _first(turn, request, (AudioPiece,))
+        except Cancelled:
+            return _abandoned()
+        assert first is None or isinstance(first, AudioPiece)
+        rate = first.sample_rate if first else (turn.sample_rate or EMPTY_RATE)
+        headers = {
+            "X-Sample-Rate": str(rate),
+            "X-Channels": "1",
+            "X-Sample-Format": "s16le",
+            "X-Voice": turn.request.voice,
+            "X-Engine": turn.engine,
+            "Server-Timing": server_timing(turn.timings),
+            "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+        body = _audio_body(turn, first, None if raw else streaming_wav_header(rate))
+        media = "audio/pcm" if raw else "audio/wav"
+        return StreamingResponse(body, media_type=media, headers=headers, background=BackgroundTask(turn.aclose))
+
+    @router.get("/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
+    async def tts_sse_get(
+        request: Request,
+        text: str = Query(..., description="The user's words (reply true) or the words to speak (reply false)."),
+        voice: str | None = Query(None, description="Voice name from GET /voices."),
+        reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
+        speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
+    ) -> Response:
+        if "last-event-id" in request.headers:
+            # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
+            # repeated, and 204 is how the SSE standard tells it to stop.
+            return Response(status_code=204)
+        started = time.perf_counter()
+        return await _event_stream(request, await service.check_request(text, voice, speed, reply), started)
+
+    @router.post(
+        "/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}}, openapi_extra=_BODY
+    )
+    async def tts_sse_post(request: Request) -> Response:
+        started = time.perf_counter()
+        return await _event_stream(request, await _checked(service, request), started)
+
+    async def _event_stream(request: Request, checked: TurnRequest, started: float) -> Response:
+        turn = service.start_turn(checked, "sse", started)
+        try:
+            first = await _first(turn, request, (ReplyText, AudioPiece))
+        except Cancelled:
+            return _abandoned()
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(
+            _sse_body(turn, first), media_type="text/event-stream", headers=headers, background=BackgroundTask(turn.aclose)
+        )
+
+    @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        content, content_type = service.metrics.render()
+        return Response(content, media_type=content_type)
+
+    @router.get("/voices")
+    async def voices() -> dict[str, Any]:
+        listing = await service.voices()
+        return {"voices": listing.voices, "default": listing.default, "engine": listing.engine}
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        return service.health()
+
+    return router
+
+
+async def _audio_body(turn: Turn, first: TurnEvent | None, header: bytes | None) -> AsyncIterator[bytes]:
+    try:
+        if header is not None:
+            yield header
+        if isinstance(first, AudioPiece):
+            yield first.pcm16
+        async for event in turn:
+            if isinstance(event, AudioPiece):
+                yield event.pcm16
+    except Cancelled:
+        abort_response(ShuttingDown.code, "the service stopped before the turn finished")
+    except ServiceError as exc:
+        abort_response(exc.code, exc.message)
+    finally:
+        await turn.aclose()
+
+
+def _sse(name: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    lines = f"event: {name}\n" + (f"id: {event_id}\n" if event_id else "")
+    return (lines + f"data: {json.dumps(data, ensure_ascii=False)}\n\n").encode()
+
+
+def _sse_event(event: TurnEvent | None) -> bytes:
+    if isinstance(event, ReplyText):
+        return _sse("reply_text", {"text": event.text, "is_final": event.is_final})
+    if isinstance(event, AudioPiece):
+        data = {
+            "index": event.index,
+            "sample_rate": event.sample_rate,
+            "samples": event.samples,
+            "format": "pcm_s16le",
+            "text": event.text,
+            "audio": base64.b64encode(event.pcm16).decode("ascii"),
+        }
+        return _sse("audio", data, str(event.index))
+    return b""
+
+
+async def _sse_body(turn: Turn, first: TurnEvent | None) -> AsyncIterator[bytes]:
+    try:
+        yield _sse_event(first)
+        async for event in turn:
+            yield _sse_event(event)
+    except (ServiceError, Cancelled) as exc:
+        error = exc if isinstance(exc, ServiceError) else ShuttingDown("the service stopped before the turn finished")
+        yield _sse("error", error_body(error.code, error.message))
+        return
+    finally:
+        await turn.aclose()
+    timings = turn.timings
+    yield _sse("metrics", {"timings": timings.as_dict()})
+    done = {
+        "chunks": turn.chunks,
+        "voice": turn.request.voice,
+        "engine": turn.engine,
+        "text": turn.text,
+        "sample_rate": turn.sample_rate,
+        "audio_seconds": round(timings.audio_s, 3),
+    }
+    yield _sse("done", done)

@@ -1,0 +1,231 @@
+"""Runs one turn: the text, or the LLM's reply as it streams, cut into fragments (core.text.SpeechSplitter)
+and each fragment synthesized in the worker pool as soon as it is complete.
+
+Every protocol's turn runs here, so every protocol speaks the same fragments, sample for sample; the
+reply-length rule (llm.max_reply_chars) is SpeechSplitter.cut_off, applied here once. A turn takes a
+worker per fragment, so it holds none while it waits for the LLM; only its first fragment can get
+EngineBusy. A cancelled turn stops its LLM request at once and its synthesis before the next sentence.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import anyio
+import numpy as np
+from anyio.abc import ObjectSendStream
+
+from core.audio import float32_to_pcm16, resample
+from core.config import Settings
+from core.errors import EmptyText, InternalError, LlmError, ServiceError
+from core.llm import LlmStats, OllamaClient
+from core.logging import get_logger
+from core.text import SpeechSplitter
+from tts.engines import AudioChunk, Engine
+from tts.turn import AudioPiece, Cancelled, ReplyText, Turn
+from tts.workers import WorkerPool
+
+log = get_logger(__name__)
+
+FRAGMENT_QUEUE = 64
+"""Fragments cut from the reply but not yet synthesized, per turn (the reply itself is bounded by
+llm.max_reply_chars; this only bounds how far the LLM may run ahead of synthesis)."""
+
+NOTHING_SPEAKABLE = "the text has nothing speakable (only symbols, emoji, markup or code)"
+
+
+class TurnRunner:
+    def __init__(self, settings: Settings, pool: WorkerPool, llm: OllamaClient) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.llm = llm
+
+    def splitter(self) -> SpeechSplitter:
+        tts = self.settings.tts
+        return SpeechSplitter(tts.first_fragment_min_words, tts.first_fragment_max_words)
+
+    async def run(self, turn: Turn, engine: Engine) -> None:
+        """The whole life of `turn`; never raises but for the service's own cancellation (shutdown)."""
+        counters = self.pool.counters
+        counters.turns += 1
+        try:
+            with anyio.CancelScope() as scope:
+                turn.started(scope)
+                try:
+                    await self._speak(turn, engine)
+                except ServiceError as exc:
+                    await turn.fail(exc)
+                except Cancelled:
+                    pass
+                except Exception:
+                    log.exception("turn_failed")
+                    await turn.fail(InternalError())
+        except anyio.get_cancelled_exc_class():
+            turn.cancel_event.set()  # the service itself is stopping: the turn ends cancelled, not complete
+            raise
+        finally:
+            counters.turns -= 1
+            turn.finished()
+            if turn.outcome == "cancelled":
+                counters.cancelled += 1
+                log.info("turn_cancelled", fragments=len(turn.fragments), chunks=turn.chunks)
+            elif turn.outcome == "ok":
+                counters.served += 1
+
+    async def _speak(self, turn: Turn, engine: Engine) -> None:
+        failure: BaseException | None = None
+        send, receive = anyio.create_memory_object_stream[str](FRAGMENT_QUEUE)
+        producer_failure: list[BaseException] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._produce, turn, send, producer_failure)
+            try:
+                with receive:
+                    async for fragment in receive:
+                        await self._speak_fragment(engine, fragment, turn)
+                if producer_failure:
+                    raise producer_failure[0]
+                await turn.emit(ReplyText(turn.text, True))
+            except Exception as exc:  # raised below, outside the task group (no exception group)
+                failure = exc
+                tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _produce(self, turn: Turn, send: ObjectSendStream[str], failure: list[BaseException]) -> None:
+        """Cut the text (or the LLM reply, as it streams) into fragments and queue them for synthesis.
+        A failure is left in `failure` for the consumer, which raises it after the fragments before it."""
+        splitter = self.splitter()
+        timings = turn.timings
+
+        async def put(fragments: Iterable[str]) -> None:
+            for fragment in fragments:
+                if timings.first_fragment_at is None:
+                    timings.first_fragment_at = time.perf_counter()
+                await send.send(fragment)
+
+        request = turn.request
+        try:
+            if request.reply:
+                await self._produce_reply(turn, splitter, put)
+            else:
+                await put(splitter.feed(request.text))
+                await put(splitter.flush())
+            if splitter.fragments == 0:
+                raise self._unspeakable_reply() if request.reply else EmptyText(NOTHING_SPEAKABLE)
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            send.close()
+
+    async def _produce_reply(
+        self, turn: Turn, splitter: SpeechSplitter, put: Callable[[Iterable[str]], Awaitable[None]]
+    ) -> None:
+        llm = self.settings.llm
+        timings = turn.timings
+        stats = timings.llm = LlmStats()
+        limit = llm.max_reply_chars
+        length = 0
+        said_something = cut_off = False
+        stream = self.llm.stream_reply(turn.request.text, stats)
+        try:
+            with anyio.fail_after(llm.timeout_s):
+                async for piece in stream:
+                    said_something = said_something or bool(piece.strip())
+                    if length + len(piece) > limit:
+                        piece, cut_off = piece[: limit - length], True
+                    length += len(piece)
+                    await put(splitter.feed(piece))
+                    if cut_off:
+                        break
+        except TimeoutError:
+            raise self.llm.timeout_error() from None
+        finally:
+            # Closing the stream closes the HTTP response: the LLM stops generating. Shielded, so it
+            # happens even when the turn was cancelled.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()  # type: ignore[attr-defined]
+            timings.llm_done_at = time.perf_counter()
+        if not said_something:
+            raise LlmError(f"the model {llm.model!r} returned an empty reply; try again or change llm.model")
+        if cut_off:
+            log.warning("llm_reply_truncated", chars=length, limit=limit)
+            await put(splitter.cut_off())
+        else:
+            await put(splitter.flush())
+
+    def _unspeakable_reply(self) -> LlmError:
+        # The model's fault, not the client's: its own text was fine (that would be EmptyText, 422).
+        return LlmError(
+            f"the model {self.settings.llm.model!r}'s reply had nothing speakable (only code or symbols); "
+            "try again or adjust llm.system_prompt"
+        )
+
+    async def _speak_fragment(self, engine: Engine, fragment: str, turn: Turn) -> None:
+        timings = turn.timings
+        turn.fragments.append(fragment)
+        await turn.emit(ReplyText(turn.text, False))
+        # tts.queue_timeout_s is the turn's admission: only its first synthesis can be refused.
+        async with self.pool.worker(timeout=not timings.queue_waits) as waited:
+            timings.queue_waits.append(waited)
+            started = time.perf_counter()
+            request = turn.request
+            result = await self.pool.run(
+                synthesize, engine, fragment, request.voice, request.speed, turn.cancel_event, turn.sample_rate
+            )
+            seconds = time.perf_counter() - started
+        if result is None:
+            raise Cancelled()
+        samples, rate, pcm16 = result
+        if turn.sample_rate is None:
+            turn.sample_rate = rate
+        audio_s = len(samples) / rate
+        timings.syntheses.append((seconds, audio_s))
+        log.debug("fragment_synthesized", chars=len(fragment), audio_s=round(audio_s, 3), seconds=round(seconds, 4))
+        if not pcm16:
+            return
+        if timings.first_audio_at is None:
+            timings.first_audio_at = time.perf_counter()
+        piece = AudioPiece(turn.chunks, fragment, rate, pcm16, seconds)
+        turn.chunks += 1
+        await turn.emit(piece)
+
+
+def synthesize(
+    engine: Engine, text: str, voice: str, speed: float, cancel: threading.Event, rate: int | None = None
+) -> tuple[np.ndarray, int, bytes] | None:
+    """Runs in a worker thread: the fragment's audio (at `rate`, default the first chunk's), or None when
+    cancelled (checked before the fragment and after every chunk)."""
+    if cancel.is_set():
+        return None
+    chunks: list[AudioChunk] = []
+    generator = engine.synthesize(text, voice, speed)
+    try:
+        for chunk in generator:
+            chunks.append(chunk)
+            if cancel.is_set():
+                return None
+    finally:
+        close = getattr(generator, "close", None)
+        if close:
+            close()
+    return assemble(chunks, rate)
+
+
+EMPTY_RATE = 22050
+"""Sample rate reported for a synthesis that produced no audio at all."""
+
+
+def assemble(chunks: list[AudioChunk], rate: int | None = None) -> tuple[np.ndarray, int, bytes]:
+    """One array at `rate` (default: the first chunk's), and its PCM16 bytes (built here, in the worker,
+    not on the loop)."""
+    if not chunks:
+        return np.zeros(0, dtype=np.float32), rate or EMPTY_RATE, b""
+    rate = rate or chunks[0].sample_rate
+    parts = [
+        chunk.samples if chunk.sample_rate == rate else resample(chunk.samples, chunk.sample_rate, rate)
+        for chunk in chunks
+    ]
+    samples = np.concatenate(parts).astype(np.float32, copy=False)
+    return samples, rate, float32_to_pcm16(samples)

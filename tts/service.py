@@ -1,0 +1,193 @@
+"""The TTS service core: the one protocol-free API every TTS protocol calls.
+
+- `check_request`: a request's text, voice and speed checked against the limits, or the error that
+  says what is wrong;
+- `start_turn`: run a turn (tts/turn.py, tts/runner.py) as a cancellable async iterator of events;
+  `speak` collects one into a whole Speech;
+- `voices`, `health`, and the engine, the LLM and the worker pool behind them.
+
+One instance per process, shared by every client of every protocol. It knows no HTTP or WebSocket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from core import __version__
+from core.config import Settings
+from core.errors import EmptyText, InvalidSpeed, ShuttingDown, TextTooLong
+from core.llm import LlmHealth, OllamaClient
+from core.logging import get_logger
+from tts.engines import create_engine
+from tts.engines.host import EngineFactory, EngineHost
+from tts.metrics import TtsMetrics
+from tts.runner import EMPTY_RATE, TurnRunner
+from tts.turn import AudioPiece, Turn, TurnRequest
+from tts.workers import WorkerPool
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Speech:
+    """A whole turn's audio (POST /tts)."""
+
+    pcm16: bytes
+    """Mono little-endian PCM16."""
+    sample_rate: int
+    text: str
+    """The words spoken (the LLM reply, or the request's text), as spoken."""
+    voice: str
+    engine: str
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm16) / 2 / self.sample_rate if self.sample_rate else 0.0
+
+
+@dataclass(frozen=True)
+class VoiceList:
+    voices: list[str]
+    default: str
+    engine: str
+
+
+class TtsService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        llm: OllamaClient | None = None,
+        engine_factory: EngineFactory = create_engine,
+        engine_options: dict[str, dict[str, Any]] | None = None,
+        websocket_clients: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.settings = settings
+        self.engines = EngineHost(settings, engine_factory, engine_options)
+        self.pool = WorkerPool(settings.tts)
+        self.llm = llm or OllamaClient(settings.llm)
+        self.llm_health = LlmHealth(self.llm, settings.llm.health_cache_s)
+        self.runner = TurnRunner(settings, self.pool, self.llm)
+        self.metrics = TtsMetrics(self.pool, websocket_clients)
+        self._tasks: TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[TtsService]:
+        """The service's lifetime: the engine starts in the background, turns run in its task group."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                tasks.start_soon(self.engines.start)
+                tasks.start_soon(self.llm_health.refresh)
+                try:
+                    yield self
+                finally:
+                    self._tasks = None
+                    tasks.cancel_scope.cancel()
+        finally:
+            self.engines.close()
+            await self.llm.aclose()
+
+    # -- requests and turns ---------------------------------------------------------------------
+
+    async def check_request(
+        self, text: str, voice: str | None, speed: float | None, reply: bool | None
+    ) -> TurnRequest:
+        """The request with its voice resolved and defaults applied, or the error that says what is wrong."""
+        tts = self.settings.tts
+        if not text or not text.strip():
+            raise EmptyText("text is empty; send the words to speak (or to answer) in 'text'")
+        if len(text) > tts.max_text_length:
+            raise TextTooLong(f"text has {len(text)} characters; the limit is {tts.max_text_length} (tts.max_text_length)")
+        speed = 1.0 if speed is None else speed
+        if not (math.isfinite(speed) and tts.min_speed <= speed <= tts.max_speed):
+            raise InvalidSpeed(
+                f"speed {speed!r} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
+                "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
+            )
+        engine = self.engines.current()
+        # Resolving a Piper voice looks at the voices folder: file-system work stays off the event loop.
+        resolved = await anyio.to_thread.run_sync(engine.resolve_voice, voice)
+        return TurnRequest(text, resolved, speed, tts.reply_default if reply is None else reply)
+
+    def start_turn(self, request: TurnRequest, endpoint: str, started: float | None = None) -> Turn:
+        """Start speaking `request`; iterate the returned Turn for its events. `endpoint` names the
+        protocol in logs and metrics; `started` is when the request arrived (perf_counter)."""
+        if self._tasks is None:
+            raise ShuttingDown("the service is shutting down; try again in a moment")
+        engine = self.engines.current()
+        turn = Turn(request, engine.name, started)
+        self._tasks.start_soon(self._run, turn, engine, endpoint)
+        return turn
+
+    async def _run(self, turn: Turn, engine: Any, endpoint: str) -> None:
+        try:
+            await self.runner.run(turn, engine)
+        finally:
+            self.metrics.observe_turn(endpoint, turn.timings, turn.outcome)
+            log.info("turn", endpoint=endpoint, outcome=turn.outcome, chunks=turn.chunks, **turn.timings.log_fields())
+
+    async def speak(self, turn: Turn) -> Speech:
+        """All of a turn's audio, once it has ended (raises its failure, or Cancelled)."""
+        pieces: list[bytes] = []
+        async for event in turn:
+            if isinstance(event, AudioPiece):
+                pieces.append(event.pcm16)
+        return Speech(b"".join(pieces), turn.sample_rate or EMPTY_RATE, turn.text, turn.request.voice, turn.engine)
+
+    # -- what the service offers ------------------------------------------------------------------
+
+    async def voices(self) -> VoiceList:
+        engine = self.engines.current()
+        names = await anyio.to_thread.run_sync(engine.voices)
+        return VoiceList(names, engine.default_voice, engine.name)
+
+    def workers(self) -> dict[str, int]:
+        counters = self.pool.counters
+        return {"max_concurrent": self.pool.size, "running": counters.running, "waiting": counters.waiting}
+
+    def engine_status(self) -> tuple[str, str, str | None]:
+        """(ready | loading | unavailable, engine name, default voice) for status messages."""
+        engines = self.engines
+        engine = engines.engine
+        if engine is not None:
+            return "ready", engine.name, engine.default_voice
+        return ("loading" if engines.loading else "unavailable"), engines.configured, None
+
+    def health(self) -> dict[str, Any]:
+        engines = self.engines
+        engine = engines.engine
+        llm = self.settings.llm
+        reachable, model_ok = self.llm_health.current(self._tasks)
+        reasons: list[str] = []
+        if engines.loading:
+            reasons.append(f"the {engines.configured} engine is starting")
+        if engines.error:
+            reasons.append(engines.error + (f"; speaking with {engine.name} instead" if engine and engines.fallback else ""))
+        if self.llm_health.checked_at is not None and not reachable:
+            reasons.append(f"Ollama is not reachable at {llm.url}: replies (reply true) fail")
+        elif model_ok is False:
+            reasons.append(f"Ollama has no model {llm.model!r}: run `ollama pull {llm.model}`")
+        return {
+            "status": "ok" if not reasons else "degraded",
+            "reasons": reasons,
+            "ollama": reachable,
+            "llm_model": llm.model,
+            "llm_model_available": model_ok,
+            "environment": self.settings.environment,
+            "engine": engine.name if engine else engines.configured,
+            "configured_engine": engines.configured,
+            "fallback": engines.fallback,
+            "voice": engine.default_voice if engine else engines.configured_voice(),
+            "voice_loaded": bool(engine and engine.voice_loaded),
+            "workers": self.workers(),
+            "version": __version__,
+        }
+

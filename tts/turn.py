@@ -1,0 +1,261 @@
+"""One turn of the TTS service core: its request, its typed events, its timings, and the handle an
+adapter holds while the turn runs.
+
+A turn is `text -> (the LLM's reply) -> fragments -> audio`. The adapter iterates the handle
+(`async for event in turn`): `ReplyText` each time a fragment is cut, `AudioPiece` as soon as its audio
+is ready, then `ReplyText(is_final=True)`. A failure is raised by the iteration at the point it happened,
+after everything that came before it; a cancelled turn raises `Cancelled`. `turn.cancel()` stops the LLM
+request at once and the synthesis before its next sentence; `await turn.aclose()` also waits until the
+turn's worker is free. That is the one cancellation mechanism of every protocol.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from core.errors import ServiceError
+from core.llm import LlmStats
+
+EVENT_BUFFER = 8
+"""Events a turn may run ahead of a slow client; then synthesis waits (bounded memory per turn)."""
+
+
+class Cancelled(Exception):
+    """The turn was cancelled (client gone, barge-in, shutdown) and has stopped."""
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """A checked request (TtsService.check_request)."""
+
+    text: str
+    voice: str
+    speed: float
+    reply: bool
+    """Speak the LLM's reply to `text` (True) or `text` itself (False)."""
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    """The words of the turn so far (cleaned, as they are spoken); `is_final` on the last one."""
+
+    text: str
+    is_final: bool
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    """The audio of one fragment, as mono little-endian PCM16."""
+
+    index: int
+    """0, 1, 2... in speaking order."""
+    text: str
+    """The fragment this audio speaks."""
+    sample_rate: int
+    """The same for every piece of a turn (the first piece's rate; later ones are resampled to it)."""
+    pcm16: bytes
+    synthesis_s: float
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm16) // 2
+
+
+TurnEvent = ReplyText | AudioPiece
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass
+class TurnTimings:
+    """Per-stage timings of one turn, all measured in this process with perf_counter()."""
+
+    started: float = field(default_factory=time.perf_counter)
+    reply: bool = False
+    llm: LlmStats | None = None
+    """LLM timings (None when the text was spoken as it is)."""
+    llm_done_at: float | None = None
+    first_fragment_at: float | None = None
+    """When the first fragment was complete (cut from the reply) and handed to synthesis."""
+    first_audio_at: float | None = None
+    """When the first audio was ready to send."""
+    queue_waits: list[float] = field(default_factory=list)
+    """Seconds waited for a worker, per synthesis."""
+    syntheses: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds in the worker, seconds of audio) per synthesis."""
+    finished_at: float | None = None
+
+    def _since(self, moment: float | None) -> float | None:
+        return None if moment is None else moment - self.started
+
+    @property
+    def time_to_first_audio_s(self) -> float | None:
+        return self._since(self.first_audio_at)
+
+    @property
+    def first_fragment_s(self) -> float | None:
+        return self._since(self.first_fragment_at)
+
+    @property
+    def llm_total_s(self) -> float | None:
+        return None if self.llm is None or self.llm_done_at is None else self.llm_done_at - self.llm.started
+
+    @property
+    def queue_wait_s(self) -> float:
+        return sum(self.queue_waits)
+
+    @property
+    def synthesis_s(self) -> float:
+        return sum(seconds for seconds, _ in self.syntheses)
+
+    @property
+    def audio_s(self) -> float:
+        return sum(audio for _, audio in self.syntheses)
+
+    @property
+    def real_time_factor(self) -> float | None:
+        return self.synthesis_s / self.audio_s if self.audio_s else None
+
+    @property
+    def total_s(self) -> float | None:
+        return self._since(self.finished_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The timings by stage, in seconds (generation_complete's and the SSE metrics' `timings`)."""
+        llm = self.llm
+        return {
+            "llm": None
+            if llm is None
+            else {
+                "time_to_first_token_s": _round(llm.time_to_first_token_s),
+                "tokens": llm.tokens,
+                "tokens_per_s": _round(llm.tokens_per_s, 2),
+                "total_s": _round(self.llm_total_s),
+                "attempts": llm.attempts,
+            },
+            "tts": {
+                "first_fragment_s": _round(self.first_fragment_s),
+                "time_to_first_audio_s": _round(self.time_to_first_audio_s),
+                "first_synthesis_s": _round(self.syntheses[0][0] if self.syntheses else None),
+                "synthesis_s": _round(self.synthesis_s),
+                "audio_s": _round(self.audio_s),
+                "real_time_factor": _round(self.real_time_factor),
+                "syntheses": len(self.syntheses),
+            },
+            "queue": {
+                "wait_s": _round(self.queue_wait_s),
+                "first_wait_s": _round(self.queue_waits[0] if self.queue_waits else None),
+                "max_wait_s": _round(max(self.queue_waits) if self.queue_waits else None),
+            },
+            "total_s": _round(self.total_s),
+        }
+
+    def log_fields(self) -> dict[str, Any]:
+        """Flat key-values for a log line."""
+        flat: dict[str, Any] = {}
+        for stage, values in self.as_dict().items():
+            if isinstance(values, dict):
+                flat.update({f"{stage}_{key}": value for key, value in values.items()})
+            elif values is not None:
+                flat[stage] = values
+        return flat
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: ServiceError
+
+
+class Turn:
+    """The handle of one running turn: an async iterator of its events, with cancel and close."""
+
+    def __init__(self, request: TurnRequest, engine: str, started: float | None = None) -> None:
+        self.request = request
+        self.engine = engine
+        """Name of the engine that speaks it."""
+        self.cancel_event = threading.Event()
+        """Seen by the worker thread between sentences."""
+        self.timings = TurnTimings(reply=request.reply)
+        if started is not None:
+            self.timings.started = started
+        self.fragments: list[str] = []
+        self.chunks = 0
+        """Audio pieces handed out."""
+        self.sample_rate: int | None = None
+        self.outcome = "running"
+        """ok, cancelled, or the error code, once the turn has ended."""
+        self._send, self._receive = anyio.create_memory_object_stream[TurnEvent | _Failure](EVENT_BUFFER)
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.fragments)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stop the turn: the LLM request at once, the synthesis before its next sentence. Safe from any
+        task of the event loop; iterating the turn then raises Cancelled once its worker is free."""
+        self.cancel_event.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the turn unless it has ended, and wait until it has stopped (its worker is free)."""
+        if not self._done.is_set():
+            self.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._done.wait()
+        self._receive.close()
+
+    def __aiter__(self) -> Turn:
+        return self
+
+    async def __anext__(self) -> TurnEvent:
+        try:
+            item = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self.cancelled:
+                raise Cancelled() from None
+            raise StopAsyncIteration from None
+        if isinstance(item, _Failure):
+            raise item.error
+        return item
+
+    # -- the runner's side ---------------------------------------------------------------------
+
+    async def emit(self, event: TurnEvent) -> None:
+        await self._send.send(event)
+
+    async def fail(self, error: ServiceError) -> None:
+        self.outcome = error.code
+        await self._send.send(_Failure(error))
+
+    def started(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        if self.cancelled:
+            scope.cancel()
+
+    def finished(self) -> None:
+        self._scope = None
+        self.timings.finished_at = time.perf_counter()
+        if self.cancelled:
+            self.outcome = "cancelled"
+        elif self.outcome == "running":
+            self.outcome = "ok"
+        self._send.close()
+        self._done.set()
