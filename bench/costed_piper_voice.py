@@ -7,7 +7,8 @@ exporter). Its audio is noise, but its compute is a real medium voice's. The dur
 output bias is set so every phoneme id lasts about 2.5 frames (ceil: 3 frames of 256 samples), so a
 20-word sentence gives roughly 8 s of audio, like natural speech.
 
-Needs CPU torch (bench only, never a runtime requirement): `pip install torch==2.13.0`.
+Needs CPU torch (bench only, never a runtime requirement): `.venv/bin/pip install -r requirements-bench.txt`
+(torch 2.13.0's CPU build, from PyTorch's CPU index).
 The ~60 MB voice is built once into a cache outside the repository
 (~/.cache/voice-assistant-bench/ or $VOICE_ASSISTANT_BENCH_CACHE).
 """
@@ -44,7 +45,10 @@ def build_costed_voice(voices_dir: Path | None = None, *, seed: int = 1234) -> P
     try:
         import torch
     except ImportError as exc:
-        raise SystemExit(f"the costed voice needs CPU torch ({exc}): pip install torch==2.13.0") from None
+        raise SystemExit(
+            f"the costed voice needs CPU torch ({exc}): .venv/bin/pip install -r requirements-bench.txt "
+            "(or .venv/bin/pip install torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu)"
+        ) from None
     from piper.train.vits.models import SynthesizerTrn
 
     voices_dir.mkdir(parents=True, exist_ok=True)

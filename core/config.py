@@ -60,6 +60,13 @@ class LoggingSettings(Section):
     """Lowest level that is logged."""
     json_logs: bool = Field(False, validation_alias=AliasChoices("json", "json_logs"), alias="json")
     """One JSON object per line (production) instead of readable console lines."""
+    to_supervisor: bool = False
+    """Set by run_services.py for the services it starts: they write JSON lines for the supervisor, which
+    shows them as logging.json says. Not meant to be set by hand."""
+
+    @property
+    def writes_json(self) -> bool:
+        return self.json_logs or self.to_supervisor
 
 
 class SttSettings(Section):
@@ -383,15 +390,28 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: dict[str, Any], settings_cls: type[BaseModel]) -> str:
+def _environment_variable(location: list[str]) -> str | None:
+    """The variable a value came from (`STT__PORT` for stt.port), if the environment sets one."""
+    wanted = "__".join(location).upper()
+    aliases = {path: name for name, path in _AliasEnvSource.ALIASES.items()}
+    alias = aliases.get(tuple(location))
+    for name in os.environ:
+        if name.upper() == wanted or name == alias:
+            return name
+    return None
+
+
+def _describe(error: dict[str, Any], settings_cls: type[BaseModel], source: str) -> str:
     location = [str(part) for part in error["loc"]]
     key = ".".join(location)
+    variable = _environment_variable(location)
+    origin = f"the environment variable {variable}" if variable else source
     if error["type"] == "extra_forbidden":
         section, name = location[:-1], location[-1]
         allowed = _allowed_keys(settings_cls, section)
         where = f"section '{'.'.join(section)}'" if section else "the top level"
-        return f"unknown key '{name}' in {where}; allowed keys: {', '.join(allowed)}"
-    return f"{key}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})"
+        return f"unknown key '{name}' in {where}; allowed keys: {', '.join(allowed)} (set by {origin})"
+    return f"{key}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r}; set by {origin})"
 
 
 def _allowed_keys(model: type[BaseModel], section: list[str]) -> list[str]:
@@ -404,6 +424,32 @@ def _allowed_keys(model: type[BaseModel], section: list[str]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items() if not field.exclude]
 
 
+def _is_setting(path: list[str]) -> bool:
+    model: type[BaseModel] = Settings
+    for index, part in enumerate(path):
+        fields = {field.alias or name: field for name, field in model.model_fields.items() if not field.exclude}
+        field = fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif index != len(path) - 1:
+            return False
+    return True
+
+
+def environment_overrides() -> dict[str, str]:
+    """Which settings the environment sets, and by which variable (`{"stt.port": "STT__PORT"}`), so what
+    is in effect can be explained: a value that differs from the file was set here."""
+    found = {".".join(path): name for name, path in _AliasEnvSource.ALIASES.items() if name in os.environ}
+    for name in os.environ:
+        path = name.lower().split("__")
+        if _is_setting(path):
+            found[".".join(path)] = name
+    return dict(sorted(found.items()))
+
+
 def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:
     """Read defaults, the YAML file and the environment; raise ConfigError naming what is wrong."""
     explicit = config_path or os.environ.get("CONFIG_PATH")
@@ -414,8 +460,9 @@ def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(err, Settings) for err in exc.errors())
-        raise ConfigError(f"invalid configuration ({path if path.is_file() else 'defaults'}): {problems}") from None
+        source = str(path) if path.is_file() else "the built-in defaults"
+        problems = "; ".join(_describe(err, Settings, source) for err in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
     settings.config_file = path if path.is_file() else None
     return settings
 

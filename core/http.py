@@ -106,6 +106,7 @@ def service_app(*, title: str, description: str, lifespan: Lifespan[FastAPI]) ->
     """A FastAPI app with the conventions every service shares: request ids and access logs, one error
     body for every failure, and streamed responses that a failure can cut off (`abort_response`)."""
     app = FastAPI(title=title, version=__version__, lifespan=lifespan, description=description)
+    logging.getLogger("uvicorn.error").addFilter(_ABORTED_STREAM_FILTER)  # a set: adding it twice is harmless
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     return app
@@ -141,7 +142,7 @@ class _DropAbortedStreamNotice(logging.Filter):
         return not (state is not None and state.aborted and "without completing response" in record.getMessage())
 
 
-logging.getLogger("uvicorn.error").addFilter(_DropAbortedStreamNotice())
+_ABORTED_STREAM_FILTER = _DropAbortedStreamNotice()
 
 
 class RequestContextMiddleware:

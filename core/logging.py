@@ -44,7 +44,7 @@ def configure_logging(settings: LoggingSettings, service: str) -> None:
         _add_service(service),
     ]
     renderer: Processor
-    if settings.json_logs:
+    if settings.writes_json:
         renderer = structlog.processors.JSONRenderer()
         # Locals stay out of tracebacks: they can hold audio buffers and API keys.
         shared = [

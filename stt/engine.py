@@ -23,6 +23,12 @@ from core.logging import get_logger
 log = get_logger(__name__)
 
 WHISPER_SAMPLE_RATE = 16000
+OFFLINE_MODEL_HINT = (
+    "Check the network, or use a model you already have: set stt.model to a local CTranslate2 model "
+    "directory (config.json, model.bin and tokenizer.json; a faster-whisper model from the Hugging Face "
+    "hub, e.g. Systran/faster-whisper-small, copied from another machine, or one converted with "
+    "ct2-transformers-converter; see the README, section \"Models without a network\")"
+)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -158,9 +164,9 @@ def _download(name: str, target: Path) -> Path:
     try:
         download_model(name, output_dir=str(target))
     except Exception as exc:
+        cause = str(exc).strip().rstrip(".") or exc.__class__.__name__
         raise ModelLoadError(
-            f"could not download Whisper model {name!r} into {target}: {exc}. "
-            "Check the network, or set stt.model to a local CTranslate2 model directory."
+            f"could not download Whisper model {name!r} into {target} ({cause}). {OFFLINE_MODEL_HINT}"
         ) from exc
     finally:
         done.set()

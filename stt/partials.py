@@ -42,7 +42,7 @@ class PartialStabilizer:
 
 def _common_prefix(first: list[str], second: list[str]) -> list[str]:
     prefix: list[str] = []
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=False):
         if a != b:
             break
         prefix.append(a)

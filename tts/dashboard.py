@@ -20,7 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from core import __version__
-from core.config import Settings
+from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
 from core.http import error_response
 
@@ -79,6 +79,8 @@ def build_router(settings: Settings) -> APIRouter:
             "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
             "llm": {"url": _without_credentials(settings.llm.url), "model": settings.llm.model},
             "settings": effective,
+            # What the environment overrides, by which variable: why a value differs from the file.
+            "set_by_environment": environment_overrides(),
         }
 
     @router.get(

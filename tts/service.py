@@ -178,6 +178,7 @@ class TtsService:
         return {
             "status": "ok" if not reasons else "degraded",
             "reasons": reasons,
+            "loading": engines.loading,
             "ollama": reachable,
             "llm_model": llm.model,
             "llm_model_available": model_ok,

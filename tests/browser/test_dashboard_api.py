@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from core.config import Settings
 from tests.browser.conftest import Stack, with_dashboard
@@ -75,3 +76,23 @@ def test_the_static_page_still_answers_at_the_root(voices_dir: Path) -> None:
         worklet = httpx.get(f"{server.http_url}/pcm-worklet.js")
     assert page.status_code == 200 and '<script type="module" src="app.js">' in page.text
     assert worklet.status_code == 200 and "registerProcessor" in worklet.text
+
+
+def test_config_says_which_values_the_environment_set(
+    voices_dir: Path, ollama: OllamaDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What run_services.py gives its children: JSON lines for the supervisor, while logging.json stays
+    # what the file says, and the page can tell why a value differs from the file.
+    monkeypatch.setenv("LOGGING__TO_SUPERVISOR", "true")
+    monkeypatch.setenv("TTS__MAX_CONCURRENT", "3")
+    settings = tts_settings(voices_dir, ollama.url)  # reads the environment too, as every Settings does
+    assert (settings.logging.to_supervisor, settings.tts.max_concurrent) == (True, 3)
+    app = with_dashboard(create_app(settings), settings)
+    with run_server(app) as server:
+        body = httpx.get(f"{server.http_url}/api/config").json()
+    assert body["settings"]["logging"]["json"] is False
+    assert body["settings"]["logging"]["to_supervisor"] is True
+    assert body["set_by_environment"] == {
+        "logging.to_supervisor": "LOGGING__TO_SUPERVISOR",
+        "tts.max_concurrent": "TTS__MAX_CONCURRENT",
+    }

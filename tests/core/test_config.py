@@ -249,6 +249,7 @@ def test_unknown_key_in_a_section_names_key_section_and_allowed_keys(tmp_path: P
     message = str(info.value)
     assert "unknown key 'modle'" in message
     assert "section 'stt'" in message
+    assert f"set by {path}" in message
     assert "allowed keys:" in message
     allowed = message.split("allowed keys:", 1)[1]
     for key in ("model", "port", "device", "max_utterance_seconds", "max_buffer_seconds"):
@@ -297,6 +298,18 @@ def test_unknown_environment_key_in_a_known_section(
     message = str(info.value)
     assert "unknown key 'nope'" in message
     assert "section 'stt'" in message
+    assert "set by the environment variable STT__NOPE" in message
+    assert str(empty_config) not in message, "the file is not to blame"
+
+
+def test_a_wrong_value_says_which_file_or_variable_set_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_yaml(tmp_path, "stt:\n  device: gpu\n")
+    monkeypatch.setenv("TTS__PORT", "99999")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert f"stt.device: Input should be 'auto', 'cuda' or 'cpu' (got 'gpu'; set by {path})" in message
+    assert "(got '99999'; set by the environment variable TTS__PORT)" in message
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
@@ -423,7 +436,7 @@ def test_redacted_dumps_json_under_its_yaml_name(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "logging:\n  json: true\n")
     dumped = load_settings(path).redacted()
 
-    assert dumped["logging"] == {"level": "info", "json": True}
+    assert dumped["logging"] == {"level": "info", "json": True, "to_supervisor": False}
     assert dumped["stt"]["port"] == 8010
     assert dumped["stt"]["models_dir"] == "models/whisper"
     assert dumped["tts"]["piper"]["download"] is True

@@ -83,8 +83,11 @@ def test_a_size_already_downloaded_into_models_dir_loads_without_the_network(
 
 def test_a_failed_download_says_what_to_do(tmp_path: Path) -> None:
     # HF_HUB_OFFLINE is set by conftest, so the real download code fails at once instead of hanging.
-    with pytest.raises(ModelLoadError, match=r"could not download Whisper model 'tiny'.*local CTranslate2 model directory"):
+    with pytest.raises(ModelLoadError, match=r"could not download Whisper model 'tiny'.*local CTranslate2 model directory") as error:
         resolve_model_path("tiny", tmp_path / "models", PROJECT_ROOT)
+    message = str(error.value)
+    assert ".." not in message
+    assert message.count("Check the network") == 1 and "ct2-transformers-converter" in message
 
 
 def test_load_reports_device_and_compute_type(make_settings) -> None:

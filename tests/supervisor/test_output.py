@@ -11,7 +11,8 @@ import pytest
 
 from core.config import LoggingSettings, SupervisorSettings
 from core.logging import configure_logging
-from run_services import MAX_LINE_BYTES, STORED_LINE_CHARS, Child, ServiceSpec
+from core.child import Child, ServiceSpec
+from core.child_output import MAX_LINE_BYTES, STORED_LINE_CHARS
 
 SPEC = ServiceSpec("stt", "stt.server", "127.0.0.1", 8010)
 
@@ -22,7 +23,7 @@ def pump(child: Child, *chunks: bytes) -> None:
         for chunk in chunks:
             reader.feed_data(chunk)
         reader.feed_eof()
-        await child._pump(reader)
+        await child.relay.pump(reader)
 
     asyncio.run(run())
 

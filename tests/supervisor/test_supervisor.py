@@ -87,6 +87,24 @@ def test_both_services_come_up_and_their_logs_come_through_tagged(make_config, s
     assert run.find("stopping")[0]["signal"] == "SIGTERM"
 
 
+def test_an_stt_model_that_cannot_load_is_reported_as_unusable_once_the_services_settle(
+    make_config, start_supervisor, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-model"
+    missing.mkdir()
+    config = make_config()
+    config["stt"]["model"] = str(missing)
+    run = start_supervisor(config)
+    run.wait_event("all_services_ready")  # both answer /health; the model is still being loaded
+    unusable = run.wait_event("service_unusable")
+    assert unusable["child"] == "stt" and "has no model.bin" in unusable["reason"]
+    assert "refuses every session" in unusable["effect"]
+    settled = run.wait_event("all_services_settled")
+    assert (settled["stt"], settled["tts"]) == ("degraded", "ok")
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit() == 0
+
+
 def test_sigterm_lets_a_tts_request_and_an_stt_utterance_finish(
     make_config, start_supervisor, ollama: OllamaDouble, voices_dir: Path
 ) -> None:
@@ -159,6 +177,47 @@ def test_sigterm_lets_a_tts_request_and_an_stt_utterance_finish(
     assert run.wait_exit() == 0
     assert run.find("draining_sessions", service="stt")[0]["sessions"] == 1
     assert wait_gone(run.child_pids()) == []
+
+
+def test_sigterm_lets_a_tts_socket_generation_finish_then_closes_every_tts_socket_with_1001(
+    make_config, start_supervisor, ollama: OllamaDouble, voices_dir: Path
+) -> None:
+    reply = "The kitchen lights are on now. The hall lights are off."
+    ollama.behaviour.reply = reply
+    ollama.behaviour.pieces = 4
+    ollama.behaviour.delay_s = 0.3  # the reply takes about 1.2 s: the generation is running at SIGTERM
+    config = make_config()
+    tts_port = config["tts"]["port"]
+    run = start_supervisor(config)
+    run.wait_event("all_services_ready")
+    run.wait_event("engine_ready", service="tts")  # /health answers while the voice still loads
+    url = f"ws://127.0.0.1:{tts_port}/ws/tts"
+    with connect(url, open_timeout=10) as talking, connect(url, open_timeout=10) as idle:
+        assert json.loads(talking.recv(timeout=10))["type"] == "connection"
+        assert json.loads(idle.recv(timeout=10))["type"] == "connection"
+        talking.send(json.dumps({"type": "text_input", "text": "Lights, please."}))
+        assert json.loads(talking.recv(timeout=10))["type"] == "generation_started"
+        wait_until(lambda: bool(ollama.chat_requests), what="the LLM request of the generation")
+        run.process.send_signal(signal.SIGTERM)
+
+        messages: list[dict[str, Any]] = []
+        audio = b""
+        with pytest.raises(ConnectionClosed):
+            while True:
+                frame = talking.recv(timeout=15)
+                if isinstance(frame, bytes):
+                    audio += frame
+                else:
+                    messages.append(json.loads(frame))
+        with pytest.raises(ConnectionClosed):
+            idle.recv(timeout=15)
+    # The generation under way was spoken to its end, then the socket closed as the service stopped.
+    assert messages[-1]["type"] == "generation_complete" and messages[-1]["text"] == reply
+    assert len(audio) // 2 == expected_samples(voices_dir / f"{VOICE}.onnx", reply)
+    assert (talking.close_code, talking.close_reason) == (1001, "server shutting down")
+    assert (idle.close_code, idle.close_reason) == (1001, "server shutting down")
+    assert run.wait_exit() == 0
+    assert run.find("draining_sessions", service="tts")[0]["sessions"] == 2
 
 
 def test_a_killed_child_is_restarted_with_backoff_and_a_crash_loop_stops_everything(

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from core.config import LlmSettings
-from core.errors import LlmError, LlmModelNotFound, LlmTimeout, LlmUnavailable
+from core.errors import LlmError, LlmModelNotFound, LlmUnavailable
 from core.llm import OllamaClient
 from tests.fixtures.ollama_double import OllamaDouble, down_url
 

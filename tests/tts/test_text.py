@@ -54,12 +54,11 @@ def test_truncate_at_sentence() -> None:
 # -- streaming: sentence edge cases, code fences, the first fragment, and token-split invariance --------
 
 import random  # noqa: E402
-import time  # noqa: E402
 
 import pytest  # noqa: E402
 
 import core.text as text_module  # noqa: E402
-from core.text import CodeFenceFilter, SpeechSplitter, speech_fragments, strip_code_fences  # noqa: E402
+from core.text import CodeFenceFilter, speech_fragments, strip_code_fences  # noqa: E402
 
 
 @pytest.mark.parametrize(
