@@ -31,7 +31,7 @@ first, not recorded.
    builds it, with the options WhisperEngine.transcribe passes (language, beam_size, temperature,
    vad_filter=False, condition_on_previous_text=False), timed over the call and the full iteration
    of the lazy segments, as the engine times it. The audio is exactly the utterance the server
-   transcribes: this script runs the session's own pipeline (PCM16 -> float32, resampler,
+   transcribes: this script runs the session's own audio chain (stt.chain.AudioChain: resampler,
    streaming Silero VAD, UtteranceSegmenter) over the same 20 ms frames to cut it, and checks the
    result against the server's (same duration, same start, same text; a mismatch is printed).
 2. Fast stream: every frame sent as fast as the socket takes it; the transcript's
@@ -161,17 +161,13 @@ class ServerCut:
 
 
 def cut_like_the_server(stt: SttSettings, recording: Recording) -> ServerCut:
-    """Run SttSession.feed_audio's pipeline (minus the threads) over the same frames."""
-    from core.audio import StreamResampler, pcm16_to_float32
-    from stt.stream import SAMPLE_RATE, SegmenterLimits, Utterance, UtteranceSegmenter
-    from stt.vad import StreamingVad
+    """The server's own audio chain (stt.chain.AudioChain, minus the threads) over the same frames."""
+    from stt.chain import AudioChain
+    from stt.stream import Utterance
 
-    resampler = StreamResampler(stt.sample_rate, SAMPLE_RATE)
-    vad = StreamingVad()
-    segmenter = UtteranceSegmenter(SegmenterLimits.from_settings(stt))
+    chain = AudioChain(stt)
     for index, frame in enumerate(recording.frames):
-        result = vad.process(resampler.process(pcm16_to_float32(frame)))
-        for event in segmenter.push(result.windows, result.probabilities):
+        for event in chain.push(frame):
             if isinstance(event, Utterance):
                 return ServerCut(event.audio, event.start, event.reason, index)
     raise SystemExit(

@@ -16,10 +16,10 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from starlette.background import BackgroundTask
@@ -125,127 +125,139 @@ def _abandoned() -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
-def build_router(service: TtsService) -> APIRouter:
-    router = APIRouter()
+def tts_service(request: Request) -> TtsService:
+    """The app's one TtsService (a FastAPI dependency)."""
+    return request.app.state.service  # type: ignore[no-any-return]
 
-    @router.post(
-        "/tts",
-        response_class=Response,
-        responses={200: {"content": {"audio/wav": {}}, "description": "Mono PCM16 WAV; X-Reply-Text holds the words"}},
-        openapi_extra=_BODY,
-    )
-    async def tts(request: Request) -> Response:
-        started = time.perf_counter()
-        turn = service.start_turn(await _checked(service, request), "tts", started)
-        try:
-            async with on_disconnect(request, turn.cancel):
-                speech = await service.speak(turn)
-        except Cancelled:
-            return _abandoned()
-        finally:
-            await turn.aclose()
-        return Response(
-            content=wav_bytes(speech.pcm16, speech.sample_rate),
-            media_type="audio/wav",
-            headers={
-                **reply_text_headers(speech.text),
-                "X-Voice": speech.voice,
-                "X-Engine": speech.engine,
-                "X-Audio-Duration": f"{speech.duration_s:.3f}",
-                "Server-Timing": server_timing(turn.timings),
-                "Access-Control-Expose-Headers": (
-                    f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing"
-                ),
-                "Cache-Control": "no-store",
-            },
-        )
 
-    @router.post(
-        "/tts/stream",
-        response_class=Response,
-        responses={
-            200: {
-                "content": {"audio/wav": {}, "audio/pcm": {}},
-                "description": "Chunked mono PCM16: a WAV header for a stream of unknown length, then the audio "
-                "of each sentence as soon as it is synthesized. With `Accept: audio/pcm`, raw PCM16 (little-endian) "
-                "and the rate in X-Sample-Rate.",
-            }
-        },
-        openapi_extra=_BODY,
-    )
-    async def tts_stream(request: Request) -> Response:
-        started = time.perf_counter()
-        turn = service.start_turn(await _checked(service, request), "stream", started)
-        raw = "audio/pcm" in request.headers.get("accept", "").lower()
-        try:
-            first = await _first(turn, request, (AudioPiece,))
-        except Cancelled:
-            return _abandoned()
-        assert first is None or isinstance(first, AudioPiece)
-        rate = first.sample_rate if first else (turn.sample_rate or EMPTY_RATE)
-        headers = {
-            "X-Sample-Rate": str(rate),
-            "X-Channels": "1",
-            "X-Sample-Format": "s16le",
-            "X-Voice": turn.request.voice,
-            "X-Engine": turn.engine,
+Service = Annotated[TtsService, Depends(tts_service)]
+router = APIRouter()
+
+
+@router.post(
+    "/tts",
+    response_class=Response,
+    responses={200: {"content": {"audio/wav": {}}, "description": "Mono PCM16 WAV; X-Reply-Text holds the words"}},
+    openapi_extra=_BODY,
+)
+async def tts(request: Request, service: Service) -> Response:
+    started = time.perf_counter()
+    turn = service.start_turn(await _checked(service, request), "tts", started)
+    try:
+        async with on_disconnect(request, turn.cancel):
+            speech = await service.speak(turn)
+    except Cancelled:
+        return _abandoned()
+    finally:
+        await turn.aclose()
+    return Response(
+        content=wav_bytes(speech.pcm16, speech.sample_rate),
+        media_type="audio/wav",
+        headers={
+            **reply_text_headers(speech.text),
+            "X-Voice": speech.voice,
+            "X-Engine": speech.engine,
+            "X-Audio-Duration": f"{speech.duration_s:.3f}",
             "Server-Timing": server_timing(turn.timings),
-            "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing",
+            "Access-Control-Expose-Headers": (
+                f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing"
+            ),
             "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no",
-        }
-        body = _audio_body(turn, first, None if raw else streaming_wav_header(rate))
-        media = "audio/pcm" if raw else "audio/wav"
-        return StreamingResponse(body, media_type=media, headers=headers, background=BackgroundTask(turn.aclose))
-
-    @router.get("/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
-    async def tts_sse_get(
-        request: Request,
-        text: str = Query(..., description="The user's words (reply true) or the words to speak (reply false)."),
-        voice: str | None = Query(None, description="Voice name from GET /voices."),
-        reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
-        speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
-    ) -> Response:
-        if "last-event-id" in request.headers:
-            # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
-            # repeated, and 204 is how the SSE standard tells it to stop.
-            return Response(status_code=204)
-        started = time.perf_counter()
-        return await _event_stream(request, await service.check_request(text, voice, speed, reply), started)
-
-    @router.post(
-        "/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}}, openapi_extra=_BODY
+        },
     )
-    async def tts_sse_post(request: Request) -> Response:
-        started = time.perf_counter()
-        return await _event_stream(request, await _checked(service, request), started)
 
-    async def _event_stream(request: Request, checked: TurnRequest, started: float) -> Response:
-        turn = service.start_turn(checked, "sse", started)
-        try:
-            first = await _first(turn, request, (ReplyText, AudioPiece))
-        except Cancelled:
-            return _abandoned()
-        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(
-            _sse_body(turn, first), media_type="text/event-stream", headers=headers, background=BackgroundTask(turn.aclose)
-        )
 
-    @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    async def metrics() -> Response:
-        content, content_type = service.metrics.render()
-        return Response(content, media_type=content_type)
+@router.post(
+    "/tts/stream",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"audio/wav": {}, "audio/pcm": {}},
+            "description": "Chunked mono PCM16: a WAV header for a stream of unknown length, then the audio "
+            "of each sentence as soon as it is synthesized. With `Accept: audio/pcm`, raw PCM16 (little-endian) "
+            "and the rate in X-Sample-Rate.",
+        }
+    },
+    openapi_extra=_BODY,
+)
+async def tts_stream(request: Request, service: Service) -> Response:
+    started = time.perf_counter()
+    turn = service.start_turn(await _checked(service, request), "stream", started)
+    raw = "audio/pcm" in request.headers.get("accept", "").lower()
+    try:
+        first = await _first(turn, request, (AudioPiece,))
+    except Cancelled:
+        return _abandoned()
+    assert first is None or isinstance(first, AudioPiece)
+    rate = first.sample_rate if first else (turn.sample_rate or EMPTY_RATE)
+    headers = {
+        "X-Sample-Rate": str(rate),
+        "X-Channels": "1",
+        "X-Sample-Format": "s16le",
+        "X-Voice": turn.request.voice,
+        "X-Engine": turn.engine,
+        "Server-Timing": server_timing(turn.timings),
+        "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing",
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",
+    }
+    body = _audio_body(turn, first, None if raw else streaming_wav_header(rate))
+    media = "audio/pcm" if raw else "audio/wav"
+    return StreamingResponse(body, media_type=media, headers=headers, background=BackgroundTask(turn.aclose))
 
-    @router.get("/voices")
-    async def voices() -> dict[str, Any]:
-        listing = await service.voices()
-        return {"voices": listing.voices, "default": listing.default, "engine": listing.engine}
 
-    @router.get("/health")
-    async def health() -> dict[str, Any]:
-        return service.health()
+@router.get("/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
+async def tts_sse_get(
+    request: Request,
+    service: Service,
+    text: str = Query(..., description="The user's words (reply true) or the words to speak (reply false)."),
+    voice: str | None = Query(None, description="Voice name from GET /voices."),
+    reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
+    speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
+) -> Response:
+    if "last-event-id" in request.headers:
+        # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
+        # repeated, and 204 is how the SSE standard tells it to stop.
+        return Response(status_code=204)
+    started = time.perf_counter()
+    return await _event_stream(service, request, await service.check_request(text, voice, speed, reply), started)
 
-    return router
+
+@router.post(
+    "/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}}, openapi_extra=_BODY
+)
+async def tts_sse_post(request: Request, service: Service) -> Response:
+    started = time.perf_counter()
+    return await _event_stream(service, request, await _checked(service, request), started)
+
+
+async def _event_stream(service: TtsService, request: Request, checked: TurnRequest, started: float) -> Response:
+    turn = service.start_turn(checked, "sse", started)
+    try:
+        first = await _first(turn, request, (ReplyText, AudioPiece))
+    except Cancelled:
+        return _abandoned()
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        _sse_body(turn, first), media_type="text/event-stream", headers=headers, background=BackgroundTask(turn.aclose)
+    )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(service: Service) -> Response:
+    content, content_type = service.metrics.render()
+    return Response(content, media_type=content_type)
+
+
+@router.get("/voices")
+async def voices(service: Service) -> dict[str, Any]:
+    listing = await service.voices()
+    return {"voices": listing.voices, "default": listing.default, "engine": listing.engine}
+
+
+@router.get("/health")
+async def health(service: Service) -> dict[str, Any]:
+    return service.health()
 
 
 async def _audio_body(turn: Turn, first: TurnEvent | None, header: bytes | None) -> AsyncIterator[bytes]:

@@ -86,6 +86,14 @@ class TtsMetrics:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
+        self._gauges(pool, websocket_clients)
+        for endpoint in ENDPOINTS:  # every series exists from the start, at zero
+            self.time_to_first_audio.labels(endpoint)
+            self.turn_duration.labels(endpoint)
+
+    def _gauges(self, pool: WorkerPool, websocket_clients: Callable[[], int]) -> None:
+        """Read live when scraped."""
+        registry = self.registry
         counters = pool.counters
         Gauge("tts_workers_running", "Syntheses running now.", registry=registry).set_function(
             lambda: counters.running
@@ -96,15 +104,12 @@ class TtsMetrics:
         Gauge(
             "tts_workers_max", "Syntheses that may run at once (tts.max_concurrent).", registry=registry
         ).set_function(lambda: pool.size)
-        Gauge("tts_streaming_turns", "Streaming turns in progress now.", registry=registry).set_function(
+        Gauge("tts_streaming_turns", "Turns in progress now.", registry=registry).set_function(
             lambda: counters.turns
         )
         Gauge("tts_websocket_clients", "Clients connected to /ws/tts now.", registry=registry).set_function(
             websocket_clients
         )
-        for endpoint in ENDPOINTS:  # every series exists from the start, at zero
-            self.time_to_first_audio.labels(endpoint)
-            self.turn_duration.labels(endpoint)
 
     def observe_turn(self, endpoint: str, timings: TurnTimings, outcome: str) -> None:
         """Record one ended turn. `outcome`: ok, cancelled, or the error code."""

@@ -63,7 +63,7 @@ def create_app(
     app.state.service = service
     app.state.sockets = sockets
     app.state.drain = sockets.drain  # awaited by core.serve on SIGTERM, before uvicorn closes sockets
-    app.include_router(http_api.build_router(service))
+    app.include_router(http_api.router)
     app.include_router(ws.build_router(service, sockets))
     app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first
     if FRONTEND_DIR.is_dir():

@@ -1,0 +1,78 @@
+"""The building blocks of the configuration shared by every section, and the sections of no one service."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    """Lowest level that is logged."""
+    json_logs: bool = Field(False, validation_alias=AliasChoices("json", "json_logs"), alias="json")
+    """One JSON object per line (production) instead of readable console lines."""
+    to_supervisor: bool = False
+    """Set by run_services.py for the services it starts: they write JSON lines for the supervisor, which
+    shows them as logging.json says. Not meant to be set by hand."""
+
+    @property
+    def writes_json(self) -> bool:
+        return self.json_logs or self.to_supervisor
+
+
+class LlmSettings(Section):
+    url: str = "http://localhost:11434"
+    """Ollama server address (OLLAMA_URL is accepted too)."""
+    model: str = "llama3.2:3b"
+    """Ollama model that writes the replies."""
+    system_prompt: str = (
+        "You are a helpful voice assistant. Answer briefly in plain spoken sentences, without markdown, lists or emoji."
+    )
+    """System prompt sent with every request."""
+    options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    """Ollama model options such as temperature or num_predict, passed as they are."""
+    keep_alive: str | None = None
+    """How long Ollama keeps the model loaded after a request (e.g. 5m); null keeps Ollama's default."""
+    timeout_s: float = Field(60.0, gt=0.0, le=600.0)
+    """Longest wait for one LLM request."""
+    retry_attempts: int = Field(3, ge=0, le=10)
+    """Retries after a failed first attempt, on connection errors and 5xx answers only."""
+    retry_base_delay_s: float = Field(1.0, ge=0.0, le=60.0)
+    """Wait before the first retry; it doubles for each further one (1 s, 2 s, 4 s)."""
+    max_reply_chars: int = Field(2_000, ge=1, le=100_000)
+    """Longest reply spoken; a longer one is cut at the last sentence end within it."""
+    health_timeout_s: float = Field(1.0, gt=0.0, le=30.0)
+    """Timeout of the Ollama reachability check behind /health."""
+    health_cache_s: float = Field(5.0, ge=0.0, le=3_600.0)
+    """How long a reachability result is reused by /health before it is checked again (in the background)."""
+
+
+class SupervisorSettings(Section):
+    startup_timeout_s: float = Field(60.0, gt=0.0, le=3_600.0)
+    """Longest wait for a started service's /health to answer; past it the supervisor reports the service's last output and exits."""
+    shutdown_grace_s: float = Field(10.0, gt=0.0, le=600.0)
+    """After SIGTERM, how long in-flight requests and utterances may take to finish before the services are killed."""
+    restart_backoff_initial_s: float = Field(1.0, ge=0.0, le=600.0)
+    """Wait before restarting a service that died; it doubles with each further crash."""
+    restart_backoff_max_s: float = Field(30.0, ge=0.0, le=3_600.0)
+    """Longest wait between restarts; the wait starts over after a service stayed up for crash_loop_window_s."""
+    crash_loop_count: int = Field(5, ge=1, le=1_000)
+    """Crashes of one service within crash_loop_window_s that make the supervisor stop everything and exit non-zero."""
+    crash_loop_window_s: float = Field(60.0, gt=0.0, le=86_400.0)
+    """Window, in seconds, in which crash_loop_count crashes count as a crash loop."""
+    output_lines: int = Field(20, ge=1, le=10_000)
+    """Last output lines kept per service and logged when it crashes or fails to start."""
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> SupervisorSettings:
+        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
+            raise ValueError(
+                f"restart_backoff_max_s ({self.restart_backoff_max_s}) must be at least "
+                f"restart_backoff_initial_s ({self.restart_backoff_initial_s})"
+            )
+        return self

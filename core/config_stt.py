@@ -1,0 +1,100 @@
+"""The `stt` section of the configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from core.config_base import Section
+
+ComputeType = Literal[
+    "auto",
+    "int8",
+    "int8_float16",
+    "int8_float32",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+]
+
+
+class SttSettings(Section):
+    host: str = "127.0.0.1"
+    """Interface the STT service listens on (0.0.0.0 for every interface)."""
+    port: int = Field(8010, ge=1, le=65535)
+    """TCP port of the STT service."""
+    model: str = "small"
+    """faster-whisper size name (tiny, base, small, medium, large-v3, ...) or a CTranslate2 model directory."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """auto uses CUDA when CTranslate2 sees a CUDA device and falls back to the CPU."""
+    compute_type: ComputeType = "auto"
+    """CTranslate2 compute type; auto picks float16 on CUDA and int8 on the CPU."""
+    cpu_threads: int = Field(0, ge=0, le=256)
+    """Threads per transcription on the CPU; 0 uses one per available core (CTranslate2's own default, 4, oversubscribes small machines)."""
+    language: str | None = None
+    """Language code such as en; null detects the language of each utterance."""
+    beam_size: int = Field(5, ge=1, le=20)
+    """Beam width for decoding; 1 is greedy and fastest."""
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    """Sampling temperatures tried in turn when decoding fails its quality checks."""
+    models_dir: Path = Path("models/whisper")
+    """Where size names are downloaded on first start (relative to the project directory)."""
+    sample_rate: int = Field(16000, ge=8000, le=48000)
+    """Sample rate of the PCM16 mono audio clients send; resampled to 16 kHz for Whisper."""
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Silero VAD speech probability above which a 32 ms window counts as speech."""
+    endpoint_silence_ms: int = Field(600, ge=100, le=10_000)
+    """Silence after speech that ends an utterance."""
+    min_speech_ms: int = Field(200, ge=0, le=5_000)
+    """An utterance with less detected speech than this is dropped instead of transcribed."""
+    speech_pad_ms: int = Field(300, ge=0, le=2_000)
+    """Audio kept before the detected start of speech, so first syllables are not clipped."""
+    max_utterance_seconds: float = Field(12.0, ge=1.0, le=30.0)
+    """An utterance is cut and transcribed when it reaches this length (Whisper's window is 30 s)."""
+    max_buffer_seconds: float = Field(120.0, ge=1.0, le=3_600.0)
+    """Audio a session may hold waiting for transcription; audio beyond it is dropped and the client told."""
+    max_frame_bytes: int = Field(1_048_576, ge=1_024, le=16_777_216)
+    """Largest binary WebSocket frame accepted."""
+    max_message_bytes: int = Field(4_096, ge=256, le=1_048_576)
+    """Largest text (JSON) WebSocket message accepted."""
+    max_concurrent: int = Field(2, ge=1, le=64)
+    """Transcriptions that run at once across all connections (the worker pool)."""
+    max_connections: int = Field(16, ge=1, le=10_000)
+    """WebSocket clients served at once; the next one is refused with close code 1013."""
+    partial_interval_ms: int = Field(700, ge=0, le=10_000)
+    """Least time between two partial transcripts of an utterance being spoken; 0 turns partials off."""
+    vad_workers: int = Field(2, ge=1, le=64)
+    """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if value not in _LANGUAGE_CODES:
+            raise ValueError(
+                f"unknown language {value!r}; use null to detect, or one of: " + ", ".join(sorted(_LANGUAGE_CODES))
+            )
+        return value
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures_in_range(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 <= t <= 1.0 for t in value):
+            raise ValueError("must be a non-empty list of numbers between 0.0 and 1.0")
+        return value
+
+    @model_validator(mode="after")
+    def _buffer_holds_an_utterance(self) -> SttSettings:
+        if self.max_buffer_seconds < self.max_utterance_seconds:
+            raise ValueError(
+                f"max_buffer_seconds ({self.max_buffer_seconds}) must be at least "
+                f"max_utterance_seconds ({self.max_utterance_seconds})"
+            )
+        return self

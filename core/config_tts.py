@@ -1,0 +1,126 @@
+"""The `tts` section of the configuration and its per-engine sections."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from core.config_base import Section
+
+VOICE_NAME_PATTERN = r"^[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*$"
+"""A plain voice name: letters, digits, `_`, `-`, `+` and inner dots; never a path."""
+
+
+class PiperSettings(Section):
+    voice: str = Field("en_US-lessac-medium", pattern=VOICE_NAME_PATTERN, max_length=100)
+    """Default Piper voice (`<lang>_<REGION>-<name>-<quality>`) when tts.voice is null."""
+    download: bool = True
+    """Download the default voice with Piper's downloader when it is missing."""
+    use_cuda: bool = False
+    """Run Piper voices on CUDA through onnxruntime-gpu."""
+    threads: int = Field(0, ge=0, le=256)
+    """onnxruntime threads per synthesis; 0 lets onnxruntime choose (one per core). With several workers
+    on few cores, cores / tts.max_concurrent avoids oversubscription."""
+    cache_size: int = Field(4, ge=1, le=64)
+    """Piper voices kept loaded in memory; the least recently used one is dropped first."""
+    speaker_id: int | None = Field(None, ge=0)
+    """Speaker of multi-speaker voices; null uses the voice's first speaker."""
+    noise_scale: float | None = Field(None, ge=0.0, le=2.0)
+    """Generator noise; null keeps the value in the voice's config."""
+    noise_w_scale: float | None = Field(None, ge=0.0, le=2.0)
+    """Phoneme width noise; null keeps the value in the voice's config."""
+
+
+class EspeakSettings(Section):
+    voice: str = Field("en-us", pattern=VOICE_NAME_PATTERN, max_length=100)
+    """espeak-ng voice (language code such as en-us, de, fr, optionally +variant like en-us+f3) used when
+    tts.voice is null or espeak is the fallback."""
+    rate_wpm: int = Field(175, ge=80, le=450)
+    """Speaking rate at speed 1.0, in words per minute."""
+    pitch: int = Field(50, ge=0, le=100)
+    """Base pitch, 0-100 (50 is the voice's normal pitch)."""
+
+
+class XttsSettings(Section):
+    model: str = "tts_models/multilingual/multi-dataset/xtts_v2"
+    """coqui-tts model name (downloaded by coqui-tts on first use) or a local model directory."""
+    speakers_dir: Path = Path("models/xtts/speakers")
+    """Folder of reference speaker WAVs; `NAME.wav` is the voice NAME (relative to the project directory)."""
+    speaker: str = Field("default", pattern=VOICE_NAME_PATTERN, max_length=100)
+    """Default speaker (a WAV name in speakers_dir without .wav) when tts.voice is null."""
+    language: str = Field("en", min_length=2, max_length=10)
+    """Language of the text (XTTS v2 codes: en, de, fr, es, it, pt, pl, tr, ru, nl, cs, ar, zh-cn, ja, hu, ko, hi)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """auto uses CUDA when torch sees a CUDA device and falls back to the CPU."""
+
+
+class GroqSettings(Section):
+    base_url: str = "https://api.groq.com/openai/v1"
+    """Groq's OpenAI-compatible API root; `/audio/speech` is appended."""
+    api_key: SecretStr | None = None
+    """Groq API key (GROQ_API_KEY is accepted too); never logged or reported."""
+    model: str = "canopylabs/orpheus-v1-english"
+    """Groq speech model."""
+    voice: str = Field("autumn", pattern=VOICE_NAME_PATTERN, max_length=100)
+    """Default Groq voice when tts.voice is null."""
+    voices: list[str] = Field(default_factory=lambda: ["autumn", "diana", "hannah", "austin", "daniel", "troy"])
+    """Voices offered by /voices and accepted in requests."""
+    timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    """Longest wait for one speech request to Groq."""
+    max_input_chars: int = Field(200, ge=1, le=100_000)
+    """Longest input Groq accepts in one request; longer text is sent sentence by sentence within it."""
+
+    @field_validator("voices")
+    @classmethod
+    def _plain_voice_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not re.match(VOICE_NAME_PATTERN, name)]
+        if not value or bad:
+            raise ValueError(
+                f"must be a non-empty list of plain voice names (letters, digits, _ - + .), got {bad or value}"
+            )
+        return value
+
+
+class TtsSettings(Section):
+    host: str = "127.0.0.1"
+    """Interface the TTS service listens on (0.0.0.0 for every interface)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """TCP port of the TTS service and the dashboard."""
+    engine: Literal["piper", "espeak", "xtts", "groq"] = "piper"
+    """Speech engine."""
+    fallback_engine: Literal["espeak", "none"] = "espeak"
+    """Engine used when the configured one cannot start."""
+    voice: str | None = Field(None, pattern=VOICE_NAME_PATTERN, max_length=100)
+    """Default voice of the configured engine; null takes the engine's own default (piper.voice, espeak.voice,
+    xtts.speaker, groq.voice)."""
+    voices_dir: Path = Path("models/piper")
+    """Folder of Piper voices (relative to the project directory)."""
+    reply_default: bool = True
+    """When a request does not say, speak the LLM's reply to the text rather than the text."""
+    max_text_length: int = Field(2_000, ge=1, le=100_000)
+    """Longest text accepted, in characters."""
+    min_speed: float = Field(0.5, gt=0.0, le=1.0)
+    """Slowest speaking speed a request may ask for (1.0 is the voice's normal speed)."""
+    max_speed: float = Field(2.0, ge=1.0, le=10.0)
+    """Fastest speaking speed a request may ask for."""
+    max_concurrent: int = Field(2, ge=1, le=64)
+    """Syntheses that run at once (the worker pool)."""
+    queue_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    """How long a request waits for a free worker before it gets 503."""
+    retry_after_s: int = Field(5, ge=1, le=3_600)
+    """Seconds sent in Retry-After when the service is busy or still loading."""
+    first_fragment_min_words: int = Field(4, ge=0, le=100)
+    """The first fragment of a reply may end at a comma, semicolon or colon once it holds this many words, so speech starts before the first sentence is complete; 0 turns this off."""
+    first_fragment_max_words: int = Field(12, ge=0, le=200)
+    """With no sentence end or comma before it, the first fragment of a reply ends at the first space after this many words; 0 never cuts it mid-sentence."""
+    ws_max_message_bytes: int = Field(65_536, ge=1_024, le=16_777_216)
+    """Largest text (JSON) message accepted on /ws/tts; a larger one gets the error request_too_large."""
+    ws_max_connections: int = Field(64, ge=1, le=10_000)
+    """/ws/tts clients served at once; the next one is refused with close code 1013."""
+    piper: PiperSettings = Field(default_factory=PiperSettings)
+    espeak: EspeakSettings = Field(default_factory=EspeakSettings)
+    xtts: XttsSettings = Field(default_factory=XttsSettings)
+    groq: GroqSettings = Field(default_factory=GroqSettings)
