@@ -149,3 +149,41 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
             return samples, rate
         offset = body_start + size + (size % 2)
     raise ValueError("WAV file has no data chunk")
+
+
+def decode_file(data: bytes, rate: int, max_seconds: float, setting: str) -> np.ndarray:
+    """Any container and codec FFmpeg (PyAV) reads -> mono float32 at `rate`. Raises BadAudio naming what
+    is wrong with the file, and RequestTooLarge past `max_seconds` (`setting` names that limit).
+    Blocking: run it in a worker thread."""
+    from core.errors import BadAudio, RequestTooLarge
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, ValueError) as exc:
+        raise BadAudio(f"the file cannot be read as audio ({_reason(exc)}); send wav, mp3, ogg/opus, webm, m4a or flac") from None
+    with container:
+        if not container.streams.audio:
+            raise BadAudio("the file holds no audio stream; send wav, mp3, ogg/opus, webm, m4a or flac")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        limit = int(max_seconds * rate)
+        parts: list[np.ndarray] = []
+        total = 0
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray()[0])
+                    total += out.samples
+                if total > limit:
+                    raise RequestTooLarge(
+                        f"the audio is longer than the limit of {max_seconds:g} s ({setting}); send a shorter file"
+                    )
+            parts.extend(out.to_ndarray()[0] for out in resampler.resample(None))
+        except av.FFmpegError as exc:
+            raise BadAudio(f"the audio cannot be decoded ({_reason(exc)}); the file may be damaged or cut short") from None
+    if not parts:
+        raise BadAudio("the file's audio stream holds no samples")
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "strerror", None) or exc).strip().rstrip(".")

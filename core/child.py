@@ -20,6 +20,7 @@ import httpx
 
 from core.child_output import OutputRelay
 from core.config import PROJECT_ROOT, SupervisorSettings
+from core.http import local_url
 from core.logging import get_logger
 
 log = get_logger("supervisor")
@@ -61,10 +62,7 @@ class ServiceSpec:
     @property
     def url(self) -> str:
         """Where this machine reaches the service (a wildcard listen address is reached on loopback)."""
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return local_url(self.host, self.port)
 
 
 def port_problem(spec: ServiceSpec) -> tuple[str, str] | None:

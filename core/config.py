@@ -20,7 +20,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from core.config_base import LlmSettings, LoggingSettings, Section, SupervisorSettings
 from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
+    OPENAI_VOICES,
     VOICE_NAME_PATTERN,
+    OpenAiSpeechSettings,
     EspeakSettings,
     GroqSettings,
     PiperSettings,
@@ -33,7 +35,9 @@ DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
 
 
 __all__ = [
+    "OPENAI_VOICES",
     "PROJECT_ROOT",
+    "OpenAiSpeechSettings",
     "VOICE_NAME_PATTERN",
     "ComputeType",
     "ConfigError",

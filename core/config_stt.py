@@ -70,6 +70,13 @@ class SttSettings(Section):
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
 
+    max_upload_bytes: int = Field(26_214_400, ge=1_024, le=2_147_483_648)
+    """Largest audio file accepted by /v1/audio/transcriptions and /translations (25 MiB, as OpenAI's API)."""
+    max_upload_seconds: float = Field(3_600.0, ge=1.0, le=86_400.0)
+    """Longest audio accepted by /v1/audio/transcriptions and /translations, in seconds."""
+    max_uploads: int = Field(2, ge=1, le=64)
+    """Files transcribed at once (each holds its decoded audio in memory); another upload gets 429 with Retry-After."""
+
     @field_validator("language")
     @classmethod
     def _known_language(cls, value: str | None) -> str | None:

@@ -84,6 +84,33 @@ class GroqSettings(Section):
         return value
 
 
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+"""The voice names of OpenAI's speech API; a request naming one speaks with the voice tts.openai.voices maps it to."""
+
+
+class OpenAiSpeechSettings(Section):
+    hd_model_engine: Literal["piper", "espeak", "xtts", "groq"] | None = None
+    """Engine that the model name tts-1-hd selects on /v1/audio/speech; null: the default engine (tts-1 and
+    gpt-4o-mini-tts always mean the default engine; an engine's own name selects that engine)."""
+    voices: dict[str, str] = Field(default_factory=dict)
+    """OpenAI voice names (alloy, nova, ...) mapped to voices of the engine; a name left out speaks with the
+    engine's default voice, so every OpenAI client works unchanged."""
+    forward_timeout_s: float = Field(600.0, gt=0.0, le=7_200.0)
+    """Longest wait for the STT service when /v1/audio/transcriptions and /translations are forwarded to it."""
+
+    @field_validator("voices")
+    @classmethod
+    def _plain_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [f"{key}: {name}" for key, name in value.items() if not re.match(VOICE_NAME_PATTERN, name)]
+        unknown = [key for key in value if key not in OPENAI_VOICES]
+        if bad or unknown:
+            raise ValueError(
+                f"maps OpenAI voice names ({', '.join(OPENAI_VOICES)}) to plain voice names; "
+                f"unknown names: {unknown or 'none'}, bad voice names: {bad or 'none'}"
+            )
+        return value
+
+
 class TtsSettings(Section):
     host: str = "127.0.0.1"
     """Interface the TTS service listens on (0.0.0.0 for every interface)."""
@@ -124,3 +151,4 @@ class TtsSettings(Section):
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
     xtts: XttsSettings = Field(default_factory=XttsSettings)
     groq: GroqSettings = Field(default_factory=GroqSettings)
+    openai: OpenAiSpeechSettings = Field(default_factory=OpenAiSpeechSettings)

@@ -16,10 +16,12 @@ class ServiceError(Exception):
 
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.param = param
+        """The request field the error is about, when it is about one."""
 
 
 class InternalError(ServiceError):
@@ -30,6 +32,14 @@ class InternalError(ServiceError):
 
 
 # -- the request itself ---------------------------------------------------------------------------
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    code = "method_not_allowed"
 
 
 class InvalidJson(ServiceError):
@@ -88,9 +98,13 @@ class VoiceNotFound(ServiceError):
 
 
 class BadAudio(ServiceError):
-    """An audio frame that cannot be PCM16 (odd byte count); the frame is dropped."""
+    """Audio that cannot be used: a PCM16 frame with an odd byte count, a file no decoder reads."""
 
     code = "bad_audio"
+
+
+class UnknownModel(ServiceError):
+    code = "model_not_found"
 
 
 # -- capacity --------------------------------------------------------------------------------------

@@ -21,13 +21,22 @@ import anyio
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from core import __version__
-from core.errors import InvalidJson, InvalidRequest, RequestTooLarge, ServiceError, describe_validation_errors
+from core.errors import (
+    InternalError,
+    InvalidJson,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    ServiceError,
+    describe_validation_errors,
+)
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -37,6 +46,9 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 HTTP_STATUS: dict[str, int] = {
     "internal_error": 500,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "model_not_found": 404,
     "invalid_json": 422,
     "invalid_request": 422,
     "bad_message": 422,
@@ -68,38 +80,63 @@ HTTP_STATUS: dict[str, int] = {
 }
 """Every code of core.errors and the HTTP status it is answered with (a test checks it covers them all)."""
 
-_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+ErrorEncoder = Callable[[ServiceError, dict[str, str]], Response]
+"""Turns an error (and headers Starlette wants sent, such as Allow) into a protocol's own response."""
+
+
+def local_url(host: str, port: int) -> str:
+    """Where this machine reaches a service listening on host:port (a wildcard address on loopback)."""
+    reach = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{reach}]' if ':' in reach else reach}:{port}"
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+def error_response(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The native error response: `{"error": {"code", "message"}}` with the status of HTTP_STATUS."""
+    headers = dict(headers or {})
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
     return JSONResponse(error_body(error.code, error.message), HTTP_STATUS.get(error.code, 500), headers=headers)
 
 
+def add_error_shape(app: FastAPI, prefix: str, encoder: ErrorEncoder) -> None:
+    """Errors of requests under `prefix` (e.g. "/v1/") leave in another protocol's shape."""
+    app.state.error_shapes = [*getattr(app.state, "error_shapes", []), (prefix, encoder)]
+
+
+def _encoder(request: Request) -> ErrorEncoder:
+    for prefix, encoder in getattr(request.app.state, "error_shapes", []):
+        if request.url.path.startswith(prefix):
+            return encoder  # type: ignore[no-any-return]
+    return error_response
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as `{"error": {"code", "message"}}` with the status of HTTP_STATUS."""
+    """Every failure leaves as a ServiceError, in the shape of the protocol the request used."""
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return _encoder(request)(exc, {})
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", describe_validation_errors(exc.errors())), 422)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _encoder(request)(InvalidRequest(describe_validation_errors(exc.errors())), {})
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STARLETTE_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kinds: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}
+        error = kinds.get(exc.status_code, ServiceError)(str(exc.detail))
+        if exc.status_code not in kinds:
+            return JSONResponse(error_body("http_error", str(exc.detail)), exc.status_code, headers=exc.headers)
+        return _encoder(request)(error, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled_error")
-        return JSONResponse(error_body("internal_error", "internal server error; see the service log"), 500)
+        return _encoder(request)(InternalError(), {})
 
 
 def service_app(*, title: str, description: str, lifespan: Lifespan[FastAPI]) -> FastAPI:

@@ -11,9 +11,10 @@ import site
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -47,11 +48,41 @@ class Word:
 @dataclass(frozen=True)
 class Segment:
     start: float
-    """Seconds from the start of the utterance."""
+    """Seconds from the start of the utterance (or of the file)."""
     end: float
     text: str
     words: tuple[Word, ...] | None = None
     """Only when word timestamps were asked for."""
+    id: int = 0
+    seek: int = 0
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """How to transcribe a whole file (the fields of OpenAI's transcription request)."""
+
+    language: str | None = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: str | None = None
+    """Whisper's initial prompt: spelling of names, style."""
+    temperature: float | None = None
+    """None: stt.temperatures, tried in turn."""
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    language: str
+    language_probability: float
+    duration: float
+    """Seconds of audio in the file."""
+    speech_duration: float
+    """Seconds left after voice activity detection skipped the silence."""
 
 
 @dataclass(frozen=True)
@@ -272,12 +303,7 @@ class WhisperEngine:
         )
         segments: list[Segment] = []
         for segment in segments_iter:
-            words = (
-                tuple(Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)) for w in segment.words)
-                if word_timestamps and segment.words
-                else None
-            )
-            segments.append(Segment(round(segment.start, 3), round(segment.end, 3), segment.text.strip(), words))
+            segments.append(_segment(segment, word_timestamps))
             if should_stop():
                 break
         return Transcript(
@@ -288,6 +314,28 @@ class WhisperEngine:
             transcribe_seconds=time.perf_counter() - started,
             segments=segments,
         )
+
+    def transcribe_file(self, audio: np.ndarray, request: FileRequest) -> tuple[Iterator[Segment], FileInfo]:
+        """A whole file (16 kHz mono float32): voice activity detection skips its silence, and segments
+        are decoded lazily, window by window, as the returned iterator is advanced."""
+        settings = self._settings
+        segments, info = self._model.transcribe(  # type: ignore[attr-defined]
+            audio,
+            language=request.language,
+            task=request.task,
+            initial_prompt=request.prompt or None,
+            beam_size=settings.beam_size,
+            temperature=settings.temperatures if request.temperature is None else request.temperature,
+            vad_filter=True,
+            word_timestamps=request.word_timestamps,
+        )
+        file_info = FileInfo(
+            info.language,
+            round(float(info.language_probability), 4),
+            round(float(info.duration), 3),
+            round(float(info.duration_after_vad), 3),
+        )
+        return (_segment(segment, request.word_timestamps) for segment in segments), file_info
 
     def transcribe_partial(self, audio: np.ndarray, language: str | None) -> str:
         """A quick hypothesis of an utterance still being spoken: greedy, no timestamps, no fallback."""
@@ -301,3 +349,26 @@ class WhisperEngine:
             without_timestamps=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+def _segment(segment: object, word_timestamps: bool) -> Segment:
+    """faster-whisper's segment as ours (rounded, text stripped)."""
+    raw_words = getattr(segment, "words", None)
+    words = (
+        tuple(Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)) for w in raw_words)
+        if word_timestamps and raw_words
+        else None
+    )
+    return Segment(
+        start=round(segment.start, 3),  # type: ignore[attr-defined]
+        end=round(segment.end, 3),  # type: ignore[attr-defined]
+        text=segment.text.strip(),  # type: ignore[attr-defined]
+        words=words,
+        id=segment.id,  # type: ignore[attr-defined]
+        seek=segment.seek,  # type: ignore[attr-defined]
+        tokens=tuple(segment.tokens),  # type: ignore[attr-defined]
+        temperature=float(segment.temperature or 0.0),  # type: ignore[attr-defined]
+        avg_logprob=round(float(segment.avg_logprob), 4),  # type: ignore[attr-defined]
+        compression_ratio=round(float(segment.compression_ratio), 4),  # type: ignore[attr-defined]
+        no_speech_prob=round(float(segment.no_speech_prob), 4),  # type: ignore[attr-defined]
+    )

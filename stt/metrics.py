@@ -55,6 +55,12 @@ class SttMetrics:
         )
         self.workers_busy = Gauge("stt_workers_busy", "Transcriptions running now (finals and partials).", registry=r)
         self.model_loaded = Gauge("stt_model_loaded", "1 once the Whisper model is loaded.", registry=r)
+        self.files = Counter(
+            "stt_files_total", "Uploaded files transcribed, by outcome (ok or the error code).", ["outcome"], registry=r
+        )
+        self.file_audio = Histogram(
+            "stt_file_audio_seconds", "Length of uploaded files.", buckets=(*AUDIO_SECONDS_BUCKETS, 300.0, 1800.0), registry=r
+        )
 
     def observe_utterance(self, result: Transcript, reason: str, queue_wait_s: float) -> None:
         """One final transcription."""

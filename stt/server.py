@@ -1,6 +1,7 @@
 """The STT service's app: one SttService (the protocol-free core), and each protocol mounted over it.
 
 - native WebSocket: stt/ws.py (WS /ws/stt)
+- OpenAI's transcription API: stt/openai_api.py (/v1/audio/transcriptions, /translations, /v1/models)
 - GET /health and GET /metrics (below)
 """
 
@@ -13,12 +14,13 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from core.config import Settings, get_settings
-from core.http import service_app
+from core.http import add_error_shape, service_app
 from core.logging import configure_logging
+from core.openai_wire import openai_error_response
 from core.serve import lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
-from stt import ws
+from stt import openai_api, ws
 from stt.service import SttService
 
 
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     app.include_router(ws.build_router(service, sockets))
+    app.include_router(openai_api.router)
+    add_error_shape(app, "/v1/", openai_error_response)
     return app
 
 

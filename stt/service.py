@@ -1,7 +1,7 @@
 """The STT service core: the one protocol-free API every speech-to-text protocol calls.
 
 - `open_session()`: a live session (stt/session.py): feed audio, end, reset, configure; typed events out;
-- `transcribe(audio)`: a whole 16 kHz array (file uploads), in the same worker pool;
+- `transcribe_file(data, request)`: a whole uploaded file, in the same worker pool (stt/files.py);
 - `health()`, and the one model and the shared worker pools behind them.
 
 One instance per process, shared by every client of every protocol. It knows no HTTP or WebSocket.
@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import numpy as np
 from faster_whisper.vad import get_vad_model
 
 from core import __version__
 from core.config import Settings
 from core.logging import get_logger
-from stt.engine import Transcript
+from stt.engine import FileRequest
+from stt.files import FileTranscriber, FileTranscription
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
+from stt.pools import TranscriptionPool
 from stt.session import Pools, SttSession
 
 log = get_logger(__name__)
@@ -34,8 +35,9 @@ class SttService:
         self.settings = settings
         stt = settings.stt
         self.model = ModelHolder(settings)
-        self.pools = Pools(anyio.CapacityLimiter(stt.max_concurrent), anyio.CapacityLimiter(stt.vad_workers))
+        self.pools = Pools(TranscriptionPool(stt.max_concurrent), anyio.CapacityLimiter(stt.vad_workers))
         self.metrics = SttMetrics(connections)
+        self.files = FileTranscriber(stt, self.pools.transcribe, self.metrics)
         self._connections = connections
 
     @property
@@ -65,11 +67,14 @@ class SttService:
         """A new live session; use it as `async with service.open_session() as session`."""
         return SttSession(self.settings.stt, self.model, self.pools, self.metrics)
 
-    async def transcribe(self, audio: np.ndarray, language: str | None = None, word_timestamps: bool = False) -> Transcript:
-        """A whole 16 kHz mono float32 array, in the shared worker pool (raises ModelUnavailable)."""
+    @asynccontextmanager
+    async def transcribe_file(self, data: bytes, request: FileRequest) -> AsyncIterator[FileTranscription]:
+        """`async with service.transcribe_file(data, request) as transcription`: a whole file in any format
+        (stt/files.py); its segments are decoded as `transcription.segments()` is iterated. Raises
+        ModelUnavailable, BadAudio, RequestTooLarge or TooManyPending."""
         engine = await self.model.wait()
-        async with self.pools.transcribe:
-            return await anyio.to_thread.run_sync(engine.transcribe, audio, language, lambda: False, word_timestamps)
+        async with self.files.open(engine, data, request) as transcription:
+            yield transcription
 
     def health(self) -> dict[str, Any]:
         stt = self.settings.stt

@@ -29,6 +29,7 @@ from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, Sessio
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer
+from stt.pools import TranscriptionPool
 from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
 
 log = get_logger(__name__)
@@ -41,7 +42,7 @@ EVENT_BUFFER = 64
 class Pools:
     """The service's shared worker pools."""
 
-    transcribe: CapacityLimiter
+    transcribe: TranscriptionPool
     vad: CapacityLimiter
 
 
@@ -247,7 +248,7 @@ class SttSession:
         assert isinstance(utterance, Utterance)
         queued_at = time.perf_counter()
         engine = await self._model.wait()
-        async with self._pools.transcribe:
+        async with self._pools.transcribe.final():
             if not self._current(job):
                 return  # reset or closed while it waited: the worker goes to someone who needs it
             self._holding = None
@@ -302,16 +303,10 @@ class SttSession:
         if engine is None:
             return
         self._last_partial_at = now
-        limiter = self._pools.transcribe
         # Partials never queue and never take the last free worker: that one is kept for finals.
         # With stt.max_concurrent 1 there are therefore no partials.
         token = object()
-        if limiter.borrowed_tokens + 1 >= limiter.total_tokens:
-            self._metrics.partials.labels("skipped").inc()
-            return
-        try:
-            limiter.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
+        if not self._pools.transcribe.try_partial(token):
             self._metrics.partials.labels("skipped").inc()
             return
         self._partial_running = True
@@ -326,7 +321,7 @@ class SttSession:
             log.warning("partial_failed", exc_info=True)  # a partial is a preview: skip it, the final will come
             return
         finally:
-            self._pools.transcribe.release_on_behalf_of(token)
+            self._pools.transcribe.release_partial(token)
             self._partial_running = False
         if utterance_seq != self._utterance_seq or self._stopping.is_set():
             return

@@ -22,24 +22,11 @@ from fastapi.responses import JSONResponse
 from core import __version__
 from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
-from core.http import error_response
+from core.http import error_response, local_url
 
 STT_WS_PATH = "/ws/stt"
 STT_HEALTH_TIMEOUT_S = 1.5
 _ANY_INTERFACE = {"0.0.0.0", "::", "", "127.0.0.1", "localhost", "::1"}
-
-
-def _local_host(host: str) -> str:
-    """Where this process reaches a service that listens on `host` (0.0.0.0 means every interface)."""
-    if host in {"0.0.0.0", ""}:
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _without_credentials(url: str) -> str:
@@ -57,7 +44,7 @@ def _without_credentials(url: str) -> str:
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["dashboard"])
     stt = settings.stt
-    stt_base = f"http://{_url_host(_local_host(stt.host))}:{stt.port}"
+    stt_base = local_url(stt.host, stt.port)
 
     @router.get("/config", name="dashboard_config", summary="Effective configuration (secrets redacted) and where the STT service listens")
     async def config() -> dict[str, Any]:

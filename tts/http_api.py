@@ -29,6 +29,7 @@ from core.errors import ServiceError, ShuttingDown
 from core.http import abort_response, error_body, on_disconnect, read_json_body, validated
 from core.logging import get_logger
 from tts.runner import EMPTY_RATE
+from tts.http_turns import abandoned, first_event, tts_service
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent, TurnRequest, TurnTimings
 
@@ -38,8 +39,6 @@ REPLY_HEADER = "X-Reply-Text"
 REPLY_TRUNCATED_HEADER = "X-Reply-Text-Truncated"
 REPLY_HEADER_MAX_BYTES = 4096
 """Proxies and HTTP clients commonly refuse response heads over 8-16 KB; a long reply is cut."""
-CLIENT_CLOSED_REQUEST = 499
-"""The de-facto status of a request whose client went away; nobody reads it."""
 BODY_EXAMPLE = '{"text": "Hello", "reply": false}'
 
 
@@ -106,30 +105,6 @@ async def _checked(service: TtsService, request: Request) -> TurnRequest:
     return await service.check_request(parsed.text, parsed.voice, parsed.speed, parsed.reply)
 
 
-async def _first(turn: Turn, request: Request, wanted: tuple[type, ...]) -> TurnEvent | None:
-    """The turn's first event of a type in `wanted` (None when it ended without one), watching for the client
-    going away meanwhile. A failure before it, or the client leaving, closes the turn and is raised."""
-    try:
-        async with on_disconnect(request, turn.cancel):
-            async for event in turn:
-                if isinstance(event, wanted):
-                    return event
-        return None
-    except BaseException:
-        await turn.aclose()
-        raise
-
-
-def _abandoned() -> Response:
-    log.info("request_abandoned", reason="client disconnected")
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-
-def tts_service(request: Request) -> TtsService:
-    """The app's one TtsService (a FastAPI dependency)."""
-    return request.app.state.service  # type: ignore[no-any-return]
-
-
 Service = Annotated[TtsService, Depends(tts_service)]
 router = APIRouter()
 
@@ -147,7 +122,7 @@ async def tts(request: Request, service: Service) -> Response:
         async with on_disconnect(request, turn.cancel):
             speech = await service.speak(turn)
     except Cancelled:
-        return _abandoned()
+        return abandoned()
     finally:
         await turn.aclose()
     return Response(
@@ -185,9 +160,9 @@ async def tts_stream(request: Request, service: Service) -> Response:
     turn = service.start_turn(await _checked(service, request), "stream", started)
     raw = "audio/pcm" in request.headers.get("accept", "").lower()
     try:
-        first = await _first(turn, request, (AudioPiece,))
+        first = await first_event(turn, request, (AudioPiece,))
     except Cancelled:
-        return _abandoned()
+        return abandoned()
     assert first is None or isinstance(first, AudioPiece)
     rate = first.sample_rate if first else (turn.sample_rate or EMPTY_RATE)
     headers = {
@@ -234,9 +209,9 @@ async def tts_sse_post(request: Request, service: Service) -> Response:
 async def _event_stream(service: TtsService, request: Request, checked: TurnRequest, started: float) -> Response:
     turn = service.start_turn(checked, "sse", started)
     try:
-        first = await _first(turn, request, (ReplyText, AudioPiece))
+        first = await first_event(turn, request, (ReplyText, AudioPiece))
     except Cancelled:
-        return _abandoned()
+        return abandoned()
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(
         _sse_body(turn, first), media_type="text/event-stream", headers=headers, background=BackgroundTask(turn.aclose)

@@ -2,6 +2,8 @@
 
 - native HTTP and SSE: tts/http_api.py (POST /tts, /tts/stream, /tts/sse, /voices, /health, /metrics)
 - native WebSocket: tts/ws.py (WS /ws/tts)
+- OpenAI's audio API: tts/openai_api.py (/v1/audio/speech, /v1/models, ...), with transcriptions
+  forwarded to the STT service (tts/forward.py)
 - the dashboard: tts/dashboard.py (/api/...) and the static page at /
 """
 
@@ -15,13 +17,15 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from core.config import PROJECT_ROOT, Settings, get_settings
-from core.http import service_app
+from core.http import add_error_shape, service_app
 from core.llm import OllamaClient
 from core.logging import configure_logging
+from core.openai_wire import openai_error_response
 from core.serve import lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
-from tts import dashboard, http_api, ws
+from tts import dashboard, forward, http_api, openai_api, ws
+from tts.forward import Forwarder
 from tts.engines import create_engine
 from tts.engines.host import EngineFactory
 from tts.service import TtsService
@@ -50,10 +54,15 @@ def create_app(
         websocket_clients=lambda: sockets.count,
     )
 
+    forwarder = Forwarder(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with service.running():
-            yield
+        try:
+            async with service.running():
+                yield
+        finally:
+            await forwarder.aclose()
 
     app = service_app(
         title="Voice assistant: text to speech",
@@ -65,6 +74,9 @@ def create_app(
     app.state.drain = sockets.drain  # awaited by core.serve on SIGTERM, before uvicorn closes sockets
     app.include_router(http_api.router)
     app.include_router(ws.build_router(service, sockets))
+    app.include_router(openai_api.router)
+    app.include_router(forward.build_router(forwarder))
+    add_error_shape(app, "/v1/", openai_error_response)
     app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first
     if FRONTEND_DIR.is_dir():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")

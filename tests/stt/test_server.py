@@ -302,10 +302,10 @@ def test_a_client_that_leaves_mid_utterance_leaves_nothing_behind(server: Runnin
         send_json(ws, {"type": "end"})  # an utterance is being transcribed as the client leaves
     deadline = time.monotonic() + 10
     sockets = server.app.state.sockets
-    while time.monotonic() < deadline and (sockets.count or service.pools.transcribe.borrowed_tokens):
+    while time.monotonic() < deadline and (sockets.count or service.pools.transcribe.busy):
         time.sleep(0.02)
     assert sockets.count == 0
-    assert service.pools.transcribe.borrowed_tokens == 0
+    assert service.pools.transcribe.busy == 0
     assert service.pools.vad.borrowed_tokens == 0
     assert httpx.get(f"{server.http_url}/health").json()["connections"] == 0
 
@@ -332,7 +332,7 @@ def test_health_answers_at_once_while_every_worker_is_busy(make_settings) -> Non
         # was busy both when it was asked and when it answered, so it answered during the work. How fast
         # it answers is a figure for bench/, not a wall-clock bound here.
         answered_while_busy = 0
-        busy = lambda: service.pools.transcribe.borrowed_tokens == 1  # noqa: E731
+        busy = lambda: service.pools.transcribe.busy == 1  # noqa: E731
         deadline = time.monotonic() + 30
         while answered_while_busy < 5 and time.monotonic() < deadline:
             if not busy():
@@ -409,7 +409,7 @@ def test_partials_are_skipped_when_workers_are_busy_but_finals_arrive(make_setti
             stream(busy, speech)
             send_json(busy, {"type": "end"})
         deadline = time.monotonic() + 30
-        while service.pools.transcribe.borrowed_tokens == 0 and time.monotonic() < deadline:
+        while service.pools.transcribe.busy == 0 and time.monotonic() < deadline:
             time.sleep(0.002)
         pcm = to_pcm16(make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=1.0))
         for offset in range(0, len(pcm), 1600):

@@ -1,0 +1,192 @@
+"""OpenAI's transcription API on the STT service: POST /v1/audio/transcriptions and /v1/audio/translations
+(multipart: file, model, language, prompt, response_format, temperature, timestamp_granularities[],
+stream) and GET /v1/models. An adapter over SttService.transcribe_file; errors in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from core.errors import InvalidRequest, RequestTooLarge, ServiceError, UnsupportedMediaType
+from core.http import validated
+from core.logging import get_logger
+from core.openai_wire import model_list, sse
+from stt import transcript_formats
+from stt.engine import FileRequest
+from stt.files import FileTranscription
+from stt.service import SttService
+
+log = get_logger(__name__)
+
+MODEL_NAME = "whisper-1"
+"""What OpenAI clients send; it, and any other name, means the configured model."""
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class TranscriptionForm(BaseModel):
+    """The form fields besides `file`, as OpenAI defines them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="whisper-1, or any name: the configured model transcribes.")
+    language: str | None = None
+    prompt: str | None = Field(None, max_length=4_000)
+    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(default_factory=list)
+    stream: bool = False
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if value not in _LANGUAGE_CODES:
+            raise ValueError(f"unknown language {value!r}; use an ISO-639-1 code such as en, de, fr")
+        return value
+
+
+def stt_service(request: Request) -> SttService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+Service = Annotated[SttService, Depends(stt_service)]
+router = APIRouter(prefix="/v1", tags=["openai"])
+_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, **TranscriptionForm.model_json_schema()["properties"]},
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_form(request: Request, limit: int) -> tuple[bytes, TranscriptionForm]:
+    """The uploaded file and the other fields, the body bounded by `limit` bytes while it is read."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send multipart/form-data with the audio in the field 'file' (as OpenAI's API takes it)")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    size = 0
+
+    async def bounded() -> Message:
+        nonlocal size
+        message = await request.receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise _too_large(limit)
+        return message
+
+    form = await Request(request.scope, bounded).form(max_files=1, max_fields=16)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("'file' is required: the audio to transcribe, as a file part of the form", param="file")
+    fields: dict[str, Any] = {key: value for key, value in form.items() if key not in ("file", "timestamp_granularities[]")}
+    if "timestamp_granularities[]" in form:
+        fields["timestamp_granularities"] = form.getlist("timestamp_granularities[]")
+    return await upload.read(), validated(TranscriptionForm, fields)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"the upload is over the {limit - FORM_OVERHEAD_BYTES}-byte limit (stt.max_upload_bytes)", param="file"
+    )
+
+
+def _check(form: TranscriptionForm) -> None:
+    if form.timestamp_granularities and form.response_format != "verbose_json":
+        raise InvalidRequest(
+            "timestamp_granularities[] needs response_format verbose_json", param="timestamp_granularities"
+        )
+    if form.stream and form.response_format not in ("json", "text"):
+        raise InvalidRequest("stream=true sends text deltas: use response_format json or text", param="stream")
+
+
+async def _transcribe(request: Request, service: SttService, task: Literal["transcribe", "translate"]) -> Response:
+    data, form = await _read_form(request, service.settings.stt.max_upload_bytes + FORM_OVERHEAD_BYTES)
+    _check(form)
+    file_request = FileRequest(
+        language=form.language,
+        task=task,
+        prompt=form.prompt,
+        temperature=form.temperature,
+        word_timestamps="word" in form.timestamp_granularities,
+    )
+    if form.stream:
+        # Opened before the response starts: a file that cannot be decoded still gets its 400.
+        stack = AsyncExitStack()
+        transcription = await stack.enter_async_context(service.transcribe_file(data, file_request))
+        return StreamingResponse(
+            _stream(transcription, stack),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(stack.aclose),
+        )
+    async with service.transcribe_file(data, file_request) as transcription:
+        async for _ in transcription.segments():
+            pass
+    return _respond(form, task, transcription)
+
+
+def _respond(form: TranscriptionForm, task: str, transcription: FileTranscription) -> Response:
+    segments = transcription.done
+    if form.response_format == "text":
+        return PlainTextResponse(transcript_formats.text(segments))
+    if form.response_format == "srt":
+        return PlainTextResponse(transcript_formats.srt(segments), media_type="application/x-subrip")
+    if form.response_format == "vtt":
+        return PlainTextResponse(transcript_formats.vtt(segments), media_type="text/vtt")
+    if form.response_format == "verbose_json":
+        words = "word" in form.timestamp_granularities
+        return JSONResponse(transcript_formats.verbose_json(task, transcription.info, segments, words))
+    return JSONResponse({"text": transcription.text})
+
+
+async def _stream(transcription: FileTranscription, stack: AsyncExitStack) -> AsyncIterator[bytes]:
+    """`transcript.text.delta` per decoded segment, then `transcript.text.done`; a failure on the way is an
+    `error` event (the response has begun by then), and no `done` follows."""
+    try:
+        async for segment in transcription.segments():
+            if segment.text:
+                joiner = " " if len(transcription.done) > 1 else ""
+                yield sse({"type": "transcript.text.delta", "delta": joiner + segment.text})
+    except ServiceError as exc:
+        log.warning("stream_aborted", code=exc.code, reason=exc.message)
+        yield sse({"type": "error", "error": {"message": exc.message, "type": "server_error", "code": exc.code}})
+        return
+    finally:
+        await stack.aclose()
+    yield sse({"type": "transcript.text.done", "text": transcription.text})
+
+
+@router.post("/audio/transcriptions", openapi_extra=_FORM, response_class=Response)
+async def transcriptions(request: Request, service: Service) -> Response:
+    return await _transcribe(request, service, "transcribe")
+
+
+@router.post("/audio/translations", openapi_extra=_FORM, response_class=Response)
+async def translations(request: Request, service: Service) -> Response:
+    return await _transcribe(request, service, "translate")
+
+
+@router.get("/models")
+async def models(service: Service) -> dict[str, Any]:
+    return model_list([MODEL_NAME, service.model_name])

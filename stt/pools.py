@@ -1,0 +1,87 @@
+"""The STT service's shared worker pools, and who goes first in the transcription pool.
+
+Three kinds of work share stt.max_concurrent transcription workers:
+- a live session's final transcript: waits its turn (first come, first served among finals);
+- a partial transcript: only when a worker is free and never the last one (it never queues);
+- a file upload (/v1/audio/transcriptions): one window of the file at a time, each window taking a
+  worker only when no final is waiting. A final therefore waits for at most one window of an upload,
+  however long the file: live users are never starved by a file, and the file still uses every worker
+  left idle by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+
+class TranscriptionPool:
+    def __init__(self, size: int) -> None:
+        self._limiter = anyio.CapacityLimiter(size)
+        self._finals_waiting = 0
+        self._changed = anyio.Event()
+
+    @property
+    def size(self) -> int:
+        return int(self._limiter.total_tokens)
+
+    @property
+    def busy(self) -> int:
+        return int(self._limiter.borrowed_tokens)
+
+    @property
+    def finals_waiting(self) -> int:
+        return self._finals_waiting
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @asynccontextmanager
+    async def final(self) -> AsyncIterator[None]:
+        """A worker for a live final: in arrival order, ahead of every upload window."""
+        self._finals_waiting += 1
+        try:
+            await self._limiter.acquire()
+        finally:
+            self._finals_waiting -= 1
+        try:
+            yield
+        finally:
+            self._limiter.release()
+            self._notify()
+
+    def try_partial(self, token: object) -> bool:
+        """A worker for a partial, at once or not at all; never the last free one (kept for finals)."""
+        if self._limiter.borrowed_tokens + 1 >= self._limiter.total_tokens:
+            return False
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            return False
+        return True
+
+    def release_partial(self, token: object) -> None:
+        self._limiter.release_on_behalf_of(token)
+        self._notify()
+
+    @asynccontextmanager
+    async def window(self) -> AsyncIterator[None]:
+        """A worker for one window of an upload, once no live final waits for one."""
+        token = object()
+        while True:
+            changed = self._changed
+            if self._finals_waiting == 0 and self._limiter.available_tokens >= 1:
+                try:
+                    self._limiter.acquire_on_behalf_of_nowait(token)
+                    break
+                except anyio.WouldBlock:
+                    pass
+            await changed.wait()
+        try:
+            yield
+        finally:
+            self._limiter.release_on_behalf_of(token)
+            self._notify()

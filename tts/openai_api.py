@@ -1,0 +1,199 @@
+"""OpenAI's audio API on the TTS service: POST /v1/audio/speech and the discovery routes clients call
+(GET /v1/models, /v1/audio/models, /v1/audio/voices). An adapter over TtsService: it speaks `input`
+itself (no LLM reply) through the same turn as every other protocol, and encodes the audio with PyAV
+as it is synthesized (core.encode), so the first sentence leaves before the last one is spoken.
+
+Errors on /v1/* use OpenAI's shape (core.openai_wire). Transcriptions are forwarded (tts/forward.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from starlette.background import BackgroundTask
+
+from core.config import OPENAI_VOICES
+from core.encode import FORMATS, StreamEncoder
+from core.errors import ServiceError, ShuttingDown, UnknownModel
+from core.http import abort_response, read_json_body, validated
+from core.logging import get_logger
+from core.openai_wire import model_list, sse
+from tts.http_turns import abandoned, first_event, tts_service
+from tts.service import TtsService
+from tts.turn import AudioPiece, Cancelled, Turn
+
+log = get_logger(__name__)
+
+OUTPUT_RATE = 24_000
+"""OpenAI's speech API speaks at 24 kHz, and clients of `pcm` assume it: every format is resampled to it."""
+DEFAULT_MODELS = ("tts-1", "gpt-4o-mini-tts")
+"""Model names that mean the default engine."""
+HD_MODEL = "tts-1-hd"
+TRANSCRIPTION_MODEL = "whisper-1"
+"""Listed here too: this base URL also answers transcriptions (forwarded to the STT service)."""
+BODY_EXAMPLE = '{"model": "tts-1", "input": "Hello", "voice": "alloy"}'
+
+
+class VoiceId(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr
+
+
+class SpeechRequest(BaseModel):
+    """Body of POST /v1/audio/speech, as OpenAI defines it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr = Field(description="tts-1 or gpt-4o-mini-tts (the default engine), tts-1-hd, or an engine name.")
+    input: StrictStr = Field(description="The text to speak (spoken as it is; no LLM reply).")
+    voice: StrictStr | VoiceId = Field(description="An OpenAI voice name (mapped by tts.openai.voices) or one of ours.")
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Also within tts.min_speed..tts.max_speed.")
+    instructions: StrictStr | None = Field(None, description="Accepted; no engine here can follow it yet.")
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}}}}
+Service = Annotated[TtsService, Depends(tts_service)]
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def speech_models(service: TtsService) -> list[str]:
+    engine = service.engines.engine
+    return [*DEFAULT_MODELS, HD_MODEL, *([engine.name] if engine else [])]
+
+
+def _check_model(service: TtsService, model: str) -> None:
+    """The serving engine must be the one `model` means (one engine serves at a time)."""
+    engine = service.engines.current()
+    hd = service.settings.tts.openai.hd_model_engine
+    wanted = {HD_MODEL: hd or engine.name, **dict.fromkeys(DEFAULT_MODELS, engine.name)}.get(model, model)
+    if wanted != engine.name:
+        meaning = f" means the {wanted} engine (tts.openai.hd_model_engine), which" if model == HD_MODEL else ""
+        raise UnknownModel(
+            f"model {model!r}{meaning or ' is not'} available here{', is not running' if meaning else ''}; "
+            f"available models: {', '.join(speech_models(service))}",
+            param="model",
+        )
+
+
+def _voice(service: TtsService, voice: str | VoiceId) -> str | None:
+    """Our voice for the request's voice: an OpenAI name through tts.openai.voices (left out: the default)."""
+    name = voice.id if isinstance(voice, VoiceId) else voice
+    if name.lower() in OPENAI_VOICES:
+        return service.settings.tts.openai.voices.get(name.lower())
+    return name
+
+
+@router.post(
+    "/audio/speech",
+    response_class=Response,
+    responses={200: {"content": {fmt.content_type: {} for fmt in FORMATS.values()} | {"text/event-stream": {}}}},
+    openapi_extra=_BODY,
+)
+async def speech(request: Request, service: Service) -> Response:
+    started = time.perf_counter()
+    limit = service.settings.tts.max_text_length * 12 + 4096
+    body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE))
+    _check_model(service, body.model)
+    try:
+        checked = await service.check_request(body.input, _voice(service, body.voice), body.speed, reply=False)
+    except ServiceError as error:
+        if error.code == "text_too_long":
+            error.param = "input"
+        raise
+    if body.instructions not in (None, "", "None"):  # Home Assistant sends the string "None"
+        log.debug("instructions_ignored", engine=service.engines.configured)
+    turn = service.start_turn(checked, "openai", started)
+    try:
+        first = await first_event(turn, request, (AudioPiece,))
+    except Cancelled:
+        return abandoned()
+    assert first is None or isinstance(first, AudioPiece)
+    fmt = FORMATS[body.response_format]
+    rate = first.sample_rate if first else (turn.sample_rate or OUTPUT_RATE)
+    encoder = StreamEncoder(fmt.name, rate, OUTPUT_RATE)
+    if body.stream_format == "sse":
+        return StreamingResponse(
+            _sse_body(turn, first, encoder, body.input),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(turn.aclose),
+        )
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Voice": checked.voice, "X-Engine": turn.engine}
+    if fmt.name == "pcm":
+        headers["X-Sample-Rate"] = str(OUTPUT_RATE)
+    return StreamingResponse(
+        _encoded(turn, first, encoder), media_type=fmt.content_type, headers=headers, background=BackgroundTask(turn.aclose)
+    )
+
+
+async def _encode_turn(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """The turn's audio in the response format, each piece encoded (off the event loop) as it comes.
+    Raises the turn's failure, or Cancelled."""
+    if first is not None:
+        yield await anyio.to_thread.run_sync(encoder.encode, first.pcm16)
+    async for event in turn:
+        if isinstance(event, AudioPiece):
+            yield await anyio.to_thread.run_sync(encoder.encode, event.pcm16)
+    yield await anyio.to_thread.run_sync(encoder.finish)
+
+
+async def _encoded(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    try:
+        async for data in _encode_turn(turn, first, encoder):
+            yield data
+    except Cancelled:
+        abort_response(ShuttingDown.code, "the service stopped before the speech was finished")
+    except ServiceError as exc:
+        abort_response(exc.code, exc.message)
+    finally:
+        await turn.aclose()
+
+
+async def _sse_body(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder, text: str) -> AsyncIterator[bytes]:
+    """`speech.audio.delta` events with base64 audio in the response format, then `speech.audio.done`; a
+    failure after the first event is an `error` event, and no `done` follows."""
+    try:
+        async for data in _encode_turn(turn, first, encoder):
+            if data:
+                yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
+    except (ServiceError, Cancelled) as exc:
+        error = exc if isinstance(exc, ServiceError) else ShuttingDown("the service stopped before the speech was finished")
+        log.warning("stream_aborted", code=error.code, reason=error.message)
+        yield sse({"type": "error", "error": {"message": error.message, "type": "server_error", "code": error.code}})
+        return
+    finally:
+        await turn.aclose()
+    # No tokenizer runs here: input tokens are estimated by OpenAI's rule of thumb (4 characters a token);
+    # no audio tokens exist in this pipeline.
+    input_tokens = math.ceil(len(text) / 4)
+    usage = {"input_tokens": input_tokens, "output_tokens": 0, "total_tokens": input_tokens}
+    yield sse({"type": "speech.audio.done", "usage": usage})
+
+
+@router.get("/models")
+async def models(service: Service) -> dict[str, Any]:
+    return model_list([*speech_models(service), TRANSCRIPTION_MODEL])
+
+
+@router.get("/audio/models")
+async def audio_models(service: Service) -> dict[str, Any]:
+    return {"models": [{"id": name, "name": name} for name in speech_models(service)]}
+
+
+@router.get("/audio/voices")
+async def audio_voices(service: Service) -> dict[str, Any]:
+    listing = await service.voices()
+    mapped = service.settings.tts.openai.voices
+    ours = [{"id": name, "name": name} for name in listing.voices]
+    theirs = [{"id": name, "name": f"{name} ({mapped.get(name, listing.default)})"} for name in OPENAI_VOICES]
+    return {"voices": ours + theirs, "default": listing.default}
