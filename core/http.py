@@ -262,7 +262,10 @@ def validated(model: type[ModelT], body: Any) -> ModelT:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise InvalidRequest(describe_validation_errors(exc.errors(), model.model_fields)) from None
+        errors = exc.errors()
+        first = errors[0].get("loc", ()) if errors else ()
+        param = str(first[0]) if first else None
+        raise InvalidRequest(describe_validation_errors(errors, model.model_fields), param=param) from None
 
 
 @asynccontextmanager
