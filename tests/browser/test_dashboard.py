@@ -111,7 +111,7 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
         # Barge-in is on by default: the microphone stays live (with echo cancellation) while the assistant speaks.
         assert page.is_checked("#barge-in")
         assert reply["sentAtEnd"][0] > reply["sentAtStart"][0] > 0
-        assert page.evaluate("window.dashboard.state.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is True
+        assert page.evaluate("window.dashboard.state.talk.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is True
 
         # Status: both services healthy, and the turn's latencies by stage, as the services measured them.
         assert page.inner_text("#svc-stt [data-role='badge']") == "healthy"
@@ -197,7 +197,7 @@ def test_socket_closed_by_the_server_shows_its_reason(start_stack: Any, browser:
         page.wait_for_selector(".turn.assistant[data-state='played']", timeout=30_000)
         reply = page.evaluate("window.__reply")
         assert reply["ended"] == 1 and reply["sentAtStart"][0] == reply["sentAtEnd"][0] > 0
-        assert page.evaluate("window.dashboard.state.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is False
+        assert page.evaluate("window.dashboard.state.talk.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is False
 
 
 def test_ollama_down_says_so_and_speaks_the_words_instead(start_stack: Any, browser: Any) -> None:
