@@ -1,11 +1,11 @@
 // The Status panel and the health pills: both services' /health, polled, in words; a problem is
-// reported when a service goes down (once, not on every poll).
+// reported when a service goes down (once, not on every poll). Talk hears whether STT can take a session.
 import { ApiError, getJson } from "./api.js";
 import { replyStream } from "./audio-out.js";
 import { $, clock, el } from "./dom.js";
 import { addProblem } from "./problems.js";
 import { llmUrl } from "./settings.js";
-import { config, health } from "./store.js";
+import { config, health, setSttProblem } from "./store.js";
 
 const POLL_MS = 5000;
 
@@ -36,6 +36,8 @@ function showStt(h) {
     ["Address", config.sttUrl],
   ], h.error);
   noteTransition("stt", ok, "Speech to text is degraded", h.error || "");
+  if (ok) setSttProblem(null);
+  else setSttProblem(h.loading ? "Speech to text is still loading its model" : "Speech to text is degraded", h.error || "");
 }
 
 function showSttUnreachable(err) {
@@ -43,6 +45,7 @@ function showSttUnreachable(err) {
   setPill("pill-stt", "down", "not reachable");
   renderService("svc-stt", "down", "not reachable", [["Address", config.sttUrl]], detail);
   noteTransition("stt", false, "The speech-to-text service is not reachable", detail);
+  setSttProblem("The speech-to-text service is not reachable", detail);
 }
 
 function showTts(h) {

@@ -1,6 +1,7 @@
-// The dashboard's state, in one place: one small object per concern. The panel module named beside
-// each object writes it; the others only read it. The one fact that several panels change and another
-// one reacts to, the assistant falling quiet, comes with a notification instead of cross-module calls.
+// The dashboard's state, in one place: one small object per concern, written by the module named
+// beside it and read by the others. Two facts matter beyond the module that changes them, the assistant
+// falling quiet and the STT service coming and going: they change only through the setters at the end,
+// which tell Talk, so no panel has to call into another to keep the microphone right.
 
 /** Settings (settings.js): /api/config's answer (null when it could not be read) and where /ws/stt is. */
 export const config = { served: null, sttUrl: null };
@@ -10,6 +11,7 @@ export const prefs = { mode: "handsfree", bargeIn: true };
 
 /** The microphone session (talk.js). */
 export const talk = {
+  insecure: false, // not a secure context: the browser gives this page no microphone at all
   mic: null, // the MicCapture while the microphone is on
   stt: null, // the SttSocket of this session
   connecting: false,
@@ -40,15 +42,25 @@ export const problems = { entries: new Map() };
 /** Service health as last seen (status.js): a problem is reported when a service goes from up to down. */
 export const health = { stt: null, tts: null, llm: null };
 
-/** The Speak form (speak.js). */
-export const speak = { request: null, playing: false }; // the AbortController of the request in flight; the player sounding
+/** The Speak form (speak.js): the AbortController of the request in flight, and whether its player sounds. */
+export const speak = { request: null, playing: false };
+
+function signal() {
+  const listeners = [];
+  return {
+    listen: (listener) => {
+      listeners.push(listener);
+    },
+    notify: () => listeners.forEach((listener) => listener()),
+  };
+}
 
 /**
- * How many things the assistant is preparing or saying (a reply in Talk, "Speak it instead", the Speak
- * player). Without barge-in the microphone is not fed while it is above zero.
+ * How many things the assistant is preparing or saying (conversation.js: a reply, "Speak it instead";
+ * speak.js: the Speak player). Without barge-in the microphone is not fed while it is above zero.
  */
 export const assistant = { busy: 0 };
-const quietListeners = [];
+const quiet = signal();
 
 export function assistantStarts() {
   assistant.busy += 1;
@@ -56,10 +68,22 @@ export function assistantStarts() {
 
 export function assistantStops() {
   assistant.busy = Math.max(0, assistant.busy - 1);
-  if (assistant.busy === 0) for (const listener of quietListeners) listener();
+  if (assistant.busy === 0) quiet.notify();
 }
 
 /** `listener` runs each time the assistant has nothing left to prepare or say. */
-export function onAssistantQuiet(listener) {
-  quietListeners.push(listener);
+export const onAssistantQuiet = quiet.listen;
+
+/** Why the STT service cannot take a new session (status.js: a headline and its details); problem is null while it can. */
+export const speechToText = { problem: null, detail: "" };
+const sttChange = signal();
+
+/** Set by the status poll; the listeners hear only changes (another reason, or the service back). */
+export function setSttProblem(problem, detail = "") {
+  if (problem === speechToText.problem && detail === speechToText.detail) return;
+  speechToText.problem = problem;
+  speechToText.detail = detail;
+  sttChange.notify();
 }
+
+export const onSttAvailability = sttChange.listen;

@@ -7,7 +7,7 @@ import { $ } from "./dom.js";
 import { savePrefs } from "./prefs.js";
 import { addProblem } from "./problems.js";
 import { refreshStatus } from "./status.js";
-import { assistant, config, onAssistantQuiet, prefs, talk } from "./store.js";
+import { assistant, config, onAssistantQuiet, onSttAvailability, prefs, speechToText, talk } from "./store.js";
 import { idleState, setTalkState } from "./talk-state.js";
 import { MicCapture, SttSocket, microphoneAvailable } from "./voice.js";
 
@@ -64,6 +64,11 @@ export function setupTalk() {
     savePrefs();
   });
   onAssistantQuiet(idleState);
+  onSttAvailability(() => {
+    updateMicButton();
+    // Only the idle line says why; a session, a reply or the secure-page notice keeps its own words.
+    if (!talk.insecure && !talk.live && !talk.connecting && !talk.stopping && assistant.busy === 0) idleState();
+  });
 }
 
 /** On an address that is not a secure context the browser gives no microphone: say why and how to fix it. */
@@ -79,6 +84,7 @@ export function checkSecureContext() {
   $("secure-local").textContent = `http://localhost:${ttsPort}/`;
   $("secure-ssh-open").textContent = `http://localhost:${ttsPort}`;
   $("secure-ssh").textContent = `ssh -L ${ttsPort}:localhost:${ttsPort} -L ${sttPort}:localhost:${sttPort} you@${location.hostname}`;
+  talk.insecure = true;
   $("mic").disabled = true;
   $("mic-label").textContent = "Microphone unavailable";
   $("mic-hint").textContent = "This address is not a secure page, so the browser keeps the microphone off. See the note above.";
@@ -87,15 +93,23 @@ export function checkSecureContext() {
 
 export function updateMicButton() {
   const mic = $("mic");
-  if (mic.disabled) return;
+  if (talk.insecure) return; // checkSecureContext disabled it for good, and said why
+  // A new session needs the STT service; one already under way ends by itself if the service goes.
+  const problem = talk.live || talk.connecting ? null : speechToText.problem;
+  mic.disabled = Boolean(problem);
+  if (problem) mic.title = [problem, speechToText.detail].filter(Boolean).join(": ");
+  else mic.removeAttribute("title");
   const ptt = prefs.mode === "ptt";
   const active = ptt ? talk.holding : talk.live || talk.connecting;
   mic.setAttribute("aria-pressed", String(active));
   mic.classList.toggle("active", active);
   $("mic-label").textContent = ptt ? (talk.holding ? "Listening… release to send" : "Hold to talk") : talk.live || talk.connecting ? "Stop" : "Start talking";
-  $("mic-hint").textContent = ptt
-    ? "Hold the button (or Space while it has focus) while you speak; release to send."
-    : "Press to start. The assistant listens until you press again and answers each time you pause.";
+  // The hint describes the button to screen readers too: while it is off, it says why and until when.
+  $("mic-hint").textContent = problem
+    ? [speechToText.detail, "Start talking comes back once speech to text is healthy."].filter(Boolean).join(" ")
+    : ptt
+      ? "Hold the button (or Space while it has focus) while you speak; release to send."
+      : "Press to start. The assistant listens until you press again and answers each time you pause.";
   $("mic-off").hidden = !(ptt && talk.live);
 }
 
