@@ -1,6 +1,7 @@
 // Talk's microphone: a session is the microphone plus one /ws/stt socket. Hands-free it runs until
 // Stop; push-to-talk it opens on the first press and each release asks for the transcript. With barge-in
 // ("Let me interrupt") the microphone stays live while the assistant speaks, and speaking stops it.
+// No session starts while the status poll says the STT service cannot take one.
 import { player } from "./audio-out.js";
 import { interrupt, showPartial, transcribed } from "./conversation.js";
 import { $ } from "./dom.js";

@@ -51,7 +51,7 @@ export function recordTurn(turn) {
 
 function renderTurns() {
   const table = $("latency");
-  const turns = timings.turns; // never empty here: the page starts with the empty table
+  const turns = timings.turns; // recordTurn has just added one; "No turns yet." is only the page's start
   const head = el("tr", {}, el("th", { scope: "col", text: "Stage" }));
   for (const t of turns) {
     const th = el("th", { scope: "col", "data-turn": String(t.number), text: `#${t.number}` });
