@@ -254,13 +254,21 @@ def with_dashboard(app: Any, settings: Settings) -> Any:
 def start_stack(
     make_settings: Callable[..., Settings], voices_dir: Path  # noqa: F811
 ) -> Iterator[Callable[..., Stack]]:
-    """Starts the STT service (unless `stt_running=False`) and the TTS service with the dashboard."""
+    """Starts the STT service (unless `stt_running=False`; `stt_model_loads=False` when its model is meant to
+    fail) and the TTS service with the dashboard."""
     from stt.server import create_app as create_stt_app
     from tts.server import create_app as create_tts_app
 
     with ExitStack() as stack:
 
-        def start(*, llm_url: str, stt_running: bool = True, stt: dict[str, Any] | None = None, **tts: Any) -> Stack:
+        def start(
+            *,
+            llm_url: str,
+            stt_running: bool = True,
+            stt_model_loads: bool = True,
+            stt: dict[str, Any] | None = None,
+            **tts: Any,
+        ) -> Stack:
             base = tts_settings(voices_dir, llm_url, **tts)
             settings = make_settings(stt=stt or {}, logging={"level": "warning"})
             settings.tts, settings.llm = base.tts, base.llm
@@ -271,7 +279,10 @@ def start_stack(
                 stt_app.add_middleware(WireRecorder, wire=wire)
                 stt_server = stack.enter_context(run_server(stt_app))
                 settings.stt.port = stt_server.port
-                _wait_for(lambda: httpx.get(f"{stt_server.http_url}/health").json()["whisper_loaded"], "STT model load")
+                url = f"{stt_server.http_url}/health"
+                _wait_for(lambda: not httpx.get(url).json()["loading"], "STT model load")
+                health = httpx.get(url).json()
+                assert health["whisper_loaded"] is stt_model_loads, health
             else:
                 settings.stt.port = int(down_url().rsplit(":", 1)[1])
             tts_wire = Wire()

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from websockets.sync.client import connect
 
+from core.config import PROJECT_ROOT
+from stt.engine import WhisperEngine
 from tests.browser.conftest import SpeechFile, Stack, open_page, save_docs_screenshot
 from tests.fixtures.ollama_double import OllamaDouble, down_url
 
@@ -111,7 +115,7 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
         # Barge-in is on by default: the microphone stays live (with echo cancellation) while the assistant speaks.
         assert page.is_checked("#barge-in")
         assert reply["sentAtEnd"][0] > reply["sentAtStart"][0] > 0
-        assert page.evaluate("window.dashboard.state.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is True
+        assert page.evaluate("window.dashboard.state.talk.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is True
 
         # Status: both services healthy, and the turn's latencies by stage, as the services measured them.
         assert page.inner_text("#svc-stt [data-role='badge']") == "healthy"
@@ -151,7 +155,7 @@ def problems(page: Any) -> list[str]:
     return [item.inner_text() for item in page.query_selector_all("#problem-list .problem")]
 
 
-def test_stt_down_is_explained_and_typing_still_gets_an_answer(
+def test_stt_down_turns_start_talking_off_and_typing_still_gets_an_answer(
     start_stack: Any, browser: Any, ollama: OllamaDouble
 ) -> None:
     stack: Stack = start_stack(llm_url=ollama.url, stt_running=False)
@@ -160,14 +164,16 @@ def test_stt_down_is_explained_and_typing_still_gets_an_answer(
         page = watch.page
         page.wait_for_selector("#pill-stt[data-state='down']")
         reason = page.inner_text("#svc-stt [data-role='reason']")
-        assert f"not answering at http://127.0.0.1:{port}" in reason
-        watch_reply_audio(page)
-
-        page.click("#mic")
-        page.wait_for_selector("#talk-state[data-state='error']")
+        assert reason.startswith(f"The speech-to-text service is not answering at http://127.0.0.1:{port} (")
+        assert reason.endswith("Start it (make run starts both services) or check stt.host and stt.port.")
+        # Start talking is off, and says why beside it: the headline, then the service's own words in the hint.
+        assert page.is_disabled("#mic")
+        assert page.inner_text("#mic-label") == "Start talking"
+        assert page.get_attribute("#talk-state", "data-state") == "unavailable"
         assert page.inner_text("#talk-state") == "The speech-to-text service is not reachable"
-        assert any(f"Nothing answered at ws://127.0.0.1:{port}/ws/stt" in text for text in problems(page))
-        assert page.get_attribute("#mic", "aria-pressed") == "false"  # ready to try again
+        assert page.inner_text("#mic-hint") == f"{reason} Start talking comes back once speech to text is healthy."
+        assert page.get_attribute("#mic", "title") == f"The speech-to-text service is not reachable: {reason}"
+        watch_reply_audio(page)
 
         # The rest of the page still works: a typed message gets a spoken answer.
         page.fill("#type-text", "Are you there?")
@@ -175,6 +181,80 @@ def test_stt_down_is_explained_and_typing_still_gets_an_answer(
         page.wait_for_selector(".turn.assistant[data-state='played']")
         assert ollama.chat_requests[-1]["messages"][-1]["content"] == "Are you there?"
         assert page.evaluate("window.__reply.ended") == 1
+        # Once the assistant is quiet again, the line beside the button says why it is off, not "Microphone off".
+        page.wait_for_selector("#talk-state[data-state='unavailable']")
+        assert page.inner_text("#talk-state") == "The speech-to-text service is not reachable"
+        assert page.is_disabled("#mic")
+
+
+def test_stt_model_that_failed_to_load_turns_start_talking_off_until_it_is_loaded(
+    start_stack: Any, browser: Any, ollama: OllamaDouble, whisper_model_dir: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-model"
+    missing.mkdir()
+    stack: Stack = start_stack(llm_url=ollama.url, stt={"model": str(missing)}, stt_model_loads=False)
+    assert stack.stt is not None
+    error = httpx.get(f"{stack.stt.http_url}/health").json()["error"]
+    assert error == f"stt.model directory {missing} has no model.bin (is it a CTranslate2 model?)"
+    with open_page(browser, stack.url, "stt_degraded") as watch:
+        page = watch.page
+        page.wait_for_selector("#pill-stt[data-state='warn']")
+        assert page.inner_text("#svc-stt [data-role='badge']") == "degraded"
+        assert page.is_disabled("#mic")
+        assert page.get_attribute("#talk-state", "data-state") == "unavailable"
+        assert page.inner_text("#talk-state") == "Speech to text is degraded"
+        assert page.inner_text("#mic-hint") == f"{error} Start talking comes back once speech to text is healthy."
+        assert page.get_attribute("#mic", "title") == f"Speech to text is degraded: {error}"
+        # Push-to-talk is off the same way; its label still says what the button does.
+        page.click("label[for='mode-ptt']")
+        assert page.is_disabled("#mic") and page.inner_text("#mic-label") == "Hold to talk"
+        assert page.inner_text("#talk-state") == "Speech to text is degraded"
+        assert page.inner_text("#mic-hint") == f"{error} Start talking comes back once speech to text is healthy."
+        page.click("label[for='mode-handsfree']")
+
+        # The model loads after all: at the next poll Start talking is back, and it works.
+        load_the_model(stack, whisper_model_dir)
+        page.wait_for_selector("#pill-stt[data-state='ok']")
+        assert page.is_enabled("#mic")
+        assert page.get_attribute("#mic", "title") is None
+        assert page.get_attribute("#talk-state", "data-state") == "off"
+        assert page.inner_text("#talk-state") == "Microphone off"
+        assert page.inner_text("#mic-hint") == (
+            "Press to start. The assistant listens until you press again and answers each time you pause."
+        )
+        page.click("#mic")
+        page.wait_for_selector(".turn.assistant[data-state='played']", timeout=30_000)
+        [transcript] = stack.wire.of_type("transcript")
+        user = page.query_selector(".turn.user:not(.partial) .words").inner_text()
+        assert user == (transcript["text"].strip() or "(nothing recognisable)")
+        page.click("#mic")
+
+
+def load_the_model(stack: Stack, model_dir: Path) -> None:
+    """What fixing stt.model and restarting the STT service achieves, without the restart: its model is
+    loaded (the real engine load) and /health says ok."""
+    assert stack.stt is not None
+    service = stack.stt.app.state.service
+    stt = stack.settings.stt
+    stt.model = str(model_dir)
+    engine = WhisperEngine.load(stt, stack.settings.resolve_path(stt.models_dir), PROJECT_ROOT)
+    service.model.error = None
+    service.model.loaded(engine)
+
+
+def test_stt_socket_that_cannot_connect_is_explained(start_stack: Any, browser: Any, ollama: OllamaDouble) -> None:
+    # /health (asked through the TTS service) is fine, but the page's STT address (?stt=) answers nothing.
+    stack: Stack = start_stack(llm_url=ollama.url)
+    port = int(down_url().rsplit(":", 1)[1])
+    with open_page(browser, f"{stack.url}?stt=ws://127.0.0.1:{port}/ws/stt", "stt_socket_unreachable") as watch:
+        page = watch.page
+        wait_healthy_stt(page)
+        page.click("#mic")
+        page.wait_for_selector("#talk-state[data-state='error']")
+        assert page.inner_text("#talk-state") == "The speech-to-text service is not reachable"
+        assert any(f"Nothing answered at ws://127.0.0.1:{port}/ws/stt" in text for text in problems(page))
+        assert page.get_attribute("#mic", "aria-pressed") == "false"
+        assert page.is_enabled("#mic")  # ready to try again: the service itself is healthy
 
 
 def test_socket_closed_by_the_server_shows_its_reason(start_stack: Any, browser: Any, ollama: OllamaDouble) -> None:
@@ -197,7 +277,7 @@ def test_socket_closed_by_the_server_shows_its_reason(start_stack: Any, browser:
         page.wait_for_selector(".turn.assistant[data-state='played']", timeout=30_000)
         reply = page.evaluate("window.__reply")
         assert reply["ended"] == 1 and reply["sentAtStart"][0] == reply["sentAtEnd"][0] > 0
-        assert page.evaluate("window.dashboard.state.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is False
+        assert page.evaluate("window.dashboard.state.talk.mic.stream.getAudioTracks()[0].getSettings().echoCancellation") is False
 
 
 def test_ollama_down_says_so_and_speaks_the_words_instead(start_stack: Any, browser: Any) -> None:

@@ -1,0 +1,82 @@
+// The Settings panel: /api/config, the effective configuration shown as tables, and the STT address
+// the rest of the page derives from it.
+import { ApiError, getJson } from "./api.js";
+import { $, el } from "./dom.js";
+import { config } from "./store.js";
+
+const SECTION_ORDER = ["stt", "tts", "llm", "logging", "supervisor"];
+
+export async function loadConfig() {
+  try {
+    config.served = await getJson("api/config");
+  } catch (err) {
+    config.served = null;
+    $("config-source").textContent =
+      err instanceof ApiError && err.status === 404
+        ? "This TTS service does not serve /api/config (an older version?): assuming the STT service on port 8010 of this host."
+        : `The configuration could not be read (${err.message}).`;
+  }
+  const stt = (config.served && config.served.stt) || { port: 8010, ws_path: "/ws/stt", use_page_host: true, host: location.hostname };
+  const override = new URLSearchParams(location.search).get("stt");
+  const secure = location.protocol === "https:";
+  const host = stt.use_page_host ? location.hostname : stt.host;
+  const hostPart = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+  config.sttUrl = override || `${secure ? "wss" : "ws"}://${hostPart}:${stt.port}${stt.ws_path || "/ws/stt"}`;
+  const httpBase = config.sttUrl.replace(/^ws/, "http").replace(/\/ws\/stt.*$/, "");
+  for (const id of ["docs-stt", "footer-stt-docs"]) $(id).href = `${httpBase}/docs`;
+  if (config.served) renderConfig(config.served);
+}
+
+/** Where Ollama listens, as the service reports it (credentials removed), for messages that name it. */
+export function llmUrl() {
+  return config.served && config.served.llm && config.served.llm.url;
+}
+
+/** The TTS settings section (speed range, text limit), or null without /api/config. */
+export function ttsSettings() {
+  return (config.served && config.served.settings && config.served.settings.tts) || null;
+}
+
+function renderConfig(served) {
+  $("footer-version").textContent = `Voice assistant ${served.version || ""}`.trim();
+  $("config-source").textContent = served.config_file ? `Read from ${served.config_file}, then the environment.` : "Built-in defaults and the environment (no config file).";
+  // Top-level values (environment) first as "general", then the sections in a reading order.
+  const general = {};
+  const sections = {};
+  for (const [key, value] of Object.entries(served.settings || {})) {
+    if (value && typeof value === "object" && !Array.isArray(value)) sections[key] = value;
+    else general[key] = value;
+  }
+  const names = Object.keys(sections).sort((a, b) => (SECTION_ORDER.indexOf(a) + 1 || 99) - (SECTION_ORDER.indexOf(b) + 1 || 99));
+  const ordered = [...(Object.keys(general).length ? [["general", general]] : []), ...names.map((name) => [name, sections[name]])];
+  const tables = ordered.map(([section, values]) =>
+    el("div", { class: "config-section" }, el("h3", { text: section }), el("table", { class: "config" }, el("tbody", {}, ...configRows(section, values)))),
+  );
+  $("config-tables").replaceChildren(...tables);
+}
+
+/** One row per leaf value, nested keys dotted ("groq.api_key"); a redacted secret shows as "hidden". */
+function configRows(section, values) {
+  if (!values || typeof values !== "object") return [el("tr", {}, el("th", { scope: "row", text: section }), el("td", { text: String(values) }))];
+  const rows = [];
+  const walk = (prefix, value) => {
+    if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
+      for (const [k, v] of Object.entries(value)) walk(prefix ? `${prefix}.${k}` : k, v);
+      return;
+    }
+    let shown = value;
+    let cls = "";
+    if (value === null) {
+      shown = "null";
+      cls = "muted";
+    } else if (typeof value === "string" && /^\*+$/.test(value)) {
+      shown = "hidden";
+      cls = "secret";
+    } else if (typeof value !== "string") {
+      shown = JSON.stringify(value);
+    }
+    rows.push(el("tr", {}, el("th", { scope: "row", text: prefix }), el("td", { class: cls, text: String(shown) })));
+  };
+  walk("", values);
+  return rows;
+}
