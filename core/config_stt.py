@@ -70,6 +70,9 @@ class SttSettings(Section):
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
 
+    model_retry_s: float = Field(30.0, ge=0.0, le=3_600.0)
+    """After a failed model load (no network for the first download, a model not in place yet), wait this long
+    and try again, doubling the wait up to 10 minutes; 0 never retries (a restart is needed)."""
     max_upload_bytes: int = Field(26_214_400, ge=1_024, le=2_147_483_648)
     """Largest audio file accepted by /v1/audio/transcriptions and /translations (25 MiB, as OpenAI's API)."""
     max_upload_seconds: float = Field(3_600.0, ge=1.0, le=86_400.0)

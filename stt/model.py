@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_never, wait_exponential
 
 from core.config import PROJECT_ROOT, Settings
 from core.errors import ModelUnavailable
@@ -13,6 +14,8 @@ from core.logging import get_logger
 from stt.engine import ModelLoadError, WhisperEngine
 
 log = get_logger(__name__)
+
+MAX_RETRY_WAIT_S = 600.0
 
 
 class ModelHolder:
@@ -27,7 +30,20 @@ class ModelHolder:
         return not self._settled.is_set()
 
     async def load(self) -> None:
-        """Load the configured model in a worker thread; never raises: a failure is kept in `error`."""
+        """Load the configured model in a worker thread; never raises. A failure is kept in `error` (so
+        /health and every refused session say why) and, with stt.model_retry_s, tried again with backoff
+        until it works: a model put in place, or a network that came back, needs no restart."""
+        stt = self.settings.stt
+        retry = AsyncRetrying(
+            retry=retry_if_result(lambda loaded: not loaded),
+            wait=wait_exponential(multiplier=stt.model_retry_s, max=MAX_RETRY_WAIT_S),
+            stop=stop_never if stt.model_retry_s > 0 else stop_after_attempt(1),
+            before_sleep=lambda state: log.info("model_load_retry", attempt=state.attempt_number, wait_s=state.upcoming_sleep),
+            retry_error_callback=lambda _: False,
+        )
+        await retry(self._attempt)
+
+    async def _attempt(self) -> bool:
         stt = self.settings.stt
         models_dir: Path = self.settings.resolve_path(stt.models_dir)
         try:
@@ -40,7 +56,10 @@ class ModelHolder:
         except Exception as exc:
             log.exception("model_load_failed", model=stt.model)
             self.error = f"could not load Whisper model {stt.model!r}: {exc}"
+        else:
+            self.error = None
         self._settled.set()
+        return self.engine is not None
 
     async def wait(self) -> WhisperEngine:
         """The engine once loaded, or ModelUnavailable with the reason it could not be."""

@@ -7,6 +7,7 @@ synthetic Piper voice, Ollama double), so what the page shows is what the servic
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,6 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from core.config import PROJECT_ROOT
-from stt.engine import WhisperEngine
 from tests.browser.conftest import SpeechFile, Stack, open_page, save_docs_screenshot
 from tests.fixtures.ollama_double import OllamaDouble, down_url
 
@@ -192,7 +191,7 @@ def test_stt_model_that_failed_to_load_turns_start_talking_off_until_it_is_loade
 ) -> None:
     missing = tmp_path / "no-such-model"
     missing.mkdir()
-    stack: Stack = start_stack(llm_url=ollama.url, stt={"model": str(missing)}, stt_model_loads=False)
+    stack: Stack = start_stack(llm_url=ollama.url, stt={"model": str(missing), "model_retry_s": 0.2}, stt_model_loads=False)
     assert stack.stt is not None
     error = httpx.get(f"{stack.stt.http_url}/health").json()["error"]
     assert error == f"stt.model directory {missing} has no model.bin (is it a CTranslate2 model?)"
@@ -212,8 +211,8 @@ def test_stt_model_that_failed_to_load_turns_start_talking_off_until_it_is_loade
         assert page.inner_text("#mic-hint") == f"{error} Start talking comes back once speech to text is healthy."
         page.click("label[for='mode-handsfree']")
 
-        # The model loads after all: at the next poll Start talking is back, and it works.
-        load_the_model(stack, whisper_model_dir)
+        # The model is put in place: the service loads it, at the next poll Start talking is back, and it works.
+        load_the_model(missing, whisper_model_dir)
         page.wait_for_selector("#pill-stt[data-state='ok']")
         assert page.is_enabled("#mic")
         assert page.get_attribute("#mic", "title") is None
@@ -230,16 +229,11 @@ def test_stt_model_that_failed_to_load_turns_start_talking_off_until_it_is_loade
         page.click("#mic")
 
 
-def load_the_model(stack: Stack, model_dir: Path) -> None:
-    """What fixing stt.model and restarting the STT service achieves, without the restart: its model is
-    loaded (the real engine load) and /health says ok."""
-    assert stack.stt is not None
-    service = stack.stt.app.state.service
-    stt = stack.settings.stt
-    stt.model = str(model_dir)
-    engine = WhisperEngine.load(stt, stack.settings.resolve_path(stt.models_dir), PROJECT_ROOT)
-    service.model.error = None
-    service.model.loaded(engine)
+def load_the_model(missing: Path, model_dir: Path) -> None:
+    """What a user does: put the model where stt.model points. The service tries again by itself
+    (stt.model_retry_s) and loads it with the real engine."""
+    for file in model_dir.iterdir():
+        shutil.copy(file, missing / file.name)
 
 
 def test_stt_socket_that_cannot_connect_is_explained(start_stack: Any, browser: Any, ollama: OllamaDouble) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -292,6 +293,24 @@ def test_a_model_that_cannot_load_degrades_health_and_closes_sockets_with_1011(m
                 ws.recv(timeout=5)
         assert closed.value.rcvd.code == 1011
         assert "no model.bin" in closed.value.rcvd.reason
+
+
+def test_a_model_put_in_place_later_is_loaded_without_a_restart(make_settings, tmp_path, whisper_model_dir) -> None:
+    missing = tmp_path / "model-arrives-later"
+    missing.mkdir()
+    with stt_server(make_settings(stt={"model": str(missing), "model_retry_s": 0.2})) as server:
+        assert wait_until_settled(server)["status"] == "degraded"
+        for file in whisper_model_dir.iterdir():  # what a user does: copy the model where stt.model points
+            shutil.copy(file, missing / file.name)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{server.http_url}/health").json()["status"] != "ok":
+            assert time.monotonic() < deadline, "the model was never loaded"
+            time.sleep(0.05)
+        health = httpx.get(f"{server.http_url}/health").json()
+        with session(server) as ws:
+            stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
+            assert receive(ws)["type"] == "transcript"
+    assert (health["whisper_loaded"], health["error"]) == (True, None)
 
 
 def test_a_client_that_leaves_mid_utterance_leaves_nothing_behind(server: RunningServer) -> None:
