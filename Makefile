@@ -38,6 +38,7 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.stt_bench
 	$(PY) -m bench.tts_bench
 	$(PY) -m bench.streaming_bench
+	$(PY) -m bench.openai_bench
 
 # Re-resolve the ranges of requirements*.txt in a throw-away environment and pin the result. Run the
 # whole suite (make test) with the new lock before committing it.
