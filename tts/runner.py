@@ -42,8 +42,13 @@ class TurnRunner:
         self.pool = pool
         self.llm = llm
 
-    def splitter(self) -> SpeechSplitter:
+    def splitter(self, reply: bool) -> SpeechSplitter:
+        """The early first fragment (tts.first_fragment_*) is for replies: it starts speaking before the LLM
+        has written its first sentence. A text given whole is cut at its sentence ends only, so it costs no
+        extra synthesis (and every protocol still cuts the same request the same way)."""
         tts = self.settings.tts
+        if not reply:
+            return SpeechSplitter()
         return SpeechSplitter(tts.first_fragment_min_words, tts.first_fragment_max_words)
 
     async def run(self, turn: Turn, engine: Engine) -> None:
@@ -96,7 +101,7 @@ class TurnRunner:
     async def _produce(self, turn: Turn, send: ObjectSendStream[str], failure: list[BaseException]) -> None:
         """Cut the text (or the LLM reply, as it streams) into fragments and queue them for synthesis.
         A failure is left in `failure` for the consumer, which raises it after the fragments before it."""
-        splitter = self.splitter()
+        splitter = self.splitter(turn.request.reply)
         timings = turn.timings
 
         async def put(fragments: Iterable[str]) -> None:

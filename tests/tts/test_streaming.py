@@ -209,3 +209,15 @@ def test_client_leaving_a_stream_stops_the_llm_and_frees_the_worker(voices_dir: 
         assert pipeline.pool.counters.running == 0 and pipeline.pool.limiter.borrowed_tokens == 0
         assert gate.sentences == ["Sentence number 0 is here.", "Sentence number 1 is here."]
         assert ollama.finished_streams == 0
+
+
+def test_the_early_first_fragment_is_for_replies_a_given_text_is_cut_at_sentence_ends_only(
+    voices_dir: Path, ollama: OllamaDouble
+) -> None:
+    text = "Of course my friend, here is the plan for today."
+    word_tokens(ollama, text)
+    with serve(make_settings(voices_dir, ollama.url, first_fragment_min_words=4)) as (_, client):
+        reply = sse_events(client.post("/tts/sse", json={"text": "Plan?", "reply": True}).text)
+        given = sse_events(client.post("/tts/sse", json={"text": text, "reply": False}).text)
+    assert [data["text"] for name, data in reply if name == "audio"] == ["Of course my friend,", "here is the plan for today."]
+    assert [data["text"] for name, data in given if name == "audio"] == [text]  # one synthesis: nothing to wait for
