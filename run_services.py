@@ -51,10 +51,11 @@ EXIT_CONFIG = 2
 
 
 def service_specs(settings: Settings, only: str | None) -> list[ServiceSpec]:
-    specs = [
-        ServiceSpec("stt", "stt.server", settings.stt.host, settings.stt.port),
-        ServiceSpec("tts", "tts.server", settings.tts.host, settings.tts.port),
-    ]
+    specs = []
+    for name, section in (("stt", settings.stt), ("tts", settings.tts)):
+        wyoming = section.wyoming
+        others = ((f"{name}.wyoming.port", wyoming.port),) if wyoming.enabled and wyoming.port else ()
+        specs.append(ServiceSpec(name, f"{name}.server", section.host, section.port, others))
     return [spec for spec in specs if only in (None, spec.name)]
 
 
@@ -124,8 +125,8 @@ class Supervisor:
         for child in self.children:
             problem = port_problem(child.spec)
             if problem:
-                event, message = problem
-                log.error(event, child=child.spec.name, port=child.spec.port, key=child.spec.port_key, message=message)
+                event, message, key, port = problem
+                log.error(event, child=child.spec.name, port=port, key=key, message=message)
                 return EXIT_FAILURE if event != "host_invalid" else EXIT_CONFIG
         tasks = [
             asyncio.create_task(child.supervise(self._on_ready, self._on_settled), name=f"supervise-{child.spec.name}")

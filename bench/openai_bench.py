@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 import sys
 import time
@@ -145,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args(argv)
-    logging.disable(logging.WARNING)
     speech = bench_speech(args.rounds, *voice(args.voice, args.cache_dir))
     files = bench_file(max(1, args.rounds // 2), args.shape, args.seconds, args.cache_dir)
     checks = {

@@ -50,6 +50,8 @@ class ServiceSpec:
     module: str
     host: str
     port: int
+    other_ports: tuple[tuple[str, int], ...] = ()
+    """(config key, port) of the service's other listeners (Wyoming), checked before it starts too."""
 
     @property
     def port_key(self) -> str:
@@ -64,12 +66,25 @@ class ServiceSpec:
         """Where this machine reaches the service (a wildcard listen address is reached on loopback)."""
         return local_url(self.host, self.port)
 
+    @property
+    def ports(self) -> list[tuple[str, int]]:
+        return [(self.port_key, self.port), *self.other_ports]
 
-def port_problem(spec: ServiceSpec) -> tuple[str, str] | None:
-    """Try to bind the service's address as uvicorn will; (event, message) when that fails."""
+
+def port_problem(spec: ServiceSpec) -> tuple[str, str, str, int] | None:
+    """Try to bind each of the service's addresses as it will; (event, message, key, port) of the first
+    that fails."""
+    for key, port in spec.ports:
+        problem = _bind_problem(spec, key, port)
+        if problem is not None:
+            return (*problem, key, port)
+    return None
+
+
+def _bind_problem(spec: ServiceSpec, key: str, port: int) -> tuple[str, str] | None:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            spec.host or None, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            spec.host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         return "host_invalid", f"cannot resolve {spec.host!r} ({spec.host_key}): {exc.strerror}"
@@ -81,18 +96,17 @@ def port_problem(spec: ServiceSpec) -> tuple[str, str] | None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return "port_in_use", (
-                    f"port {spec.port} on {spec.host} is already in use, so the {spec.name} service cannot "
-                    f"start; stop the program using it or set {spec.port_key} "
-                    f"(environment {spec.port_key.upper().replace('.', '__')}) to a free port"
+                    f"port {port} on {spec.host} is already in use, so the {spec.name} service cannot "
+                    f"start; stop the program using it or set {key} "
+                    f"(environment {key.upper().replace('.', '__')}) to a free port"
                 )
             if exc.errno == errno.EACCES:
                 return "port_forbidden", (
-                    f"port {spec.port} ({spec.port_key}) needs privileges this user does not have; "
-                    "use a port above 1023"
+                    f"port {port} ({key}) needs privileges this user does not have; use a port above 1023"
                 )
             return (
                 "host_invalid",
-                f"cannot listen on {spec.host}:{spec.port} ({spec.host_key}, {spec.port_key}): {exc.strerror}",
+                f"cannot listen on {spec.host}:{port} ({spec.host_key}, {key}): {exc.strerror}",
             )
     return None
 
@@ -167,19 +181,12 @@ class Child:
         while True:
             problem = port_problem(self.spec)
             if problem and first:
-                event, message = problem
-                raise ServiceFailed(
-                    event,
-                    message,
-                    child=self.spec.name,
-                    port=self.spec.port,
-                    key=self.spec.port_key,
-                    host=self.spec.host,
-                )
+                event, message, key, port = problem
+                raise ServiceFailed(event, message, child=self.spec.name, port=port, key=key, host=self.spec.host)
             if problem:
                 # Something took the port while the service was down: a failed start, like a crash.
-                event, message = problem
-                log.error(event, child=self.spec.name, port=self.spec.port, key=self.spec.port_key, message=message)
+                event, message, key, port = problem
+                log.error(event, child=self.spec.name, port=port, key=key, message=message)
                 returncode: int | None = None
                 self.started_at = time.monotonic()
             else:

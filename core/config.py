@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from core.config_base import LlmSettings, LoggingSettings, Section, SupervisorSettings
+from core.config_base import LlmSettings, LoggingSettings, Section, SupervisorSettings, WyomingSettings
 from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
     OPENAI_VOICES,
@@ -51,6 +51,7 @@ __all__ = [
     "SttSettings",
     "SupervisorSettings",
     "TtsSettings",
+    "WyomingSettings",
     "XttsSettings",
     "environment_overrides",
     "get_settings",

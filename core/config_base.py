@@ -76,3 +76,18 @@ class SupervisorSettings(Section):
                 f"restart_backoff_initial_s ({self.restart_backoff_initial_s})"
             )
         return self
+
+
+class WyomingSettings(Section):
+    """A Wyoming listener (Home Assistant's protocol) of one service, in the service's own process."""
+
+    enabled: bool = True
+    """Listen for Wyoming clients (Home Assistant's Wyoming integration) on this port."""
+    port: int = Field(10300, ge=0, le=65535)
+    """TCP port of the Wyoming listener, on the service's host; 0 takes a free port (tests)."""
+    max_connections: int = Field(16, ge=1, le=10_000)
+    """Wyoming clients served at once; the next one gets an error event and is disconnected."""
+    zeroconf: bool = False
+    """Advertise the listener on the local network (_wyoming._tcp) so Home Assistant discovers it by itself."""
+    zeroconf_name: str | None = Field(None, max_length=63)
+    """Name of the zeroconf advertisement; null: voice-assistant-stt or voice-assistant-tts and the host name."""

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config_base import Section
+from core.config_base import Section, WyomingSettings
 
 ComputeType = Literal[
     "auto",
@@ -20,6 +20,13 @@ ComputeType = Literal[
     "bfloat16",
     "float32",
 ]
+
+
+class SttWyomingSettings(WyomingSettings):
+    port: int = Field(10300, ge=0, le=65535)
+    """TCP port of the STT service's Wyoming listener; 0 takes a free port (tests)."""
+    max_audio_seconds: float = Field(60.0, ge=1.0, le=600.0)
+    """Longest audio of one Wyoming transcription (audio-start to audio-stop); past it the client gets an error."""
 
 
 class SttSettings(Section):
@@ -79,6 +86,9 @@ class SttSettings(Section):
     """Longest audio accepted by /v1/audio/transcriptions and /translations, in seconds."""
     max_uploads: int = Field(2, ge=1, le=64)
     """Files transcribed at once (each holds its decoded audio in memory); another upload gets 429 with Retry-After."""
+
+    wyoming: SttWyomingSettings = Field(default_factory=lambda: SttWyomingSettings())
+    """The Wyoming listener (speech to text for Home Assistant)."""
 
     @field_validator("language")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from core.config_base import Section
+from core.config_base import Section, WyomingSettings
 
 VOICE_NAME_PATTERN = r"^[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*$"
 """A plain voice name: letters, digits, `_`, `-`, `+` and inner dots; never a path."""
@@ -111,6 +111,11 @@ class OpenAiSpeechSettings(Section):
         return value
 
 
+class TtsWyomingSettings(WyomingSettings):
+    port: int = Field(10200, ge=0, le=65535)
+    """TCP port of the TTS service's Wyoming listener; 0 takes a free port (tests)."""
+
+
 class TtsSettings(Section):
     host: str = "127.0.0.1"
     """Interface the TTS service listens on (0.0.0.0 for every interface)."""
@@ -152,3 +157,4 @@ class TtsSettings(Section):
     xtts: XttsSettings = Field(default_factory=XttsSettings)
     groq: GroqSettings = Field(default_factory=GroqSettings)
     openai: OpenAiSpeechSettings = Field(default_factory=OpenAiSpeechSettings)
+    wyoming: TtsWyomingSettings = Field(default_factory=TtsWyomingSettings)

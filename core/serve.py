@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Generator
 from types import FrameType
 from typing import Any, Literal
 
+import anyio
 import uvicorn
 from fastapi import FastAPI
 
@@ -155,6 +156,17 @@ def main(service: Literal["stt", "tts"], description: str, create_app: Callable[
         grace_s=settings.supervisor.shutdown_grace_s,
         ws_max_size=2 * message_limit,
     )
+
+
+def drain_all(*drains: Drain) -> Drain:
+    """One drain hook that runs several at once (a service's WebSocket sessions and its Wyoming clients)."""
+
+    async def drain(timeout: float) -> None:
+        async with anyio.create_task_group() as tasks:
+            for hook in drains:
+                tasks.start_soon(hook, timeout)
+
+    return drain
 
 
 def lazy_app(create_app: Callable[[], FastAPI]) -> Callable[[str], Any]:

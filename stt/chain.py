@@ -16,12 +16,14 @@ from stt.vad import WINDOW_SAMPLES, StreamingVad, VadResult
 
 
 class AudioChain:
-    def __init__(self, settings: SttSettings) -> None:
-        self.input_rate = settings.sample_rate
+    def __init__(self, settings: SttSettings, input_rate: int | None = None, *, endpointing: bool = True) -> None:
+        """`input_rate`: of the PCM16 fed in (default stt.sample_rate); `endpointing` False: utterances end
+        only when the client says so (`end`), never at a silence."""
+        self.input_rate = input_rate or settings.sample_rate
         self.threshold = settings.vad_threshold
-        self.resampler = StreamResampler(settings.sample_rate, SAMPLE_RATE)
+        self.resampler = StreamResampler(self.input_rate, SAMPLE_RATE)
         self.vad = StreamingVad()
-        self.segmenter = UtteranceSegmenter(SegmenterLimits.from_settings(settings))
+        self.segmenter = UtteranceSegmenter(SegmenterLimits.from_settings(settings, endpointing=endpointing))
         self._pending = np.zeros(0, dtype=np.float32)
 
     def accept(self, pcm16: bytes) -> bool:

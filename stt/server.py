@@ -1,6 +1,7 @@
 """The STT service's app: one SttService (the protocol-free core), and each protocol mounted over it.
 
 - native WebSocket: stt/ws.py (WS /ws/stt)
+- Wyoming (Home Assistant): stt/wyoming_api.py, a TCP listener on stt.wyoming.port
 - OpenAI's transcription API: stt/openai_api.py (/v1/audio/transcriptions, /translations, /v1/models)
 - GET /health and GET /metrics (below)
 """
@@ -17,10 +18,11 @@ from core.config import Settings, get_settings
 from core.http import add_error_shape, service_app
 from core.logging import configure_logging
 from core.openai_wire import openai_error_response
-from core.serve import lazy_app
+from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
-from stt import openai_api, ws
+from core.wyoming import WyomingListener
+from stt import openai_api, wyoming_api, ws
 from stt.service import SttService
 
 
@@ -33,10 +35,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     service = SttService(settings, connections=lambda: sockets.count)
     sockets.on_refused = service.metrics.connections_refused.inc
 
+    wyoming = WyomingListener(stt.wyoming, stt.host, "STT service", "stt.wyoming.max_connections")
+    service.listeners["wyoming"] = wyoming.health
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with service.running():
-            yield
+            if stt.wyoming.enabled:
+                await wyoming.start(wyoming_api.handler_factory(service))
+            try:
+                yield
+            finally:
+                await wyoming.stop()
 
     app = service_app(
         title="Voice assistant: speech to text",
@@ -45,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.sockets = sockets
-    app.state.drain = sockets.drain  # awaited by core.serve on SIGTERM, before uvicorn closes sockets
+    app.state.wyoming = wyoming
+    # Awaited by core.serve on SIGTERM, before uvicorn closes the sockets.
+    app.state.drain = drain_all(sockets.drain, wyoming.drain)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -39,6 +39,8 @@ class SttService:
         self.metrics = SttMetrics(connections)
         self.files = FileTranscriber(stt, self.pools.transcribe, self.metrics)
         self._connections = connections
+        self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}
+        """Reports of the protocols that listen on ports of their own (Wyoming), for /health."""
 
     @property
     def model_name(self) -> str:
@@ -63,9 +65,13 @@ class SttService:
         if self.model.engine is not None:
             self.metrics.model_loaded.set(1)
 
-    def open_session(self) -> SttSession:
-        """A new live session; use it as `async with service.open_session() as session`."""
-        return SttSession(self.settings.stt, self.model, self.pools, self.metrics)
+    def open_session(self, *, sample_rate: int | None = None, endpointing: bool = True) -> SttSession:
+        """A new live session; use it as `async with service.open_session() as session`. `sample_rate`: of
+        the PCM16 it is fed (default stt.sample_rate); `endpointing` False: the client ends each utterance
+        (a silence does not)."""
+        return SttSession(
+            self.settings.stt, self.model, self.pools, self.metrics, sample_rate=sample_rate, endpointing=endpointing
+        )
 
     @asynccontextmanager
     async def transcribe_file(self, data: bytes, request: FileRequest) -> AsyncIterator[FileTranscription]:
@@ -90,5 +96,6 @@ class SttService:
             "compute_type": engine.loaded.compute_type if engine else stt.compute_type,
             "connections": self._connections(),
             "max_connections": stt.max_connections,
+            **{name: report() for name, report in self.listeners.items()},
             "version": __version__,
         }

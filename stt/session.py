@@ -58,15 +58,26 @@ class _Job:
 
 
 class SttSession:
-    def __init__(self, settings: SttSettings, model: ModelHolder, pools: Pools, metrics: SttMetrics) -> None:
+    def __init__(
+        self,
+        settings: SttSettings,
+        model: ModelHolder,
+        pools: Pools,
+        metrics: SttMetrics,
+        *,
+        sample_rate: int | None = None,
+        endpointing: bool = True,
+    ) -> None:
         self._settings = settings
+        self.sample_rate = sample_rate or settings.sample_rate
+        """Of the PCM16 this session is fed."""
         self._metrics = metrics
         self._model = model
         self._pools = pools
         self.language = settings.language
         self.word_timestamps = False
         self.partials = settings.partial_interval_ms > 0
-        self.chain = AudioChain(settings)
+        self.chain = AudioChain(settings, self.sample_rate, endpointing=endpointing)
         self.utterances = 0
         self._partial_running = False
         self._last_partial_at = 0.0
@@ -114,7 +125,7 @@ class SttSession:
             raise BadAudio(
                 f"audio frame has an odd byte count ({len(pcm16)}); PCM16 needs 2 bytes per sample. Frame dropped"
             )
-        self._metrics.audio_received.inc(len(pcm16) / 2 / self._settings.sample_rate)
+        self._metrics.audio_received.inc(len(pcm16) / 2 / self.sample_rate)
         if not self.chain.accept(pcm16):
             return  # not a whole window yet: only buffered, no model call, no thread hop
         result = await anyio.to_thread.run_sync(self.chain.score, limiter=self._pools.vad)

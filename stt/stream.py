@@ -13,6 +13,7 @@ room; the next utterance starts at the next speech.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -84,7 +85,8 @@ class SegmenterLimits:
     max_buffer_samples: int
 
     @classmethod
-    def from_settings(cls, stt: SttSettings) -> SegmenterLimits:
+    def from_settings(cls, stt: SttSettings, *, endpointing: bool = True) -> SegmenterLimits:
+        """`endpointing` False: silence never ends an utterance; the client does (`end`)."""
         def windows(ms: int) -> int:
             return math.ceil(ms / 1000 / WINDOW_SECONDS)
 
@@ -92,7 +94,7 @@ class SegmenterLimits:
             threshold=stt.vad_threshold,
             # Rounded down: Silero scores the first window after speech as speech (its tail), so the
             # silence actually waited for is this plus one window, about endpoint_silence_ms.
-            endpoint_windows=max(1, int(stt.endpoint_silence_ms / 1000 / WINDOW_SECONDS)),
+            endpoint_windows=max(1, int(stt.endpoint_silence_ms / 1000 / WINDOW_SECONDS)) if endpointing else sys.maxsize,
             min_speech_windows=windows(stt.min_speech_ms),
             pad_windows=windows(stt.speech_pad_ms),
             max_utterance_samples=int(stt.max_utterance_seconds * SAMPLE_RATE),

@@ -25,6 +25,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     # The Hub must never be reached: a test that tries fails instead of hanging on the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Every app a test starts listens for Wyoming too, on a free port: several can run at once.
+    monkeypatch.setenv("STT__WYOMING__PORT", "0")
+    monkeypatch.setenv("TTS__WYOMING__PORT", "0")
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -24,7 +24,7 @@ from core.llm import LlmStats, OllamaClient
 from core.logging import get_logger
 from core.text import SpeechSplitter
 from tts.engines import AudioChunk, Engine
-from tts.turn import AudioPiece, Cancelled, ReplyText, Turn
+from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
@@ -101,7 +101,8 @@ class TurnRunner:
     async def _produce(self, turn: Turn, send: ObjectSendStream[str], failure: list[BaseException]) -> None:
         """Cut the text (or the LLM reply, as it streams) into fragments and queue them for synthesis.
         A failure is left in `failure` for the consumer, which raises it after the fragments before it."""
-        splitter = self.splitter(turn.request.reply)
+        # Streamed text comes from an LLM writing as it goes, like a reply: the early first fragment helps.
+        splitter = self.splitter(turn.request.reply or turn.request.text_stream is not None)
         timings = turn.timings
 
         async def put(fragments: Iterable[str]) -> None:
@@ -112,7 +113,11 @@ class TurnRunner:
 
         request = turn.request
         try:
-            if request.reply:
+            if request.text_stream is not None:
+                async for piece in request.text_stream:
+                    await put(splitter.feed(piece))
+                await put(splitter.flush())
+            elif request.reply:
                 await self._produce_reply(turn, splitter, put)
             else:
                 await put(splitter.feed(request.text))
@@ -177,7 +182,7 @@ class TurnRunner:
             started = time.perf_counter()
             request = turn.request
             result = await self.pool.run(
-                synthesize, engine, fragment, request.voice, request.speed, turn.cancel_event, turn.sample_rate
+                synthesize, engine, fragment, request, turn.cancel_event, turn.sample_rate
             )
             seconds = time.perf_counter() - started
         if result is None:
@@ -198,14 +203,14 @@ class TurnRunner:
 
 
 def synthesize(
-    engine: Engine, text: str, voice: str, speed: float, cancel: threading.Event, rate: int | None = None
+    engine: Engine, text: str, request: TurnRequest, cancel: threading.Event, rate: int | None = None
 ) -> tuple[np.ndarray, int, bytes] | None:
     """Runs in a worker thread: the fragment's audio (at `rate`, default the first chunk's), or None when
     cancelled (checked before the fragment and after every chunk)."""
     if cancel.is_set():
         return None
     chunks: list[AudioChunk] = []
-    generator = engine.synthesize(text, voice, speed)
+    generator = engine.synthesize(text, request.voice, request.speed, request.speaker)
     try:
         for chunk in generator:
             chunks.append(chunk)

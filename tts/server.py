@@ -2,6 +2,7 @@
 
 - native HTTP and SSE: tts/http_api.py (POST /tts, /tts/stream, /tts/sse, /voices, /health, /metrics)
 - native WebSocket: tts/ws.py (WS /ws/tts)
+- Wyoming (Home Assistant): tts/wyoming_api.py, a TCP listener on tts.wyoming.port
 - OpenAI's audio API: tts/openai_api.py (/v1/audio/speech, /v1/models, ...), with transcriptions
   forwarded to the STT service (tts/forward.py)
 - the dashboard: tts/dashboard.py (/api/...) and the static page at /
@@ -21,10 +22,11 @@ from core.http import add_error_shape, service_app
 from core.llm import OllamaClient
 from core.logging import configure_logging
 from core.openai_wire import openai_error_response
-from core.serve import lazy_app
+from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
-from tts import dashboard, forward, http_api, openai_api, ws
+from core.wyoming import WyomingListener
+from tts import dashboard, forward, http_api, openai_api, wyoming_api, ws
 from tts.forward import Forwarder
 from tts.engines import create_engine
 from tts.engines.host import EngineFactory
@@ -55,12 +57,18 @@ def create_app(
     )
 
     forwarder = Forwarder(settings)
+    wyoming = WyomingListener(tts.wyoming, tts.host, "TTS service", "tts.wyoming.max_connections")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             async with service.running():
-                yield
+                if tts.wyoming.enabled:
+                    await wyoming.start(wyoming_api.handler_factory(service))
+                try:
+                    yield
+                finally:
+                    await wyoming.stop()
         finally:
             await forwarder.aclose()
 
@@ -71,7 +79,10 @@ def create_app(
     )
     app.state.service = service
     app.state.sockets = sockets
-    app.state.drain = sockets.drain  # awaited by core.serve on SIGTERM, before uvicorn closes sockets
+    app.state.wyoming = wyoming
+    service.listeners["wyoming"] = wyoming.health
+    # Awaited by core.serve on SIGTERM, before uvicorn closes the sockets.
+    app.state.drain = drain_all(sockets.drain, wyoming.drain)
     app.include_router(http_api.router)
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.router)

@@ -26,10 +26,11 @@ from core.errors import EmptyText, InvalidSpeed, ShuttingDown, TextTooLong
 from core.llm import LlmHealth, OllamaClient
 from core.logging import get_logger
 from tts.engines import create_engine
+from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineFactory, EngineHost
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
-from tts.turn import AudioPiece, Turn, TurnRequest
+from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
@@ -77,6 +78,8 @@ class TtsService:
         self.runner = TurnRunner(settings, self.pool, self.llm)
         self.metrics = TtsMetrics(self.pool, websocket_clients)
         self._tasks: TaskGroup | None = None
+        self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}
+        """Reports of the protocols that listen on ports of their own (Wyoming), for /health."""
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TtsService]:
@@ -98,7 +101,7 @@ class TtsService:
     # -- requests and turns ---------------------------------------------------------------------
 
     async def check_request(
-        self, text: str, voice: str | None, speed: float | None, reply: bool | None
+        self, text: str, voice: str | None, speed: float | None, reply: bool | None, speaker: str | None = None
     ) -> TurnRequest:
         """The request with its voice resolved and defaults applied, or the error that says what is wrong."""
         tts = self.settings.tts
@@ -112,10 +115,19 @@ class TtsService:
                 f"speed {speed!r} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
                 "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
             )
+        voice, speaker = await self.check_voice(voice, speaker)
+        return TurnRequest(text, voice, speed, tts.reply_default if reply is None else reply, speaker)
+
+    async def check_voice(self, voice: str | None, speaker: str | None = None) -> tuple[str, str | None]:
+        """The voice (and speaker) to speak with, or VoiceNotFound / InvalidVoiceName / InvalidRequest."""
         engine = self.engines.current()
+
+        def resolve() -> tuple[str, str | None]:
+            resolved = engine.resolve_voice(voice)
+            return resolved, engine.resolve_speaker(resolved, speaker)
+
         # Resolving a Piper voice looks at the voices folder: file-system work stays off the event loop.
-        resolved = await anyio.to_thread.run_sync(engine.resolve_voice, voice)
-        return TurnRequest(text, resolved, speed, tts.reply_default if reply is None else reply)
+        return await anyio.to_thread.run_sync(resolve)
 
     def start_turn(self, request: TurnRequest, endpoint: str, started: float | None = None) -> Turn:
         """Start speaking `request`; iterate the returned Turn for its events. `endpoint` names the
@@ -126,6 +138,16 @@ class TtsService:
         turn = Turn(request, engine.name, started)
         self._tasks.start_soon(self._run, turn, engine, endpoint)
         return turn
+
+    async def start_text_stream(
+        self, voice: str | None, speaker: str | None, endpoint: str, started: float | None = None
+    ) -> tuple[Turn, TextStream]:
+        """A turn whose text the client sends piece by piece (`await stream.send(text)`, `stream.close()`);
+        each sentence is spoken as soon as it is complete in the text so far."""
+        voice, speaker = await self.check_voice(voice, speaker)
+        stream = TextStream(self.settings.tts.max_text_length)
+        request = TurnRequest("", voice, 1.0, False, speaker, text_stream=stream)
+        return self.start_turn(request, endpoint, started), stream
 
     async def _run(self, turn: Turn, engine: Any, endpoint: str) -> None:
         try:
@@ -148,6 +170,10 @@ class TtsService:
         engine = self.engines.current()
         names = await anyio.to_thread.run_sync(engine.voices)
         return VoiceList(names, engine.default_voice, engine.name)
+
+    async def voice_details(self) -> list[VoiceInfo]:
+        """Every voice of the serving engine with its languages and speakers (read off the event loop)."""
+        return await anyio.to_thread.run_sync(self.engines.current().voice_details)
 
     def workers(self) -> dict[str, int]:
         counters = self.pool.counters
@@ -189,6 +215,7 @@ class TtsService:
             "voice": engine.default_voice if engine else engines.configured_voice(),
             "voice_loaded": bool(engine and engine.voice_loaded),
             "workers": self.workers(),
+            **{name: report() for name, report in self.listeners.items()},
             "version": __version__,
         }
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from core.errors import ServiceError
+from core.errors import ServiceError, TextTooLong
 from core.llm import LlmStats
 
 EVENT_BUFFER = 8
@@ -38,6 +39,10 @@ class TurnRequest:
     speed: float
     reply: bool
     """Speak the LLM's reply to `text` (True) or `text` itself (False)."""
+    speaker: str | None = None
+    """The speaker of a multi-speaker voice (None: its default)."""
+    text_stream: AsyncIterable[str] | None = None
+    """When set, the text arrives piece by piece from the client (streamed like a reply); `text` is unused."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,39 @@ class AudioPiece:
 
 
 TurnEvent = ReplyText | AudioPiece
+
+TEXT_STREAM_BUFFER = 256
+"""Pieces of streamed text a client may send ahead of the turn reading them; then sending waits."""
+
+
+class TextStream:
+    """Text arriving piece by piece from a client (Wyoming's synthesize-chunk), read by its turn as it
+    comes, bounded by tts.max_text_length over the whole stream."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.length = 0
+        self._send, self._receive = anyio.create_memory_object_stream[str](TEXT_STREAM_BUFFER)
+
+    async def send(self, text: str) -> None:
+        """Add a piece; TextTooLong past the limit (nothing of that piece is taken)."""
+        if self.length + len(text) > self.limit:
+            raise TextTooLong(
+                f"the streamed text has more than {self.limit} characters (tts.max_text_length); "
+                f"{self.length} were taken"
+            )
+        self.length += len(text)
+        try:
+            await self._send.send(text)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the turn has ended (failed or cancelled): iterating it says why
+
+    def close(self) -> None:
+        """The end of the text."""
+        self._send.close()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._receive.__aiter__()
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -94,5 +94,7 @@ def test_config_says_which_values_the_environment_set(
     assert body["settings"]["logging"]["to_supervisor"] is True
     assert body["set_by_environment"] == {
         "logging.to_supervisor": "LOGGING__TO_SUPERVISOR",
+        "stt.wyoming.port": "STT__WYOMING__PORT",  # tests/conftest.py: every test app takes free ports
         "tts.max_concurrent": "TTS__MAX_CONCURRENT",
+        "tts.wyoming.port": "TTS__WYOMING__PORT",
     }

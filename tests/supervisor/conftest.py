@@ -178,6 +178,7 @@ def make_config(
                 "models_dir": str(tmp_path / "whisper"),
                 "beam_size": 1,
                 "temperatures": [0.0],
+                "wyoming": {"port": free_port()},
             },
             "tts": {
                 "host": "127.0.0.1",
@@ -186,6 +187,7 @@ def make_config(
                 "voice": VOICE,
                 "voices_dir": str(voices_dir),
                 "piper": {"download": False},
+                "wyoming": {"port": free_port()},
             },
             "llm": {"url": ollama.url, "retry_base_delay_s": 0.0, "health_timeout_s": 0.5},
             "supervisor": {

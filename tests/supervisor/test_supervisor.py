@@ -3,6 +3,7 @@ busy ports, orphans, --only and the startup timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -19,6 +20,8 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from wyoming.client import AsyncTcpClient
+from wyoming.info import Describe, Info
 
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import expected_samples
@@ -220,6 +223,30 @@ def test_sigterm_lets_a_tts_socket_generation_finish_then_closes_every_tts_socke
     assert run.find("draining_sessions", service="tts")[0]["sessions"] == 2
 
 
+def test_the_wyoming_listeners_start_and_stop_with_their_services(make_config, start_supervisor) -> None:
+    config = make_config()
+    ports = {name: config[name]["wyoming"]["port"] for name in ("stt", "tts")}
+    run = start_supervisor(config)
+    run.wait_event("all_services_ready")
+    run.wait_event("engine_ready", service="tts")
+
+    async def describe(port: int) -> Info:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=10) as client:
+            await client.write_event(Describe().event())
+            event = await client.read_event()
+            assert event is not None and Info.is_type(event.type)
+            return Info.from_event(event)
+
+    infos = {name: asyncio.run(describe(port)) for name, port in ports.items()}
+    listening = {e["service"]: e["port"] for e in run.find("wyoming_listening")}
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit() == 0
+    assert [p.name for p in infos["stt"].asr] == ["voice-assistant-stt"] and not infos["stt"].tts
+    assert [p.name for p in infos["tts"].tts] == ["voice-assistant-tts"] and not infos["tts"].asr
+    assert listening == {"stt": ports["stt"], "tts": ports["tts"]}
+    assert all(port_is_closed(port) for port in ports.values())
+
+
 def test_a_killed_child_is_restarted_with_backoff_and_a_crash_loop_stops_everything(
     make_config, start_supervisor
 ) -> None:
@@ -259,25 +286,25 @@ def test_a_killed_child_is_restarted_with_backoff_and_a_crash_loop_stops_everyth
     assert wait_gone([first, second, third, tts_pid]) == []
 
 
-@pytest.mark.parametrize("service", ["stt", "tts"])
-def test_a_busy_port_is_reported_before_anything_starts(make_config, start_supervisor, service: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "key"), [("stt", "stt.port"), ("tts", "tts.port"), ("stt", "stt.wyoming.port"), ("tts", "tts.wyoming.port")]
+)
+def test_a_busy_port_is_reported_before_anything_starts(make_config, start_supervisor, service: str, key: str) -> None:
     config = make_config()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        config[service]["port"] = port
+        section = config
+        for part in key.split(".")[:-1]:
+            section = section[part]
+        section["port"] = port
         run = start_supervisor(config)
         assert run.wait_exit() == 1
     problem = run.find("port_in_use")[0]
-    assert (problem["level"], problem["port"], problem["key"], problem["child"]) == (
-        "error",
-        port,
-        f"{service}.port",
-        service,
-    )
+    assert (problem["level"], problem["port"], problem["key"], problem["child"]) == ("error", port, key, service)
     assert f"port {port} on 127.0.0.1 is already in use" in problem["message"]
-    assert f"{service}.port (environment {service.upper()}__PORT)" in problem["message"]
+    assert f"{key} (environment {key.upper().replace('.', '__')})" in problem["message"]
     assert run.find("service_started") == []
 
 

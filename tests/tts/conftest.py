@@ -82,9 +82,9 @@ class GatedPiperEngine(PiperEngine):
 
     gate: Gate
 
-    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[AudioChunk]:
         self.gate.wait_here(text)
-        yield from super().synthesize(text, voice, speed)
+        yield from super().synthesize(text, voice, speed, speaker)
 
 
 def gated_factory(gate: Gate) -> Callable[..., Any]:

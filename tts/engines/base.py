@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from core.config import Settings, TtsSettings
+from core.errors import InvalidRequest
 
 
 class EngineStartError(Exception):
     """An engine cannot start (missing voice, failed download, missing extra); the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """What a client needs to know to pick a voice."""
+
+    name: str
+    languages: list[str]
+    speakers: list[str] = field(default_factory=list)
+    """Speaker names of a multi-speaker voice; empty for a voice with one."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,22 @@ class Engine(ABC):
         """The voice to use for `voice` (None: the default). Raises InvalidVoiceName for anything but a plain
         name, before touching the file system, and VoiceNotFound listing the voices for an unknown one."""
 
+    def resolve_speaker(self, voice: str, speaker: str | None) -> str | None:
+        """The speaker of a resolved voice to use for `speaker` (None: the voice's default). Raises
+        InvalidRequest for a speaker the voice does not have."""
+        if speaker is None:
+            return None
+        raise InvalidRequest(f"voice {voice!r} of the {self.name} engine has no speakers to choose from", param="speaker")
+
+    def voice_details(self) -> list[VoiceInfo]:
+        """Every voice with its languages and speakers (the name's language part, unless an engine knows better)."""
+        return [VoiceInfo(name, [name.split("-")[0].replace("_", "-")]) for name in self.voices()]
+
     @abstractmethod
-    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
-        """Speak `text` with a voice returned by resolve_voice, at `speed` (1.0 normal, 2.0 twice as fast).
-        A lazy generator: work happens as it is iterated, so a caller can stop between chunks."""
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[AudioChunk]:
+        """Speak `text` with a voice returned by resolve_voice (and a speaker from resolve_speaker), at `speed`
+        (1.0 normal, 2.0 twice as fast). A lazy generator: work happens as it is iterated, so a caller can
+        stop between chunks."""
 
     @property
     def voice_loaded(self) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from core.config import EspeakSettings, Settings, TtsSettings
 from core.errors import EngineError, VoiceNotFound
 from core.text import split_sentences
-from tts.engines.base import AudioChunk, Engine, EngineStartError
+from tts.engines.base import AudioChunk, Engine, EngineStartError, VoiceInfo
 from tts.engines.espeak_lib import EspeakError, EspeakNG
 from tts.voices import VOICE_NAME, check_voice_name
 
@@ -49,6 +49,9 @@ class EspeakEngine(Engine):
             )
         return self._voices
 
+    def voice_details(self) -> list[VoiceInfo]:
+        return [VoiceInfo(name, [name]) for name in self.voices()]  # espeak's voices are named by language
+
     def resolve_voice(self, voice: str | None) -> str:
         name = check_voice_name(voice or self.default_voice)
         base = name.partition("+")[0]
@@ -56,7 +59,7 @@ class EspeakEngine(Engine):
             raise VoiceNotFound(name, self.voices(), self.name)
         return name
 
-    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[AudioChunk]:
         rate = min(_MAX_RATE_WPM, max(_MIN_RATE_WPM, round(self.settings.rate_wpm * speed)))
         for sentence in split_sentences(text):
             try:

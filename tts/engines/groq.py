@@ -16,7 +16,7 @@ from core.config import GroqSettings, Settings, TtsSettings
 from core.errors import EngineAuth, EngineBusy, EngineError, VoiceNotFound
 from core.logging import get_logger
 from core.text import split_sentences, truncate_at_sentence
-from tts.engines.base import AudioChunk, Engine, EngineStartError
+from tts.engines.base import AudioChunk, Engine, EngineStartError, VoiceInfo
 from tts.voices import check_voice_name
 
 log = get_logger(__name__)
@@ -74,13 +74,16 @@ class GroqEngine(Engine):
     def voices(self) -> list[str]:
         return sorted(self.settings.voices)
 
+    def voice_details(self) -> list[VoiceInfo]:
+        return [VoiceInfo(name, ["en"]) for name in self.voices()]  # Groq's speech models speak English
+
     def resolve_voice(self, voice: str | None) -> str:
         name = check_voice_name(voice or self.default_voice)
         if name not in self.settings.voices:
             raise VoiceNotFound(name, self.voices(), self.name)
         return name
 
-    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[AudioChunk]:
         if self._client is None:
             raise EngineError("the groq engine is not started")
         for piece in pack_sentences(text, self.settings.max_input_chars):

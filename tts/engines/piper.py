@@ -7,15 +7,17 @@ in place is reloaded (its modification time is part of the cache key).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from core.config import Settings, TtsSettings
-from core.errors import EngineError, VoiceNotFound
+from core.errors import EngineError, InvalidRequest, VoiceNotFound
 from core.logging import get_logger
-from tts.engines.base import AudioChunk, Engine, EngineStartError
+from tts.engines.base import AudioChunk, Engine, EngineStartError, VoiceInfo
 from tts.voices import (
     Downloader,
     check_voice_name,
@@ -127,8 +129,6 @@ class PiperEngine(Engine):
         if not self.settings.threads:
             return PiperVoice.load(model, config_path=config, use_cuda=self._use_cuda)
         # PiperVoice.load takes no session options; build the same voice with a thread count.
-        import json
-
         import onnxruntime
         from piper.config import PiperConfig
 
@@ -145,11 +145,43 @@ class PiperEngine(Engine):
             session=onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers),
         )
 
-    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+    def _config(self, name: str) -> dict[str, Any]:
+        """A voice's .onnx.json, read without loading the voice."""
+        _, config = piper_voice_files(self.voices_dir, name)
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _speakers(self, name: str) -> dict[str, int]:
+        speakers = self._config(name).get("speaker_id_map") or {}
+        return {str(key): int(value) for key, value in speakers.items()} if isinstance(speakers, dict) else {}
+
+    def voice_details(self) -> list[VoiceInfo]:
+        details = []
+        for name in self.voices():
+            config = self._config(name)
+            language = (config.get("language") or {}).get("code") or name.split("-")[0]
+            details.append(VoiceInfo(name, [str(language)], sorted(self._speakers(name), key=self._speakers(name).get)))
+        return details
+
+    def resolve_speaker(self, voice: str, speaker: str | None) -> str | None:
+        if speaker is None:
+            return None
+        speakers = self._speakers(voice)
+        if speaker in speakers or (speaker.isdigit() and int(speaker) in speakers.values()):
+            return speaker
+        offered = ", ".join(speakers) or "none: it has one speaker"
+        raise InvalidRequest(f"voice {voice!r} has no speaker {speaker!r}; its speakers: {offered}", param="speaker")
+
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[AudioChunk]:
         from piper import SynthesisConfig
 
         piper_voice = self._voice(voice)
         speaker_id = self.settings.speaker_id
+        if speaker is not None:
+            speaker_id = int(speaker) if speaker.isdigit() else piper_voice.config.speaker_id_map.get(speaker)
         if speaker_id is not None and speaker_id >= piper_voice.config.num_speakers:
             raise EngineError(
                 f"tts.piper.speaker_id {speaker_id} is out of range for voice {voice!r}, "

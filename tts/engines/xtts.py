@@ -18,7 +18,7 @@ from core.config import Settings, TtsSettings, XttsSettings
 from core.errors import EngineError, VoiceNotFound
 from core.logging import get_logger
 from core.text import split_sentences
-from tts.engines.base import AudioChunk, Engine, EngineStartError
+from tts.engines.base import AudioChunk, Engine, EngineStartError, VoiceInfo
 from tts.voices import VOICE_NAME, check_voice_name
 
 log = get_logger(__name__)
@@ -97,6 +97,9 @@ class XttsEngine(Engine):
             path.stem for path in self.speakers_dir.glob("*.wav") if VOICE_NAME.fullmatch(path.stem) and path.is_file()
         )
 
+    def voice_details(self) -> list[VoiceInfo]:
+        return [VoiceInfo(name, [self.settings.language]) for name in self.voices()]
+
     def resolve_voice(self, voice: str | None) -> str:
         name = check_voice_name(voice or self.default_voice)
         if not (self.speakers_dir / f"{name}.wav").is_file():
@@ -107,7 +110,7 @@ class XttsEngine(Engine):
         synthesizer = getattr(self._model, "synthesizer", None)
         return int(getattr(synthesizer, "output_sample_rate", 0) or DEFAULT_SAMPLE_RATE)
 
-    def synthesize(self, text: str, voice: str, speed: float) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[AudioChunk]:
         if self._model is None:
             raise EngineError("the xtts engine is not started")
         speaker_wav = str(self.speakers_dir / f"{voice}.wav")

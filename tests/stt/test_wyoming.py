@@ -1,0 +1,151 @@
+"""Wyoming on the STT service, driven by the `wyoming` package's own async TCP client against a real
+server: describe/info, transcriptions at any audio format, streaming partials, and the errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+
+from core.audio import float32_to_pcm16
+from stt.server import create_app
+from tests.fixtures.server import RunningServer, run_server
+from tests.fixtures.speech import make_speech
+from tests.stt.test_server import PHRASE, wait_until_settled
+
+
+@pytest.fixture
+def server(make_settings) -> Iterator[RunningServer]:
+    with run_server(create_app(make_settings(stt={"wyoming": {"max_audio_seconds": 20}}))) as running:
+        wait_until_settled(running)
+        yield running
+
+
+def port_of(server: RunningServer) -> int:
+    return server.app.state.wyoming.port
+
+
+async def until(client: AsyncTcpClient, *types: str) -> list[Event]:
+    events = []
+    while True:
+        event = await client.read_event()
+        assert event is not None, "the server closed the connection"
+        events.append(event)
+        if event.type in types:
+            return events
+
+
+def audio_events(pcm: bytes, rate: int, width: int, channels: int, chunk_s: float = 0.1) -> list[Event]:
+    step = int(rate * chunk_s) * width * channels
+    chunks = [AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[i : i + step]).event() for i in range(0, len(pcm), step)]
+    return [AudioStart(rate=rate, width=width, channels=channels).event(), *chunks, AudioStop().event()]
+
+
+def transcribe(port: int, events: list[Event], pace_s: float = 0.0, language: str | None = None) -> list[Event]:
+    async def main() -> list[Event]:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=30) as client:
+            await client.write_event(Transcribe(language=language).event())
+            for event in events:
+                await client.write_event(event)
+                if pace_s and event.type == "audio-chunk":
+                    await asyncio.sleep(pace_s)
+            got = await until(client, "transcript", "error")
+            if got[-1].type == "transcript":
+                await client.write_event(Describe().event())
+                got += await until(client, "info")
+            return got
+
+    return asyncio.run(main())
+
+
+def test_describe_tells_the_model_and_its_languages(server: RunningServer, whisper_model_dir: Any) -> None:
+    async def describe() -> Info:
+        async with AsyncTcpClient("127.0.0.1", port_of(server), read_timeout=10) as client:
+            await client.write_event(Describe().event())
+            [event] = await until(client, "info")
+            return Info.from_event(event)
+
+    [program] = asyncio.run(describe()).asr
+    assert (program.name, program.installed, program.supports_transcript_streaming) == ("voice-assistant-stt", True, True)
+    [model] = program.models
+    assert model.name == whisper_model_dir.name and model.installed is True  # the name, never the server's path
+    assert {"en", "de", "fr"} <= set(model.languages)
+
+
+def test_a_transcription_of_16_khz_mono(server: RunningServer) -> None:
+    speech = make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=0.3)
+    events = transcribe(port_of(server), audio_events(float32_to_pcm16(speech), 16000, 2, 1))
+    transcript = Transcript.from_event(next(e for e in events if e.type == "transcript"))
+    assert transcript.text and transcript.language == "en"
+    assert events[-1].type == "info", "the connection stays usable"
+
+
+def test_a_transcription_of_22_khz_stereo_is_converted(server: RunningServer) -> None:
+    speech = make_speech(PHRASE, sample_rate=22050, lead_silence_s=0.3, trail_silence_s=0.3)
+    mono = np.frombuffer(float32_to_pcm16(speech), "<i2")
+    stereo = np.stack([mono, mono], axis=1).astype("<i2").tobytes()
+    direct = transcribe(port_of(server), audio_events(float32_to_pcm16(speech), 22050, 2, 1))
+    converted = transcribe(port_of(server), audio_events(stereo, 22050, 2, 2))
+    texts = [Transcript.from_event(next(e for e in got if e.type == "transcript")).text for got in (direct, converted)]
+    assert texts[0] and texts[0] == texts[1], "the stereo audio is heard as its mono channel"
+
+
+def test_streaming_partials_come_as_transcript_chunks_before_the_transcript(make_settings) -> None:
+    settings = make_settings(stt={"partial_interval_ms": 100, "max_concurrent": 2})
+    speech = make_speech("one two three four five six seven eight nine ten", lead_silence_s=0.2, trail_silence_s=0.2)
+    with run_server(create_app(settings)) as running:
+        wait_until_settled(running)
+        events = transcribe(port_of(running), audio_events(float32_to_pcm16(speech), 16000, 2, 1), pace_s=0.1)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "transcript-start" and "transcript-chunk" in kinds
+    assert kinds.index("transcript-chunk") < kinds.index("transcript") < kinds.index("transcript-stop")
+    chunks = "".join(TranscriptChunk.from_event(e).text for e in events if e.type == "transcript-chunk")
+    assert chunks.strip() and chunks == chunks.lstrip(), "the settled words, chunk after chunk, add up"
+
+
+@pytest.mark.parametrize(
+    ("events", "code", "fragment"),
+    [
+        ([AudioChunk(rate=16000, width=2, channels=1, audio=b"\x00" * 320).event()], "bad_message", "before audio-start"),
+        ([AudioStop().event()], "bad_message", "before audio-start"),
+        (audio_events(bytes(16000 * 2 * 21), 16000, 2, 1, chunk_s=1.0), "request_too_large", "over 20 s (stt.wyoming.max_audio_seconds)"),
+        ([AudioStart(rate=16000, width=3, channels=1).event(), AudioChunk(rate=16000, width=3, channels=1, audio=bytes(30)).event()], "bad_audio", "width 3"),
+    ],
+)
+def test_errors_are_error_events_with_the_services_codes(server: RunningServer, events: list[Event], code: str, fragment: str) -> None:
+    async def main() -> list[Event]:
+        async with AsyncTcpClient("127.0.0.1", port_of(server), read_timeout=30) as client:
+            for event in events:
+                await client.write_event(event)
+            await client.write_event(Describe().event())
+            return await until(client, "info")
+
+    got = asyncio.run(main())
+    assert [e.type for e in got] == ["error", "info"], "one error, then the connection goes on"
+    error = Error.from_event(got[0])
+    assert error.code == code and fragment in error.text
+
+
+def test_an_unknown_language_is_refused(server: RunningServer) -> None:
+    got = transcribe(port_of(server), [], language="xx")
+    error = Error.from_event(got[-1])
+    assert error.code == "invalid_request" and "unknown language 'xx'" in error.text
+
+
+def test_a_model_that_cannot_load_is_an_error_event(make_settings, tmp_path) -> None:
+    missing = tmp_path / "no-model"
+    missing.mkdir()
+    with run_server(create_app(make_settings(stt={"model": str(missing)}))) as running:
+        wait_until_settled(running)
+        got = transcribe(port_of(running), audio_events(bytes(3200), 16000, 2, 1))
+    error = Error.from_event(got[-1])
+    assert error.code == "model_unavailable" and "has no model.bin" in error.text
