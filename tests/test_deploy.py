@@ -111,7 +111,7 @@ def test_dockerfile_is_a_slim_cpu_image_run_by_a_non_root_user() -> None:
     assert users and users[-1] not in ("root", "0")
     assert keywords.index("USER") < keywords.index("CMD")
     exposed = {port for keyword, rest in instructions if keyword == "EXPOSE" for port in rest.split()}
-    assert exposed == {"8000", "8010"}
+    assert exposed == {"8000", "8010", "10200", "10300"}
     volumes = [rest for keyword, rest in instructions if keyword == "VOLUME"]
     assert volumes == ['["/app/models"]']
     env = " ".join(rest for keyword, rest in instructions if keyword == "ENV")
@@ -122,6 +122,8 @@ def test_dockerfile_is_a_slim_cpu_image_run_by_a_non_root_user() -> None:
     # Inside a container the services must listen on every interface, and the models live in the volume.
     assert settings.stt.host == settings.tts.host == "0.0.0.0"
     assert (settings.stt.port, settings.tts.port) == (8010, 8000)
+    assert (settings.stt.wyoming.port, settings.tts.wyoming.port) == (10300, 10200)  # what the image exposes
+    assert settings.stt.wyoming.enabled and settings.tts.wyoming.enabled
     assert all(
         (Path("/app") / d).is_relative_to("/app/models") for d in (settings.stt.models_dir, settings.tts.voices_dir)
     )
@@ -156,7 +158,7 @@ def test_compose_runs_the_image_next_to_ollama() -> None:
     context = (COMPOSE.parent / app["build"]["context"]).resolve()
     assert context == PROJECT_ROOT.resolve()
     assert (context / app["build"]["dockerfile"]).resolve() == DOCKERFILE.resolve()
-    assert set(app["ports"]) == {"8000:8000", "8010:8010"}
+    assert set(app["ports"]) == {"8000:8000", "8010:8010", "10200:10200", "10300:10300"}
     assert app["environment"]["LLM__URL"] == "http://ollama:11434"
     assert app["depends_on"]["ollama"]["condition"] == "service_healthy"
     assert "models:/app/models" in app["volumes"]

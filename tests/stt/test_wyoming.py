@@ -149,3 +149,26 @@ def test_a_model_that_cannot_load_is_an_error_event(make_settings, tmp_path) -> 
         got = transcribe(port_of(running), audio_events(bytes(3200), 16000, 2, 1))
     error = Error.from_event(got[-1])
     assert error.code == "model_unavailable" and "has no model.bin" in error.text
+
+
+def test_zeroconf_advertises_the_listener_when_asked(make_settings) -> None:
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncZeroconf
+
+    settings = make_settings(stt={"wyoming": {"zeroconf": True, "zeroconf_name": "voice-assistant-test"}})
+    with run_server(create_app(settings)) as running:
+        wait_until_settled(running)
+
+        async def discover() -> Any:
+            browser = AsyncZeroconf(ip_version=IPVersion.V4Only)
+            try:
+                return await browser.async_get_service_info(
+                    "_wyoming._tcp.local.", "voice-assistant-test._wyoming._tcp.local.", timeout=5000
+                )
+            finally:
+                await browser.async_close()
+
+        found = asyncio.run(discover())
+        port = port_of(running)
+    assert found is not None, "a zeroconf browser on this machine finds the advertisement"
+    assert (found.port, found.parsed_addresses()) == (port, ["127.0.0.1"])
