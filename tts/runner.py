@@ -12,10 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import anyio
 import numpy as np
-from anyio.abc import ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from core.audio import float32_to_pcm16, resample
 from core.config import Settings
@@ -42,12 +43,16 @@ class TurnRunner:
         self.pool = pool
         self.llm = llm
 
-    def splitter(self, reply: bool) -> SpeechSplitter:
-        """The early first fragment (tts.first_fragment_*) is for replies: it starts speaking before the LLM
-        has written its first sentence. A text given whole is cut at its sentence ends only, so it costs no
-        extra synthesis (and every protocol still cuts the same request the same way)."""
+    def splitter(self, request: TurnRequest) -> SpeechSplitter:
+        """The early first fragment (tts.first_fragment_*) starts speaking before the first sentence is all
+        written (a reply, streamed text) or synthesized. By default a text given whole is cut at its
+        sentence ends only, so it costs no extra synthesis; an adapter whose client hears the audio as it
+        comes may ask for it (TurnRequest.early_first). Each request is cut one way, whatever the protocol."""
         tts = self.settings.tts
-        if not reply:
+        early = request.early_first
+        if early is None:
+            early = request.reply or request.text_stream is not None
+        if not early:
             return SpeechSplitter()
         return SpeechSplitter(tts.first_fragment_min_words, tts.first_fragment_max_words)
 
@@ -87,8 +92,7 @@ class TurnRunner:
             tasks.start_soon(self._produce, turn, send, producer_failure)
             try:
                 with receive:
-                    async for fragment in receive:
-                        await self._speak_fragment(engine, fragment, turn)
+                    await self._speak_fragments(engine, receive, turn)
                 if producer_failure:
                     raise producer_failure[0]
                 await turn.emit(ReplyText(turn.text, True))
@@ -101,8 +105,7 @@ class TurnRunner:
     async def _produce(self, turn: Turn, send: ObjectSendStream[str], failure: list[BaseException]) -> None:
         """Cut the text (or the LLM reply, as it streams) into fragments and queue them for synthesis.
         A failure is left in `failure` for the consumer, which raises it after the fragments before it."""
-        # Streamed text comes from an LLM writing as it goes, like a reply: the early first fragment helps.
-        splitter = self.splitter(turn.request.reply or turn.request.text_stream is not None)
+        splitter = self.splitter(turn.request)
         timings = turn.timings
 
         async def put(fragments: Iterable[str]) -> None:
@@ -172,19 +175,41 @@ class TurnRunner:
             "try again or adjust llm.system_prompt"
         )
 
-    async def _speak_fragment(self, engine: Engine, fragment: str, turn: Turn) -> None:
+    async def _speak_fragments(self, engine: Engine, fragments: ObjectReceiveStream[str], turn: Turn) -> None:
+        """Each fragment as it is cut. The worker is kept from one fragment to the next while the next is
+        already cut and the client keeps up (a text given whole is spoken in one go, as the peers do);
+        it is given back while the turn waits for its LLM or its client, so others use it meanwhile."""
+        holding = False
+        try:
+            async for fragment in fragments:
+                turn.fragments.append(fragment)
+                await turn.emit(ReplyText(turn.text, False))
+                if not holding:
+                    # tts.queue_timeout_s is the turn's admission: only its first synthesis can be refused.
+                    turn.timings.queue_waits.append(
+                        await self.pool.acquire(turn.timings.started, timeout=not turn.timings.queue_waits)
+                    )
+                    holding = True
+                else:
+                    turn.timings.queue_waits.append(0.0)
+                result, seconds = await self._synthesize(engine, fragment, turn)
+                if not (fragments.statistics().current_buffer_used and turn.can_emit()):
+                    self.pool.release()
+                    holding = False
+                await self._emit_audio(fragment, turn, result, seconds)
+        finally:
+            if holding:
+                self.pool.release()
+
+    async def _synthesize(self, engine: Engine, fragment: str, turn: Turn) -> tuple[Any, float]:
+        started = time.perf_counter()
+        # Not abandoned on cancel: Turn.cancel sets the event first, the thread stops at its next
+        # sentence, and only then is the worker given back.
+        result = await self.pool.run(synthesize, engine, fragment, turn.request, turn.cancel_event, turn.sample_rate)
+        return result, time.perf_counter() - started
+
+    async def _emit_audio(self, fragment: str, turn: Turn, result: Any, seconds: float) -> None:
         timings = turn.timings
-        turn.fragments.append(fragment)
-        await turn.emit(ReplyText(turn.text, False))
-        # tts.queue_timeout_s is the turn's admission: only its first synthesis can be refused.
-        async with self.pool.worker(timeout=not timings.queue_waits) as waited:
-            timings.queue_waits.append(waited)
-            started = time.perf_counter()
-            request = turn.request
-            result = await self.pool.run(
-                synthesize, engine, fragment, request, turn.cancel_event, turn.sample_rate
-            )
-            seconds = time.perf_counter() - started
         if result is None:
             raise Cancelled()
         samples, rate, pcm16 = result

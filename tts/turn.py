@@ -43,6 +43,9 @@ class TurnRequest:
     """The speaker of a multi-speaker voice (None: its default)."""
     text_stream: AsyncIterable[str] | None = None
     """When set, the text arrives piece by piece from the client (streamed like a reply); `text` is unused."""
+    early_first: bool | None = None
+    """Let the first fragment end early (tts.first_fragment_*) to start speaking sooner; None: for replies
+    and streamed text, whose first sentence is still being written."""
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,11 @@ class Turn:
 
     async def emit(self, event: TurnEvent) -> None:
         await self._send.send(event)
+
+    def can_emit(self) -> bool:
+        """Whether `emit` would hand an event on at once (the client is keeping up)."""
+        stats = self._send.statistics()
+        return stats.current_buffer_used < stats.max_buffer_size
 
     async def fail(self, error: ServiceError) -> None:
         self.outcome = error.code

@@ -163,9 +163,15 @@ class SentenceGate(Gate):
             assert self.release[text].wait(30), f"{text!r} never released"
 
 
-def test_a_started_stream_is_not_cut_off_by_a_request_queued_between_its_sentences(
+def test_a_started_reply_is_not_cut_off_by_a_request_that_took_the_worker_while_its_llm_wrote(
     voices_dir: Path, ollama: OllamaDouble
 ) -> None:
+    # The LLM writes one word every two seconds: after "One." is spoken the turn waits for its LLM and
+    # gives the worker back; another request takes it. The turn's "Two." then waits for that request,
+    # longer than queue_timeout_s, and must not be refused mid-reply (only a first fragment can be).
+    ollama.behaviour.reply = "One. Two. Three."
+    ollama.behaviour.tokens = "words"
+    ollama.behaviour.token_rate = 0.5
     queue_timeout_s = 0.5
     gate = SentenceGate(["One.", "Other."])
     settings = make_settings(voices_dir, ollama.url, max_concurrent=1, queue_timeout_s=queue_timeout_s)
@@ -175,10 +181,7 @@ def test_a_started_stream_is_not_cut_off_by_a_request_queued_between_its_sentenc
 
         def stream() -> None:
             results["stream"] = httpx.post(
-                f"{server.http_url}/tts/stream",
-                json={"text": "One. Two. Three.", "reply": False},
-                headers={"Accept": "audio/pcm"},
-                timeout=30,
+                f"{server.http_url}/tts/stream", json={"text": "Count."}, headers={"Accept": "audio/pcm"}, timeout=30
             )
 
         streamer = threading.Thread(target=stream, daemon=True)
@@ -186,18 +189,17 @@ def test_a_started_stream_is_not_cut_off_by_a_request_queued_between_its_sentenc
         assert gate.reached["One."].wait(10)  # the turn was admitted: its first sentence holds the worker
         other = post_in_thread(server.http_url, {"text": "Other.", "reply": False}, results, "other")
         wait_for(lambda: pipeline.pool.counters.waiting == 1)
-        gate.release["One."].set()  # (well within the /tts request's own queue_timeout_s)
-        # The /tts request was first in line: it takes the worker, and the turn's "Two." queues behind it.
+        gate.release["One."].set()  # "Two." is not written yet: the worker goes to the waiting request
         assert gate.reached["Other."].wait(10)
-        wait_for(lambda: pipeline.pool.counters.waiting == 1)
-        # Past queue_timeout_s: before the fix "Two." was refused here with engine_busy, mid-stream.
+        wait_for(lambda: pipeline.pool.counters.waiting == 1, timeout=15)  # "Two." is cut and waits
+        # Past queue_timeout_s: a turn that has started speaking is never refused with engine_busy.
         time.sleep(2 * queue_timeout_s)
         try:
             assert pipeline.pool.counters.rejected_busy == 0 and pipeline.pool.counters.waiting == 1
         finally:
             gate.release["Other."].set()
         other.join(10)
-        streamer.join(10)
+        streamer.join(20)
     assert results["other"].status_code == 200
     stream_response = results["stream"]
     assert stream_response.status_code == 200
@@ -206,3 +208,22 @@ def test_a_started_stream_is_not_cut_off_by_a_request_queued_between_its_sentenc
     assert len(stream_response.content) == 2 * sum(expected_samples(voice_model, text) for text in spoken)
     assert gate.sentences == ["One.", "Other.", "Two.", "Three."]
     assert pipeline.pool.counters.rejected_busy == 0 and pipeline.pool.counters.served == 2
+
+
+def test_a_text_given_whole_keeps_its_worker_from_sentence_to_sentence(voices_dir: Path, ollama: OllamaDouble) -> None:
+    # All its fragments are cut at once: the turn speaks them in one go, and a request that arrives
+    # meanwhile waits for the whole text (the earliest turn first), as a client waiting for it all wants.
+    gate = SentenceGate(["One."])
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1)
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, _):
+        pipeline = server.app.state.service
+        results: dict = {}
+        first = post_in_thread(server.http_url, {"text": "One. Two. Three.", "reply": False}, results, "first")
+        assert gate.reached["One."].wait(10)
+        second = post_in_thread(server.http_url, {"text": "Other.", "reply": False}, results, "second")
+        wait_for(lambda: pipeline.pool.counters.waiting == 1)
+        gate.release["One."].set()
+        first.join(10)
+        second.join(10)
+    assert gate.sentences == ["One.", "Two.", "Three.", "Other."]
+    assert [results[key].status_code for key in ("first", "second")] == [200, 200]
