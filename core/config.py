@@ -17,7 +17,14 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from core.config_base import LlmSettings, LoggingSettings, Section, SupervisorSettings, WyomingSettings
+from core.config_base import (
+    ConversationSettings,
+    LlmSettings,
+    LoggingSettings,
+    Section,
+    SupervisorSettings,
+    WyomingSettings,
+)
 from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
     OPENAI_VOICES,
@@ -40,6 +47,7 @@ __all__ = [
     "OpenAiSpeechSettings",
     "VOICE_NAME_PATTERN",
     "ComputeType",
+    "ConversationSettings",
     "ConfigError",
     "EspeakSettings",
     "GroqSettings",
@@ -81,6 +89,9 @@ class Settings(BaseSettings):
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+    conversations: ConversationSettings = Field(default_factory=ConversationSettings)
+    data_dir: Path = Path("data")
+    """Where the stores keep their files (conversations with store sqlite), relative to the project directory."""
 
     config_file: Path | None = Field(None, exclude=True)
     """The YAML file these settings were read from (set by load_settings)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class Section(BaseModel):
@@ -26,16 +26,23 @@ class LoggingSettings(Section):
 
 
 class LlmSettings(Section):
+    provider: Literal["ollama", "openai"] = "ollama"
+    """ollama: Ollama's own API; openai: any OpenAI-compatible chat completions server (llama-server, vLLM,
+    LM Studio, LocalAI, Ollama's /v1, OpenAI)."""
     url: str = "http://localhost:11434"
-    """Ollama server address (OLLAMA_URL is accepted too)."""
+    """The LLM server: Ollama's address, or an OpenAI-compatible server's base URL such as
+    http://localhost:8080/v1 (OLLAMA_URL is accepted too)."""
     model: str = "llama3.2:3b"
-    """Ollama model that writes the replies."""
+    """The model that writes the replies."""
+    api_key: SecretStr | None = None
+    """API key of an OpenAI-compatible server that asks for one; never logged or reported."""
     system_prompt: str = (
         "You are a helpful voice assistant. Answer briefly in plain spoken sentences, without markdown, lists or emoji."
     )
     """System prompt sent with every request."""
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
-    """Ollama model options such as temperature or num_predict, passed as they are."""
+    """Model options passed as they are: Ollama's (temperature, num_predict) or, with provider openai,
+    extra request fields (temperature, max_tokens)."""
     keep_alive: str | None = None
     """How long Ollama keeps the model loaded after a request (e.g. 5m); null keeps Ollama's default."""
     timeout_s: float = Field(60.0, gt=0.0, le=600.0)
@@ -47,7 +54,7 @@ class LlmSettings(Section):
     max_reply_chars: int = Field(2_000, ge=1, le=100_000)
     """Longest reply spoken; a longer one is cut at the last sentence end within it."""
     health_timeout_s: float = Field(1.0, gt=0.0, le=30.0)
-    """Timeout of the Ollama reachability check behind /health."""
+    """Timeout of the LLM reachability check behind /health."""
     health_cache_s: float = Field(5.0, ge=0.0, le=3_600.0)
     """How long a reachability result is reused by /health before it is checked again (in the background)."""
 
@@ -91,3 +98,16 @@ class WyomingSettings(Section):
     """Advertise the listener on the local network (_wyoming._tcp) so Home Assistant discovers it by itself."""
     zeroconf_name: str | None = Field(None, max_length=63)
     """Name of the zeroconf advertisement; null: voice-assistant-stt or voice-assistant-tts and the host name."""
+
+
+class ConversationSettings(Section):
+    store: Literal["memory", "sqlite"] = "memory"
+    """Where conversations are kept: memory (lost on restart), or a SQLite file in data_dir that survives one."""
+    max_turns: int = Field(20, ge=1, le=10_000)
+    """Turns kept per conversation; the oldest is dropped first."""
+    max_history_chars: int = Field(6_000, ge=0, le=1_000_000)
+    """Characters of earlier turns sent to the LLM with each new one (the newest turns first); 0 sends none."""
+    idle_ttl_s: float = Field(3_600.0, gt=0.0, le=31_536_000.0)
+    """A conversation unused this long is forgotten."""
+    max_conversations: int = Field(1_000, ge=1, le=1_000_000)
+    """Conversations kept in all; the least recently used is forgotten first."""

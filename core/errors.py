@@ -118,6 +118,16 @@ class TooManyPending(ServiceError):
     code = "too_many_pending"
 
 
+class ConversationNotFound(ServiceError):
+    code = "conversation_not_found"
+
+
+class ConversationBusy(ServiceError):
+    """A turn of this conversation is still running: one at a time, or the history would be out of order."""
+
+    code = "conversation_busy"
+
+
 class Busy(ServiceError):
     """This session already runs something that must finish (or be cancelled) first."""
 

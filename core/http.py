@@ -63,6 +63,8 @@ HTTP_STATUS: dict[str, int] = {
     "too_many_connections": 503,
     "too_many_pending": 503,
     "busy": 409,
+    "conversation_not_found": 404,
+    "conversation_busy": 409,
     "nothing_to_cancel": 409,
     "shutting_down": 503,
     "engine_busy": 503,

@@ -1,14 +1,18 @@
-"""The LLM client: the assistant's reply to the user's words, from Ollama, piece by piece as it is written.
+"""The LLM clients: the assistant's reply, piece by piece as it is written, from Ollama's own API
+(`ollama` client) or any OpenAI-compatible chat completions server (core/llm_openai.py: llama.cpp's
+llama-server, vLLM, LM Studio, LocalAI, Ollama's /v1, OpenAI), chosen by llm.provider.
 
-Connection errors and 5xx answers before the first piece are retried with exponential backoff
-(tenacity); 4xx answers such as an unknown model are not, and every failure becomes one of the LLM
-errors of core.errors, whose message tells the user what to do. `LlmHealth` answers /health's "is the
-LLM there?" from a cache refreshed in the background, so /health never waits for it.
+Every provider streams one attempt (`_parts`); the rest is shared: connection errors and 5xx answers
+before the first piece are retried with exponential backoff (tenacity), 4xx answers such as an unknown
+model are not, and every failure becomes one of the LLM errors of core.errors, whose message tells the
+user what to do. `LlmHealth` answers /health's "is the LLM there?" from a cache refreshed in the
+background, so /health never waits for it.
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,26 +26,47 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from core.config import LlmSettings
 from core.errors import LlmError, LlmModelNotFound, LlmTimeout, LlmUnavailable
 from core.logging import get_logger
+from core.redact import public_url
 
 log = get_logger(__name__)
 
+ChatMessage = dict[str, str]
+"""`{"role": "system" | "user" | "assistant", "content": ...}`, as every provider takes them."""
+Sleep = Callable[[float], Awaitable[None]]
 
-class _ServerError(Exception):
+
+class ServerFailed(Exception):
     """A 5xx answer or a broken stream: worth retrying."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"Ollama answered {status}: {detail}" if status > 0 else f"Ollama failed: {detail}")
+    def __init__(self, server: str, status: int, detail: str) -> None:
+        super().__init__(f"{server} answered {status}: {detail}" if status > 0 else f"{server} failed: {detail}")
         self.status = status
         self.detail = detail
 
 
+class Unreachable(ConnectionError):
+    """The server could not be reached (a provider's own connection error, normalised)."""
+
+
+class TimedOut(Exception):
+    """The server stopped answering within llm.timeout_s (a provider's own read timeout, normalised)."""
+
+
 def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, (ConnectionError, httpx.TransportError, _ServerError)) and not isinstance(
+    return isinstance(error, (ConnectionError, httpx.TransportError, ServerFailed)) and not isinstance(
         error, httpx.ReadTimeout
     )
 
 
-Sleep = Callable[[float], Awaitable[None]]
+def chat_messages(system_prompt: str, history: list[tuple[str, str]], text: str) -> list[ChatMessage]:
+    """The system prompt, the earlier turns of the conversation (user, assistant), then the new words."""
+    messages: list[ChatMessage] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for user, assistant in history:
+        messages.append({"role": "user", "content": user})
+        if assistant:
+            messages.append({"role": "assistant", "content": assistant})
+    messages.append({"role": "user", "content": text})
+    return messages
 
 
 @dataclass
@@ -54,7 +79,7 @@ class LlmStats:
     """perf_counter() when the first piece of text arrived (after any retries)."""
     last_token_at: float | None = None
     tokens: int = 0
-    """Pieces of text received; Ollama streams one token per piece."""
+    """Pieces of text received; the servers stream one token per piece."""
     attempts: int = 0
 
     @property
@@ -69,7 +94,12 @@ class LlmStats:
         span = self.last_token_at - self.first_token_at
         return (self.tokens - 1) / span if span > 0 else None
 
-    def _token(self) -> None:
+    def new_attempt(self) -> None:
+        self.attempts += 1
+        self.tokens = 0
+        self.first_token_at = self.last_token_at = None
+
+    def token(self) -> None:
         now = time.perf_counter()
         if self.first_token_at is None:
             self.first_token_at = now
@@ -77,60 +107,62 @@ class LlmStats:
         self.tokens += 1
 
 
-class OllamaClient:
-    """One shared client per process; safe for concurrent requests."""
+class LlmClient(ABC):
+    """One shared client per process, safe for concurrent requests."""
+
+    server = "the LLM server"
+    """How messages name the server."""
 
     def __init__(self, settings: LlmSettings, *, sleep: Sleep | None = None) -> None:
         self.settings = settings
         self._sleep: Sleep = sleep or anyio.sleep
-        self._client = ollama.AsyncClient(host=settings.url, timeout=settings.timeout_s)
-        self._health_client = httpx.AsyncClient(base_url=settings.url, timeout=settings.health_timeout_s)
 
-    async def aclose(self) -> None:
-        await self._client.close()
-        await self._health_client.aclose()
+    @abstractmethod
+    async def aclose(self) -> None: ...
 
-    def _messages(self, text: str) -> list[dict[str, str]]:
-        messages = []
-        if self.settings.system_prompt:
-            messages.append({"role": "system", "content": self.settings.system_prompt})
-        messages.append({"role": "user", "content": text})
-        return messages
+    @abstractmethod
+    def _parts(self, messages: list[ChatMessage], stats: LlmStats | None) -> AsyncIterator[str]:
+        """One attempt: the streamed pieces of the reply. Failures are raised as core errors, or as
+        Unreachable / ServerFailed / TimedOut for the shared handling. Closing it stops the generation."""
 
-    async def _parts(self, text: str, stats: LlmStats | None = None) -> AsyncIterator[str]:
-        """One attempt: the streamed pieces of the reply, errors translated. Closing this generator
-        closes the HTTP response, which stops Ollama generating."""
-        kwargs: dict[str, Any] = {"options": self.settings.options or None}
-        if self.settings.keep_alive is not None:
-            kwargs["keep_alive"] = self.settings.keep_alive
-        if stats is not None:
-            stats.attempts += 1
-            stats.tokens = 0
-            stats.first_token_at = stats.last_token_at = None
-        stream = None
+    @abstractmethod
+    async def has_model(self) -> bool | None:
+        """Whether the server offers llm.model; None when it cannot be asked."""
+
+    def _unreachable_hint(self) -> str:
+        return "start it, or point llm.url at the right address"
+
+    def _server_error_hint(self) -> str:
+        return "check the server's log, and that the model loads"
+
+    async def stream_reply(self, messages: list[ChatMessage], stats: LlmStats | None = None) -> AsyncIterator[str]:
+        """The reply to `messages` (chat_messages) piece by piece. Failures before the first piece are
+        retried; once text has been handed on, a failure ends the stream with an LlmError (no retry: the
+        words already handed on may be spoken by now). Closing the generator (aclose) stops the request.
+        No overall time limit: the caller sets one."""
+
+        async def start() -> tuple[str | None, AsyncIterator[str] | None]:
+            parts = self._parts(messages, stats)
+            try:
+                first = await parts.__anext__()
+            except StopAsyncIteration:
+                return None, None
+            except BaseException:
+                await parts.aclose()  # type: ignore[attr-defined]
+                raise
+            return first, parts
+
+        first, parts = await self._attempts(start)
+        if parts is None or first is None:
+            return
         try:
-            stream = await self._client.chat(self.settings.model, self._messages(text), stream=True, **kwargs)
-            async for part in stream:
-                content = part.message.content if part.message else None
-                if content:
-                    if stats is not None:
-                        stats._token()
-                    yield content
-        except ollama.ResponseError as exc:
-            status = exc.status_code
-            if status == 404 or (status == -1 and "not found" in str(exc.error).lower()):
-                raise LlmModelNotFound(
-                    f"Ollama at {self.settings.url} has no model {self.settings.model!r} ({exc.error}): "
-                    f"run `ollama pull {self.settings.model}`, or set llm.model to an installed model"
-                ) from None
-            if 400 <= status < 500:
-                raise LlmError(
-                    f"Ollama refused the request ({status}: {exc.error}); check llm.model and llm.options"
-                ) from None
-            raise _ServerError(status, str(exc.error)) from None
+            yield first
+            async for piece in parts:
+                yield piece
+        except (ConnectionError, httpx.TransportError, ServerFailed, TimedOut) as exc:
+            raise self._translate(exc, attempts=False) from None
         finally:
-            if stream is not None:
-                await stream.aclose()  # type: ignore[attr-defined]
+            await parts.aclose()  # type: ignore[attr-defined]
 
     async def _attempts(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
         def wait(state: RetryCallState) -> float:
@@ -157,59 +189,82 @@ class OllamaClient:
         )
         try:
             return await retrying(attempt)
-        except (ConnectionError, httpx.TransportError, _ServerError) as exc:
+        except (ConnectionError, httpx.TransportError, ServerFailed, TimedOut) as exc:
             raise self._translate(exc, attempts=True) from None
 
     def _translate(self, exc: BaseException, *, attempts: bool) -> LlmError:
         tries = f" after {self.settings.retry_attempts + 1} attempts" if attempts else ""
-        if isinstance(exc, httpx.ReadTimeout):
+        if isinstance(exc, (httpx.ReadTimeout, TimedOut)):
             return self.timeout_error()
-        if isinstance(exc, _ServerError):
-            return LlmUnavailable(
-                f"{exc}{tries}; check the Ollama log, and that the model loads (`ollama run {self.settings.model}`)"
-            )
+        if isinstance(exc, ServerFailed):
+            return LlmUnavailable(f"{exc}{tries}; {self._server_error_hint()}")
         return LlmUnavailable(
-            f"cannot reach Ollama at {self.settings.url} ({exc.__class__.__name__}){tries}: start it with "
-            f"`ollama serve`, make sure the model is there (`ollama pull {self.settings.model}`), "
-            "or point llm.url (or OLLAMA_URL) at the right address"
+            f"cannot reach {self.server} at {public_url(self.settings.url)} ({exc.__class__.__name__}){tries}: "
+            f"{self._unreachable_hint()}"
         )
 
     def timeout_error(self) -> LlmTimeout:
         return LlmTimeout(
-            f"Ollama did not finish the reply within llm.timeout_s={self.settings.timeout_s:g} s; "
+            f"{self.server} did not finish the reply within llm.timeout_s={self.settings.timeout_s:g} s; "
             "raise llm.timeout_s or use a smaller model"
         )
 
-    async def stream_reply(self, text: str, stats: LlmStats | None = None) -> AsyncIterator[str]:
-        """The reply to `text` piece by piece as Ollama writes it. Failures before the first piece are
-        retried; once text has been handed on, a failure ends the stream with an LlmError.
-        Closing the generator (aclose) stops the request. No overall time limit: the caller sets one."""
 
-        async def start() -> tuple[str | None, AsyncIterator[str] | None]:
-            parts = self._parts(text, stats)
-            try:
-                first = await parts.__anext__()
-            except StopAsyncIteration:
-                return None, None
-            except BaseException:
-                await parts.aclose()  # type: ignore[attr-defined]
-                raise
-            return first, parts
+class OllamaClient(LlmClient):
+    """Ollama's own API (NDJSON streaming), with the `ollama` client."""
 
-        first, parts = await self._attempts(start)
-        if parts is None or first is None:
-            return
+    server = "Ollama"
+
+    def __init__(self, settings: LlmSettings, *, sleep: Sleep | None = None) -> None:
+        super().__init__(settings, sleep=sleep)
+        self._client = ollama.AsyncClient(host=settings.url, timeout=settings.timeout_s)
+        self._health_client = httpx.AsyncClient(base_url=settings.url, timeout=settings.health_timeout_s)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        await self._health_client.aclose()
+
+    def _unreachable_hint(self) -> str:
+        return (
+            f"start it with `ollama serve`, make sure the model is there (`ollama pull {self.settings.model}`), "
+            "or point llm.url (or OLLAMA_URL) at the right address"
+        )
+
+    def _server_error_hint(self) -> str:
+        return f"check the Ollama log, and that the model loads (`ollama run {self.settings.model}`)"
+
+    async def _parts(self, messages: list[ChatMessage], stats: LlmStats | None) -> AsyncIterator[str]:
+        kwargs: dict[str, Any] = {"options": self.settings.options or None}
+        if self.settings.keep_alive is not None:
+            kwargs["keep_alive"] = self.settings.keep_alive
+        if stats is not None:
+            stats.new_attempt()
+        stream = None
         try:
-            yield first
-            async for piece in parts:
-                yield piece
-        except (ConnectionError, httpx.TransportError, _ServerError) as exc:
-            raise self._translate(exc, attempts=False) from None
+            stream = await self._client.chat(self.settings.model, messages, stream=True, **kwargs)
+            async for part in stream:
+                content = part.message.content if part.message else None
+                if content:
+                    if stats is not None:
+                        stats.token()
+                    yield content
+        except ollama.ResponseError as exc:
+            status = exc.status_code
+            if status == 404 or (status == -1 and "not found" in str(exc.error).lower()):
+                raise LlmModelNotFound(
+                    f"Ollama at {public_url(self.settings.url)} has no model {self.settings.model!r} ({exc.error}): "
+                    f"run `ollama pull {self.settings.model}`, or set llm.model to an installed model"
+                ) from None
+            if 400 <= status < 500:
+                raise LlmError(
+                    f"Ollama refused the request ({status}: {exc.error}); check llm.model and llm.options"
+                ) from None
+            raise ServerFailed(self.server, status, str(exc.error)) from None
         finally:
-            await parts.aclose()  # type: ignore[attr-defined]
+            if stream is not None:
+                await stream.aclose()  # type: ignore[attr-defined]
 
     async def has_model(self) -> bool | None:
-        """Whether Ollama lists llm.model; None when Ollama cannot be asked."""
         try:
             response = await self._health_client.get("/api/tags")
             response.raise_for_status()
@@ -221,11 +276,20 @@ class OllamaClient:
         return wanted in names or (":" not in wanted and f"{wanted}:latest" in names)
 
 
+def make_llm_client(settings: LlmSettings) -> LlmClient:
+    """The client of llm.provider."""
+    if settings.provider == "openai":
+        from core.llm_openai import OpenAiChatClient
+
+        return OpenAiChatClient(settings)
+    return OllamaClient(settings)
+
+
 class LlmHealth:
     """Whether the LLM answers and has its model, for /health: cached for llm.health_cache_s and refreshed
     in the background, so /health never waits for the LLM."""
 
-    def __init__(self, llm: OllamaClient, ttl_s: float) -> None:
+    def __init__(self, llm: LlmClient, ttl_s: float) -> None:
         self.llm = llm
         self.ttl_s = ttl_s
         self.reachable = False

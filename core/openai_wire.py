@@ -28,6 +28,8 @@ _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "invalid_voice_name": (400, "invalid_request_error", "voice"),
     "voice_not_found": (404, "invalid_request_error", "voice"),
     "model_not_found": (404, "invalid_request_error", "model"),
+    "conversation_not_found": (404, "invalid_request_error", "conversation_id"),
+    "conversation_busy": (409, "invalid_request_error", "conversation_id"),
     "bad_audio": (400, "invalid_request_error", "file"),
     "unsupported_media_type": (400, "invalid_request_error", None),
     "request_too_large": (413, "invalid_request_error", None),

@@ -11,6 +11,7 @@ import pytest
 
 from core.config import Settings, get_settings
 from tests.fixtures.ollama_double import OllamaDouble, ollama_double
+from tests.fixtures.openai_chat_double import OpenAiChatDouble, openai_chat_double
 from tests.fixtures.whisper_model import build_whisper_model
 
 _OUR_VARIABLES = ("CONFIG_PATH", "ENVIRONMENT", "OLLAMA_URL", "GROQ_API_KEY")
@@ -37,6 +38,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def ollama() -> Iterator[OllamaDouble]:
     """A real HTTP server on 127.0.0.1 speaking Ollama's wire format; behaviour set per test."""
     with ollama_double() as double:
+        yield double
+
+
+@pytest.fixture
+def chat_server() -> Iterator[OpenAiChatDouble]:
+    """A real HTTP server on 127.0.0.1 speaking OpenAI's chat completions wire format (llm.provider openai)."""
+    with openai_chat_double() as double:
         yield double
 
 

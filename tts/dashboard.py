@@ -13,7 +13,6 @@ Routes and protocol only: the services never import each other, they talk HTTP.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from fastapi import APIRouter
@@ -23,22 +22,11 @@ from core import __version__
 from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
 from core.http import error_response, local_url
+from core.redact import public_url
 
 STT_WS_PATH = "/ws/stt"
 STT_HEALTH_TIMEOUT_S = 1.5
 _ANY_INTERFACE = {"0.0.0.0", "::", "", "127.0.0.1", "localhost", "::1"}
-
-
-def _without_credentials(url: str) -> str:
-    """`http://user:secret@host:11434` -> `http://***@host:11434`: a URL may carry a password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -49,7 +37,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get("/config", name="dashboard_config", summary="Effective configuration (secrets redacted) and where the STT service listens")
     async def config() -> dict[str, Any]:
         effective = settings.redacted()
-        effective["llm"]["url"] = _without_credentials(effective["llm"]["url"])
+        effective["llm"]["url"] = public_url(effective["llm"]["url"])
         return {
             "version": __version__,
             "environment": settings.environment,
@@ -64,7 +52,7 @@ def build_router(settings: Settings) -> APIRouter:
                 "docs_path": "/docs",
             },
             "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
-            "llm": {"url": _without_credentials(settings.llm.url), "model": settings.llm.model},
+            "llm": {"url": public_url(settings.llm.url), "model": settings.llm.model},
             "settings": effective,
             # What the environment overrides, by which variable: why a value differs from the file.
             "set_by_environment": environment_overrides(),

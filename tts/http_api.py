@@ -3,6 +3,8 @@
 - POST /tts: the whole turn as one WAV (Server-Timing header with the stage timings).
 - POST /tts/stream: chunked WAV (or raw PCM16 with `Accept: audio/pcm`), fragment by fragment.
 - GET /tts/sse?text=... and POST /tts/sse: the same as Server-Sent Events.
+- A reply (reply true) continues the conversation named by `conversation_id`, or starts one; its id comes
+  back in X-Conversation-Id (and the SSE `conversation` event).
 - GET /voices, GET /health, GET /metrics.
 
 Streams start with their first event, so a failure before it (LLM down, every worker busy) is an
@@ -37,6 +39,7 @@ log = get_logger(__name__)
 
 REPLY_HEADER = "X-Reply-Text"
 REPLY_TRUNCATED_HEADER = "X-Reply-Text-Truncated"
+CONVERSATION_HEADER = "X-Conversation-Id"
 REPLY_HEADER_MAX_BYTES = 4096
 """Proxies and HTTP clients commonly refuse response heads over 8-16 KB; a long reply is cut."""
 BODY_EXAMPLE = '{"text": "Hello", "reply": false}'
@@ -51,6 +54,11 @@ class TtsRequest(BaseModel):
     voice: StrictStr | None = Field(None, description="Voice name from GET /voices; default: the configured voice.")
     reply: StrictBool | None = Field(None, description="Speak the LLM's answer to the text; default: tts.reply_default.")
     speed: float | None = Field(None, description="Speaking speed, 1.0 normal; allowed range in tts.min_speed..max_speed.")
+    conversation_id: StrictStr | None = Field(
+        None,
+        description="Continue this conversation (the X-Conversation-Id of an earlier reply); reply true only. "
+        "Without it a reply starts a new conversation.",
+    )
 
 
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": TtsRequest.model_json_schema()}}}}
@@ -102,7 +110,14 @@ def _body_limit(service: TtsService) -> int:
 async def _checked(service: TtsService, request: Request) -> TurnRequest:
     body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE)
     parsed = validated(TtsRequest, body)
-    return await service.check_request(parsed.text, parsed.voice, parsed.speed, parsed.reply)
+    return await service.check_request(
+        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id
+    )
+
+
+def conversation_headers(turn: Turn) -> dict[str, str]:
+    conversation = turn.request.conversation_id
+    return {} if conversation is None else {CONVERSATION_HEADER: conversation}
 
 
 Service = Annotated[TtsService, Depends(tts_service)]
@@ -134,8 +149,10 @@ async def tts(request: Request, service: Service) -> Response:
             "X-Engine": speech.engine,
             "X-Audio-Duration": f"{speech.duration_s:.3f}",
             "Server-Timing": server_timing(turn.timings),
+            **conversation_headers(turn),
             "Access-Control-Expose-Headers": (
-                f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing"
+                f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing, "
+                f"{CONVERSATION_HEADER}"
             ),
             "Cache-Control": "no-store",
         },
@@ -172,7 +189,10 @@ async def tts_stream(request: Request, service: Service) -> Response:
         "X-Voice": turn.request.voice,
         "X-Engine": turn.engine,
         "Server-Timing": server_timing(turn.timings),
-        "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing",
+        **conversation_headers(turn),
+        "Access-Control-Expose-Headers": (
+            f"X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing, {CONVERSATION_HEADER}"
+        ),
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
     }
@@ -189,13 +209,15 @@ async def tts_sse_get(
     voice: str | None = Query(None, description="Voice name from GET /voices."),
     reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
     speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
+    conversation_id: str | None = Query(None, description="Continue this conversation (reply true)."),
 ) -> Response:
     if "last-event-id" in request.headers:
         # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
         # repeated, and 204 is how the SSE standard tells it to stop.
         return Response(status_code=204)
     started = time.perf_counter()
-    return await _event_stream(service, request, await service.check_request(text, voice, speed, reply), started)
+    checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id)
+    return await _event_stream(service, request, checked, started)
 
 
 @router.post(
@@ -212,7 +234,7 @@ async def _event_stream(service: TtsService, request: Request, checked: TurnRequ
         first = await first_event(turn, request, (ReplyText, AudioPiece))
     except Cancelled:
         return abandoned()
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", **conversation_headers(turn)}
     return StreamingResponse(
         _sse_body(turn, first), media_type="text/event-stream", headers=headers, background=BackgroundTask(turn.aclose)
     )
@@ -275,6 +297,8 @@ def _sse_event(event: TurnEvent | None) -> bytes:
 
 async def _sse_body(turn: Turn, first: TurnEvent | None) -> AsyncIterator[bytes]:
     try:
+        if turn.request.conversation_id is not None:
+            yield _sse("conversation", {"id": turn.request.conversation_id})
         yield _sse_event(first)
         async for event in turn:
             yield _sse_event(event)

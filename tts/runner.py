@@ -21,7 +21,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from core.audio import float32_to_pcm16, resample
 from core.config import Settings
 from core.errors import EmptyText, InternalError, LlmError, ServiceError
-from core.llm import LlmStats, OllamaClient
+from core.llm import LlmClient, LlmStats, chat_messages
 from core.logging import get_logger
 from core.text import SpeechSplitter
 from tts.engines import AudioChunk, Engine
@@ -38,7 +38,7 @@ NOTHING_SPEAKABLE = "the text has nothing speakable (only symbols, emoji, markup
 
 
 class TurnRunner:
-    def __init__(self, settings: Settings, pool: WorkerPool, llm: OllamaClient) -> None:
+    def __init__(self, settings: Settings, pool: WorkerPool, llm: LlmClient) -> None:
         self.settings = settings
         self.pool = pool
         self.llm = llm
@@ -141,7 +141,8 @@ class TurnRunner:
         limit = llm.max_reply_chars
         length = 0
         said_something = cut_off = False
-        stream = self.llm.stream_reply(turn.request.text, stats)
+        messages = chat_messages(llm.system_prompt, turn.history, turn.request.text)
+        stream = self.llm.stream_reply(messages, stats)
         try:
             with anyio.fail_after(llm.timeout_s):
                 async for piece in stream:

@@ -2,6 +2,7 @@
 
 - native HTTP and SSE: tts/http_api.py (POST /tts, /tts/stream, /tts/sse, /voices, /health, /metrics)
 - native WebSocket: tts/ws.py (WS /ws/tts)
+- conversations: tts/conversations_api.py (GET/DELETE /v1/conversations/{id})
 - Wyoming (Home Assistant): tts/wyoming_api.py, a TCP listener on tts.wyoming.port
 - OpenAI's audio API: tts/openai_api.py (/v1/audio/speech, /v1/models, ...), with transcriptions
   forwarded to the STT service (tts/forward.py)
@@ -19,14 +20,14 @@ from fastapi.staticfiles import StaticFiles
 
 from core.config import PROJECT_ROOT, Settings, get_settings
 from core.http import add_error_shape, service_app
-from core.llm import OllamaClient
+from core.llm import LlmClient
 from core.logging import configure_logging
 from core.openai_wire import openai_error_response
 from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
 from core.wyoming import WyomingListener
-from tts import dashboard, forward, http_api, openai_api, wyoming_api, ws
+from tts import conversations_api, dashboard, forward, http_api, openai_api, wyoming_api, ws
 from tts.forward import Forwarder
 from tts.engines import create_engine
 from tts.engines.host import EngineFactory
@@ -40,7 +41,7 @@ def create_app(
     *,
     engine_factory: EngineFactory | None = None,
     engine_options: dict[str, dict[str, Any]] | None = None,
-    llm: OllamaClient | None = None,
+    llm: LlmClient | None = None,
 ) -> FastAPI:
     """The TTS app. `engine_factory`, `engine_options` (per engine name: e.g. a voice downloader for piper)
     and `llm` let tests and embedders supply their own; by default everything comes from settings."""
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(http_api.router)
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.router)
+    app.include_router(conversations_api.router)
     app.include_router(forward.build_router(forwarder))
     add_error_shape(app, "/v1/", openai_error_response)
     app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first

@@ -22,9 +22,19 @@ from anyio.abc import TaskGroup
 
 from core import __version__
 from core.config import Settings
-from core.errors import EmptyText, InvalidSpeed, ShuttingDown, TextTooLong
-from core.llm import LlmHealth, OllamaClient
+from core.errors import (
+    ConversationBusy,
+    ConversationNotFound,
+    EmptyText,
+    InvalidRequest,
+    InvalidSpeed,
+    ShuttingDown,
+    TextTooLong,
+)
+from core.llm import LlmClient, LlmHealth, make_llm_client
 from core.logging import get_logger
+from core.redact import public_url
+from tts.conversations import ConversationTurn, check_conversation_id, new_conversation_id, open_store
 from tts.engines import create_engine
 from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineFactory, EngineHost
@@ -65,7 +75,7 @@ class TtsService:
         self,
         settings: Settings,
         *,
-        llm: OllamaClient | None = None,
+        llm: LlmClient | None = None,
         engine_factory: EngineFactory = create_engine,
         engine_options: dict[str, dict[str, Any]] | None = None,
         websocket_clients: Callable[[], int] = lambda: 0,
@@ -73,11 +83,14 @@ class TtsService:
         self.settings = settings
         self.engines = EngineHost(settings, engine_factory, engine_options)
         self.pool = WorkerPool(settings.tts)
-        self.llm = llm or OllamaClient(settings.llm)
+        self.llm = llm or make_llm_client(settings.llm)
         self.llm_health = LlmHealth(self.llm, settings.llm.health_cache_s)
         self.runner = TurnRunner(settings, self.pool, self.llm)
         self.metrics = TtsMetrics(self.pool, websocket_clients)
         self._tasks: TaskGroup | None = None
+        self.conversations = open_store(settings.conversations, settings.resolve_path(settings.data_dir))
+        self._talking: set[str] = set()
+        """Conversations with a turn under way."""
         self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}
         """Reports of the protocols that listen on ports of their own (Wyoming), for /health."""
 
@@ -97,13 +110,23 @@ class TtsService:
         finally:
             self.engines.close()
             await self.llm.aclose()
+            await self.conversations.close()
 
     # -- requests and turns ---------------------------------------------------------------------
 
     async def check_request(
-        self, text: str, voice: str | None, speed: float | None, reply: bool | None, speaker: str | None = None
+        self,
+        text: str,
+        voice: str | None,
+        speed: float | None,
+        reply: bool | None,
+        speaker: str | None = None,
+        conversation_id: str | None = None,
+        new_conversation: str | None = None,
     ) -> TurnRequest:
-        """The request with its voice resolved and defaults applied, or the error that says what is wrong."""
+        """The request with its voice resolved and defaults applied, or the error that says what is wrong.
+        A reply continues `conversation_id` (which must exist), else starts `new_conversation` (default: a
+        new id); text spoken as it is (reply false) belongs to no conversation."""
         tts = self.settings.tts
         if not text or not text.strip():
             raise EmptyText("text is empty; send the words to speak (or to answer) in 'text'")
@@ -116,7 +139,36 @@ class TtsService:
                 "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
             )
         voice, speaker = await self.check_voice(voice, speaker)
-        return TurnRequest(text, voice, speed, tts.reply_default if reply is None else reply, speaker)
+        reply = tts.reply_default if reply is None else reply
+        conversation = None
+        if not reply and conversation_id is not None:
+            raise InvalidRequest(
+                "conversation_id continues a conversation with the LLM: send it with reply true", param="conversation_id"
+            )
+        if reply:
+            conversation = await self._existing(conversation_id) if conversation_id else new_conversation or new_conversation_id()
+        return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation)
+
+    async def _existing(self, conversation_id: str) -> str:
+        if await self.conversations.turns(check_conversation_id(conversation_id)) is None and (
+            conversation_id not in self._talking
+        ):
+            raise ConversationNotFound(
+                f"no conversation {conversation_id!r}: it was never started, was deleted, or was forgotten after "
+                f"{self.settings.conversations.idle_ttl_s:g} s idle (conversations.idle_ttl_s) or to make room "
+                "(conversations.max_conversations); leave conversation_id out to start a new one"
+            )
+        return conversation_id
+
+    async def conversation(self, conversation_id: str) -> list[ConversationTurn]:
+        turns = await self.conversations.turns(check_conversation_id(conversation_id))
+        if turns is None:
+            raise ConversationNotFound(f"no conversation {conversation_id!r} (never started, deleted, or forgotten)")
+        return turns
+
+    async def forget(self, conversation_id: str) -> None:
+        if not await self.conversations.delete(check_conversation_id(conversation_id)):
+            raise ConversationNotFound(f"no conversation {conversation_id!r} (never started, deleted, or forgotten)")
 
     async def check_voice(self, voice: str | None, speaker: str | None = None) -> tuple[str, str | None]:
         """The voice (and speaker) to speak with, or VoiceNotFound / InvalidVoiceName / InvalidRequest."""
@@ -135,7 +187,16 @@ class TtsService:
         if self._tasks is None:
             raise ShuttingDown("the service is shutting down; try again in a moment")
         engine = self.engines.current()
-        turn = Turn(request, engine.name, started)
+        conversation = request.conversation_id
+        if conversation is not None:
+            if conversation in self._talking:
+                # One turn at a time per conversation: a second one now would answer without the first in
+                # its history, and record the two out of order. The client cancels the first (barge-in).
+                raise ConversationBusy(
+                    f"conversation {conversation!r} has a turn under way; wait for it to end or cancel it first"
+                )
+            self._talking.add(conversation)
+        turn = Turn(request, engine.name, started, on_end=None if conversation is None else self._remember)
         self._tasks.start_soon(self._run, turn, engine, endpoint)
         return turn
 
@@ -150,14 +211,33 @@ class TtsService:
         return self.start_turn(request, endpoint, started), stream
 
     async def _run(self, turn: Turn, engine: Any, endpoint: str) -> None:
+        conversation = turn.request.conversation_id
         try:
+            if conversation is not None:
+                turn.history = await self.conversations.history(conversation)
             await self.runner.run(turn, engine)
         finally:
             self.metrics.observe_turn(endpoint, turn.timings, turn.outcome)
             log.info("turn", endpoint=endpoint, outcome=turn.outcome, chunks=turn.chunks, **turn.timings.log_fields())
 
+    async def _remember(self, turn: Turn) -> None:
+        """Record a reply turn in its conversation, once its adapter has sent all it will: what the user
+        heard of it (a cut reply only the part played), unless it failed before saying anything."""
+        conversation = turn.request.conversation_id
+        assert conversation is not None
+        try:
+            heard, cut = turn.heard()
+            if heard or turn.outcome in ("ok", "cancelled"):
+                await self.conversations.append(conversation, ConversationTurn(turn.request.text, heard, cut))
+        except Exception:
+            # The reply was spoken all the same; the client is not to lose it over a full disk.
+            log.exception("conversation_not_recorded", conversation=conversation)
+        finally:
+            self._talking.discard(conversation)
+
     async def speak(self, turn: Turn) -> Speech:
         """All of a turn's audio, once it has ended (raises its failure, or Cancelled)."""
+        turn.sent_at_end = True
         pieces: list[bytes] = []
         async for event in turn:
             if isinstance(event, AudioPiece):
@@ -198,14 +278,17 @@ class TtsService:
         if engines.error:
             reasons.append(engines.error + (f"; speaking with {engine.name} instead" if engine and engines.fallback else ""))
         if self.llm_health.checked_at is not None and not reachable:
-            reasons.append(f"Ollama is not reachable at {llm.url}: replies (reply true) fail")
+            reasons.append(f"{self.llm.server} is not reachable at {public_url(llm.url)}: replies (reply true) fail")
         elif model_ok is False:
-            reasons.append(f"Ollama has no model {llm.model!r}: run `ollama pull {llm.model}`")
+            fix = f"run `ollama pull {llm.model}`" if llm.provider == "ollama" else "set llm.model to a model it serves"
+            reasons.append(f"{self.llm.server} has no model {llm.model!r}: {fix}")
         return {
             "status": "ok" if not reasons else "degraded",
             "reasons": reasons,
             "loading": engines.loading,
-            "ollama": reachable,
+            "llm_reachable": reachable,
+            "ollama": reachable,  # the name before llm.provider; kept for existing clients
+            "llm_provider": llm.provider,
             "llm_model": llm.model,
             "llm_model_available": model_ok,
             "environment": self.settings.environment,

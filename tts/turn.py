@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ class TurnRequest:
     """The speaker of a multi-speaker voice (None: its default)."""
     text_stream: AsyncIterable[str] | None = None
     """When set, the text arrives piece by piece from the client (streamed like a reply); `text` is unused."""
+    conversation_id: str | None = None
+    """The conversation this turn continues (replies only): its earlier turns go to the LLM, and the
+    turn is recorded in it once it ends."""
     early_first: bool | None = None
     """Let the first fragment end early (tts.first_fragment_*) to start speaking sooner; None: for replies
     and streamed text, whose first sentence is still being written."""
@@ -217,7 +220,13 @@ class _Failure:
 class Turn:
     """The handle of one running turn: an async iterator of its events, with cancel and close."""
 
-    def __init__(self, request: TurnRequest, engine: str, started: float | None = None) -> None:
+    def __init__(
+        self,
+        request: TurnRequest,
+        engine: str,
+        started: float | None = None,
+        on_end: Callable[[Turn], Awaitable[None]] | None = None,
+    ) -> None:
         self.request = request
         self.engine = engine
         """Name of the engine that speaks it."""
@@ -228,13 +237,25 @@ class Turn:
             self.timings.started = started
         self.fragments: list[str] = []
         self.chunks = 0
-        """Audio pieces handed out."""
+        """Audio pieces made."""
+        self.history: list[tuple[str, str]] = []
+        """The conversation's earlier turns (user, assistant), sent to the LLM with this one."""
+        self._pieces: list[tuple[str, float]] = []
+        """(text, seconds of audio) of each piece made."""
+        self._delivered = 0
+        """Pieces the adapter has taken (sent on to its client)."""
+        self._played_s: float | None = None
+        self.sent_at_end = False
+        """The adapter sends the audio only once the turn has ended well (POST /tts): a cut turn sent none."""
         self.sample_rate: int | None = None
         self.outcome = "running"
         """ok, cancelled, or the error code, once the turn has ended."""
         self._send, self._receive = anyio.create_memory_object_stream[TurnEvent | _Failure](EVENT_BUFFER)
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
+        self._on_end = on_end
+        """Awaited once, when the turn has ended and its adapter has taken all it will of it (at the end
+        of its events, or at aclose), before the adapter tells its client about the end."""
 
     @property
     def text(self) -> str:
@@ -262,6 +283,13 @@ class Turn:
         with anyio.CancelScope(shield=True):
             await self._done.wait()
         self._receive.close()
+        await self._ended()
+
+    async def _ended(self) -> None:
+        hook, self._on_end = self._on_end, None
+        if hook is not None:
+            with anyio.CancelScope(shield=True):
+                await hook(self)
 
     def __aiter__(self) -> Turn:
         return self
@@ -270,16 +298,44 @@ class Turn:
         try:
             item = await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            await self._ended()
             if self.cancelled:
                 raise Cancelled() from None
             raise StopAsyncIteration from None
         if isinstance(item, _Failure):
             raise item.error
+        if isinstance(item, AudioPiece):
+            self._delivered += 1
         return item
+
+    def played(self, seconds: float) -> None:
+        """How much of the turn's audio the client says it played (barge-in, cancel with played_ms)."""
+        self._played_s = max(0.0, seconds)
+
+    def heard(self) -> tuple[str, bool]:
+        """(the words the user heard, whether the reply was cut short): of the fragments whose audio was
+        sent to the client, those whose audio began within what it played, when it said."""
+        if self.sent_at_end:
+            sent = self._pieces if self.outcome == "ok" else []
+        else:
+            sent = self._pieces[: self._delivered]
+        if self._played_s is None:
+            heard = [text for text, _ in sent]
+        else:
+            heard, start = [], 0.0
+            for text, seconds in sent:
+                if start >= self._played_s:
+                    break
+                heard.append(text)
+                start += seconds
+        cut = self.outcome != "ok" or len(heard) < len(self._pieces) or (self._played_s is not None and self.cancelled)
+        return " ".join(heard), cut
 
     # -- the runner's side ---------------------------------------------------------------------
 
     async def emit(self, event: TurnEvent) -> None:
+        if isinstance(event, AudioPiece):
+            self._pieces.append((event.text, event.samples / event.sample_rate))
         await self._send.send(event)
 
     def can_emit(self) -> bool:

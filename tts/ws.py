@@ -5,26 +5,34 @@ Every message is a JSON object `{"type": ..., <fields>}`, except the audio: each
 followed by exactly one binary frame holding that chunk's PCM16 (mono, little-endian).
 
 Client -> server
-- `text_input` `{"text", "voice"?, "reply"?, "speed"?}`: start a generation. One runs at a time per
-  socket: a second `text_input` while one runs gets the error `busy` (the running one carries on); send
-  `cancel_generation` first to replace it.
-- `cancel_generation`: stop the running generation (its LLM request at once, its synthesis before the
-  next sentence). The server answers `generation_cancelled` once it has stopped: no `audio_chunk` of
-  that generation follows it. With nothing running the answer is the error `nothing_to_cancel`.
+- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?}`: start a generation. One runs
+  at a time per socket: a second `text_input` while one runs gets the error `busy` (the running one
+  carries on); send `cancel_generation` first to replace it. Replies continue the socket's conversation;
+  `conversation_id` switches the socket to an earlier one (after a reload or reconnect).
+- `cancel_generation` `{"played_ms"?}`: stop the running generation (its LLM request at once, its
+  synthesis before the next sentence). The server answers `generation_cancelled` once it has stopped: no
+  `audio_chunk` of that generation follows it. With nothing running the answer is the error
+  `nothing_to_cancel`. `played_ms`, how much of the generation's audio the client played, keeps only
+  the fragments heard in the conversation (without it: those whose audio was sent).
+- `new_conversation`: the socket's next replies start a new conversation, answered by
+  `conversation_started` `{"conversation_id"}` (a running generation still ends in its own).
 - `ping` `{"timestamp"?}`: answered by `pong` `{"timestamp", "server_time"}` at once, even mid-generation.
 - `get_status`: answered by `status`.
 
 Server -> client
-- `connection` `{"session_id", "status": "ready" | "loading" | "unavailable", "voices", "default_voice",
-  "engine", "max_concurrent", "limits"}`, first, once.
-- `generation_started` `{"generation_id", "voice", "reply", "speed"}`.
+- `connection` `{"session_id", "conversation_id", "status": "ready" | "loading" | "unavailable", "voices",
+  "default_voice", "engine", "max_concurrent", "limits"}`, first, once.
+- `generation_started` `{"generation_id", "voice", "reply", "speed", "conversation_id"}` (null when not a reply).
 - `reply_text` `{"generation_id", "text", "is_final"}`: the words so far, as spoken, when each fragment
   is cut; `is_final` on the last one.
 - `audio_chunk` `{"generation_id", "chunk_id", "sample_rate", "text_chunk", "samples", "format": "pcm_s16le"}`
   followed by one binary frame.
-- `generation_complete` `{"generation_id", "chunks", "voice", "engine", "text", "audio_seconds", "timings"}`.
-- `generation_cancelled` `{"generation_id", "chunks", "timings"}` (the stages reached before the cancel).
+- `generation_complete` `{"generation_id", "chunks", "voice", "engine", "text", "audio_seconds", "timings",
+  "conversation_id"}`.
+- `generation_cancelled` `{"generation_id", "chunks", "timings", "conversation_id"}` (the stages reached
+  before the cancel).
 - `error` `{"code", "message", "generation_id"?}`; a refused message never closes the socket.
+- `conversation_started` `{"conversation_id"}`, the answer to `new_conversation`.
 - `pong`, `status` `{"generating", "generation_id", "chunks_sent", "engine", "voice", "workers"}`.
 
 On shutdown the running generation finishes (within the grace period), then the socket closes with 1001.
@@ -39,11 +47,12 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from core.errors import BadMessage, Busy, InternalError, NothingToCancel, ServiceError
 from core.logging import get_logger
 from core.websocket import CLOSE_GOING_AWAY, SHUTDOWN_REASON, Channel, ClientGone, Connections, Intake, parse_message
+from tts.conversations import new_conversation_id
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent
 
@@ -62,10 +71,16 @@ class TextInput(_Message):
     voice: StrictStr | None = None
     reply: StrictBool | None = None
     speed: float | None = None
+    conversation_id: StrictStr | None = None
 
 
 class CancelGeneration(_Message):
     type: Literal["cancel_generation"]
+    played_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
+class NewConversation(_Message):
+    type: Literal["new_conversation"]
 
 
 class Ping(_Message):
@@ -80,6 +95,7 @@ class GetStatus(_Message):
 CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
     "text_input": TextInput,
     "cancel_generation": CancelGeneration,
+    "new_conversation": NewConversation,
     "ping": Ping,
     "get_status": GetStatus,
 }
@@ -103,6 +119,8 @@ class TtsSocket:
         self.session_id = session_id
         self._generation: _Generation | None = None
         self._next_id = 1
+        self.conversation_id = new_conversation_id()
+        """The socket's conversation: its replies continue it (a text_input may switch to another)."""
 
     async def serve(self) -> None:
         try:
@@ -129,6 +147,7 @@ class TtsSocket:
         return {
             "type": "connection",
             "session_id": self.session_id,
+            "conversation_id": self.conversation_id,
             "status": status,
             "voices": voices,
             "default_voice": default_voice,
@@ -161,9 +180,12 @@ class TtsSocket:
         elif isinstance(message, GetStatus):
             await self.channel.send(self._status())
         elif isinstance(message, CancelGeneration):
-            await self._cancel()
+            await self._cancel(message.played_ms)
         elif isinstance(message, TextInput):
             await self._start(message, tasks)
+        elif isinstance(message, NewConversation):
+            self.conversation_id = new_conversation_id()
+            await self.channel.send({"type": "conversation_started", "conversation_id": self.conversation_id})
 
     def _status(self) -> dict[str, Any]:
         generation = self._generation
@@ -184,7 +206,17 @@ class TtsSocket:
                 f"generation {self._generation.id} is still running; send cancel_generation first, "
                 "or wait for generation_complete"
             )
-        request = await self.service.check_request(message.text, message.voice, message.speed, message.reply)
+        request = await self.service.check_request(
+            message.text,
+            message.voice,
+            message.speed,
+            message.reply,
+            # The socket's own id needs no earlier turn: its first reply may have failed before any was recorded.
+            conversation_id=None if message.conversation_id == self.conversation_id else message.conversation_id,
+            new_conversation=self.conversation_id,
+        )
+        if request.conversation_id is not None:
+            self.conversation_id = request.conversation_id
         generation = _Generation(self._next_id, self.service.start_turn(request, "ws"))
         self._next_id += 1
         self._generation = generation
@@ -195,7 +227,14 @@ class TtsSocket:
         request = turn.request
         try:
             await self.channel.send(
-                {"type": "generation_started", "generation_id": gid, "voice": request.voice, "reply": request.reply, "speed": request.speed}
+                {
+                    "type": "generation_started",
+                    "generation_id": gid,
+                    "voice": request.voice,
+                    "reply": request.reply,
+                    "speed": request.speed,
+                    "conversation_id": request.conversation_id,
+                }
             )
             async for event in turn:
                 await self._send_event(gid, event)
@@ -211,6 +250,7 @@ class TtsSocket:
                     "text": turn.text,
                     "audio_seconds": round(turn.timings.audio_s, 3),
                     "timings": turn.timings.as_dict(),
+                    "conversation_id": request.conversation_id,
                 }
             )
         except Cancelled:
@@ -250,19 +290,21 @@ class TtsSocket:
         except ClientGone:
             pass
 
-    async def _stop_generation(self) -> _Generation | None:
+    async def _stop_generation(self, played_ms: float | None = None) -> _Generation | None:
         """Cancel the running generation and wait until it has stopped (its worker is free) and its task
         has sent its last message, so nothing of it follows what the caller sends next."""
         generation = self._generation
         if generation is None:
             return None
+        if played_ms is not None:
+            generation.turn.played(played_ms / 1000)
         generation.turn.cancel()
         with anyio.CancelScope(shield=True):
             await generation.done.wait()
         return generation
 
-    async def _cancel(self) -> None:
-        generation = await self._stop_generation()
+    async def _cancel(self, played_ms: float | None) -> None:
+        generation = await self._stop_generation(played_ms)
         if generation is None:
             raise NothingToCancel("no generation is running; nothing to cancel")
         await self.channel.send(
@@ -271,6 +313,7 @@ class TtsSocket:
                 "generation_id": generation.id,
                 "chunks": generation.turn.chunks,
                 "timings": generation.turn.timings.as_dict(),
+                "conversation_id": generation.turn.request.conversation_id,
             }
         )
 

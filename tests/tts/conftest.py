@@ -31,11 +31,14 @@ def voices_dir(tmp_path: Path) -> Path:
 
 
 def make_settings(voices_dir: Path, llm_url: str, **tts: Any) -> Settings:
+    """`llm`, `conversations` and `data_dir` set those sections; every other keyword is a tts setting."""
     llm = tts.pop("llm", {})
+    others = {key: tts.pop(key) for key in ("conversations", "data_dir") if key in tts}
     return Settings(
         logging={"level": "warning"},
         tts={"voices_dir": str(voices_dir), "voice": VOICE, **tts},
         llm={"url": llm_url, "retry_base_delay_s": 0.0, "health_timeout_s": 0.5, **llm},
+        **others,
     )
 
 

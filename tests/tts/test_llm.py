@@ -12,7 +12,7 @@ import pytest
 
 from core.config import LlmSettings
 from core.errors import LlmError, LlmModelNotFound, LlmUnavailable
-from core.llm import OllamaClient
+from core.llm import LlmClient, OllamaClient, chat_messages
 from tests.fixtures.ollama_double import OllamaDouble, down_url
 
 
@@ -54,9 +54,13 @@ def client(url: str, sleeps: Sleeps | None = None, **settings: object) -> Ollama
     return OllamaClient(LlmSettings(url=url, **settings), sleep=sleeps)
 
 
-async def reply(llm: OllamaClient, text: str) -> str:
+def messages(llm: LlmClient, text: str, history: list[tuple[str, str]] | None = None) -> list[dict[str, str]]:
+    return chat_messages(llm.settings.system_prompt, history or [], text)
+
+
+async def reply(llm: LlmClient, text: str, history: list[tuple[str, str]] | None = None) -> str:
     """The whole streamed reply."""
-    return "".join([piece async for piece in llm.stream_reply(text)])
+    return "".join([piece async for piece in llm.stream_reply(messages(llm, text, history))])
 
 
 @in_thread
@@ -84,7 +88,7 @@ async def test_stream_reply_yields_the_pieces_in_order(ollama: OllamaDouble) -> 
     ollama.behaviour.pieces = 5
     llm = client(ollama.url)
     try:
-        assert [piece async for piece in llm.stream_reply("hi")] == ["ab", "cd", "ef", "gh", "ij"]
+        assert [piece async for piece in llm.stream_reply(messages(llm, "hi"))] == ["ab", "cd", "ef", "gh", "ij"]
     finally:
         await llm.aclose()
 
@@ -137,7 +141,7 @@ async def test_an_error_after_text_was_handed_on_ends_the_stream_without_a_retry
     llm = client(ollama.url, Sleeps(), retry_attempts=1)
     pieces: list[str] = []
     with pytest.raises(LlmUnavailable, match="out of memory"):
-        async for piece in llm.stream_reply("hello"):
+        async for piece in llm.stream_reply(messages(llm, "hello")):
             pieces.append(piece)
     await llm.aclose()
     assert len(pieces) == 1 and "Hello! I am your assistant.".startswith(pieces[0])

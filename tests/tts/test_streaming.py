@@ -166,8 +166,10 @@ def test_sse_event_sequence_and_audio(voices_dir: Path, ollama: OllamaDouble) ->
     for response in (get, post):
         events = sse_events(response.text)
         names = [name for name, _ in events]
-        # reply_text when each fragment is cut, its audio once synthesized, the final text, metrics, done
-        assert names == ["reply_text", "audio"] * len(SPOKEN) + ["reply_text", "metrics", "done"]
+        # the conversation, reply_text when each fragment is cut, its audio once synthesized, the final text,
+        # metrics, done
+        assert names == ["conversation"] + ["reply_text", "audio"] * len(SPOKEN) + ["reply_text", "metrics", "done"]
+        assert events[0][1] == {"id": response.headers["x-conversation-id"]}
         texts = [data for name, data in events if name == "reply_text"]
         assert texts[0] == {"text": SPOKEN[0], "is_final": False}
         assert texts[-1] == {"text": " ".join(SPOKEN), "is_final": True}

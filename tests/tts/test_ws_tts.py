@@ -80,6 +80,7 @@ def test_a_generation_from_start_to_complete(voices_dir: Path, ollama: OllamaDou
             assert hello == {
                 "type": "connection",
                 "session_id": hello["session_id"],
+                "conversation_id": hello["conversation_id"],
                 "status": "ready",
                 "voices": [VOICE],
                 "default_voice": VOICE,
@@ -99,7 +100,8 @@ def test_a_generation_from_start_to_complete(voices_dir: Path, ollama: OllamaDou
 
     kinds = [m["type"] for m in messages]
     assert kinds == ["generation_started"] + ["reply_text", "audio_chunk"] * 4 + ["reply_text", "generation_complete"]
-    assert body(messages[0]) == {"generation_id": 1, "voice": VOICE, "reply": True, "speed": 1.0}
+    conversation = hello["conversation_id"]
+    assert body(messages[0]) == {"generation_id": 1, "voice": VOICE, "reply": True, "speed": 1.0, "conversation_id": conversation}
     texts = [body(m) for m in messages if m["type"] == "reply_text"]
     assert texts[0] == {"generation_id": 1, "text": SPOKEN[0], "is_final": False}
     assert texts[-1] == {"generation_id": 1, "text": " ".join(SPOKEN), "is_final": True}
@@ -110,6 +112,7 @@ def test_a_generation_from_start_to_complete(voices_dir: Path, ollama: OllamaDou
     assert audio == reference  # the same audio as POST /tts, sample for sample
     complete = body(messages[-1])
     assert (complete["generation_id"], complete["chunks"], complete["voice"], complete["engine"]) == (1, 4, VOICE, "piper")
+    assert complete["conversation_id"] == conversation
     assert complete["audio_seconds"] == round(len(reference) / 2 / 22050, 3)
     timings = complete["timings"]
     assert set(timings["llm"]) == {"time_to_first_token_s", "tokens", "tokens_per_s", "total_s", "attempts"}
