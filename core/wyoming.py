@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import numpy as np
 import structlog
+from anyio.abc import TaskGroup
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_read_event
 from wyoming.info import Attribution
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from core import __version__
 from core.config import WyomingSettings
-from core.errors import BadAudio, ServiceError, TooManyConnections
+from core.errors import BadAudio, BadMessage, RequestTooLarge, ServiceError, TooManyConnections
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -51,16 +53,146 @@ def mono_pcm16(audio: bytes, width: int, channels: int) -> bytes:
     return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
 
 
-class Handler(AsyncEventHandler):
-    """A Wyoming connection's handler, with what the listener needs from it: a session id, and a way to
-    finish on shutdown."""
+MIN_RATE, MAX_RATE = 8_000, 192_000
+EVENT_QUEUE = 16
+"""Events read ahead of the one being handled; then the reader waits (and TCP pushes back)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def check_format(rate: int, width: int, channels: int) -> None:
+    """BadAudio unless the audio-start or audio-chunk describes audio that can be used."""
+    if not (isinstance(rate, int) and MIN_RATE <= rate <= MAX_RATE):
+        raise BadAudio(f"rate {rate!r} Hz cannot be used; send {MIN_RATE} to {MAX_RATE} Hz")
+    if width not in (1, 2, 4) or not (isinstance(channels, int) and 1 <= channels <= 32):
+        raise BadAudio(f"audio of width {width!r} and {channels!r} channels cannot be used; send 8, 16 or 32-bit PCM")
+
+
+class _BoundedReader:
+    """The connection's reader as the `wyoming` package reads an event from it, refusing a declared data
+    or payload length over the limit before anything of it is read (the header is a line of its own)."""
+
+    def __init__(self, reader: asyncio.StreamReader, limit: int, setting: str) -> None:
+        self._reader = reader
+        self._limit = limit
+        self._setting = setting
+
+    async def readline(self) -> bytes:
+        return await self._reader.readline()
+
+    async def readexactly(self, size: int) -> bytes:
+        if size > self._limit:
+            raise RequestTooLarge(f"an event of {size} bytes is over the limit of {self._limit} ({self._setting})")
+        return await self._reader.readexactly(size)
+
+
+class _Drain:
+    """Queued behind the events already read: the shutdown is handled in turn, by the connection's task."""
+
+
+class Handler(AsyncEventHandler):
+    """A Wyoming connection's handler. One task reads the events (the `wyoming` package's framing, with
+    sizes bounded), the connection's own task handles them in order, and a shutdown is queued behind them:
+    so whatever a handler opens (a live session, a turn) is opened and closed by one task. Subclasses
+    implement `on_event` (and `on_refused`, `finish`); `tasks` runs what they start beside it.
+
+    A refused event (a ServiceError, or an event missing its fields) is answered by an `error` event and
+    the connection carries on; an unreadable or oversized event ends it after its error event."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: WyomingSettings, setting: str) -> None:
         super().__init__(reader, writer)
         self.session_id = uuid.uuid4().hex[:12]
+        self.tasks: TaskGroup | None = None
+        self._bounded = _BoundedReader(reader, limits.max_event_bytes, setting)
+        self._write_lock = anyio.Lock()
+        self._queue, self._events = anyio.create_memory_object_stream[Event | _Drain](EVENT_QUEUE)
+        self._unreadable: ServiceError | None = None
+        self._ended = anyio.Event()
+
+    @abstractmethod
+    async def on_event(self, event: Event) -> None:
+        """Handle one event (raise a ServiceError to refuse it)."""
+
+    async def on_refused(self, event: Event, error: ServiceError) -> None:
+        """After `error` was sent for `event`: put the handler back in a state the next event can use."""
+
+    async def finish(self) -> None:
+        """Shutdown: finish what this connection was asked (by default nothing is left to finish)."""
+
+    async def handle_event(self, event: Event) -> bool:  # the wyoming base class's hook; run() is ours
+        await self._answer(event)
+        return True
+
+    async def write_event(self, event: Event) -> None:
+        async with self._write_lock:
+            await super().write_event(event)
+
+    async def try_write(self, event: Event) -> None:
+        """Write unless the client has gone (then there is no one to tell)."""
+        try:
+            await self.write_event(event)
+        except (ConnectionError, OSError):
+            pass
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as self.tasks:
+                self.tasks.start_soon(self._read)
+                try:
+                    await self._handle_all()
+                except (ConnectionError, OSError):
+                    pass  # the client went away while being answered
+                finally:
+                    # Here, in no scope of its own: what the handler opened in this task (a session and its
+                    # task group) must close in it, innermost scope first.
+                    await self.disconnect()
+                    self.tasks.cancel_scope.cancel()
+        finally:
+            self.writer.close()
+            self._ended.set()
 
     async def drain(self) -> None:
-        """Shutdown: finish what this connection was asked (by default nothing is left to finish)."""
+        """Shutdown (from the listener's task): once the events already read are handled, `finish` runs
+        in the connection's task, then the connection closes."""
+        try:
+            await self._queue.send(_Drain())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the connection has ended already
+        await self._ended.wait()
+
+    async def _read(self) -> None:
+        async with self._queue:
+            try:
+                while (event := await async_read_event(self._bounded)) is not None:  # type: ignore[arg-type]
+                    await self._queue.send(event)
+            except ServiceError as error:
+                self._unreadable = error
+            except (KeyError, TypeError, AttributeError):
+                self._unreadable = BadMessage("unreadable event: each event is a JSON line with a \"type\"")
+            except (ConnectionError, asyncio.IncompleteReadError, anyio.BrokenResourceError):
+                pass  # the client went away mid-event, or the connection is ending
+
+    async def _handle_all(self) -> None:
+        async with self._events:
+            async for item in self._events:
+                if isinstance(item, _Drain):
+                    await self.finish()
+                    return
+                await self._answer(item)
+        if self._unreadable is not None:
+            log.info("wyoming_refused", code=self._unreadable.code, reason=self._unreadable.message)
+            await self.try_write(error_event(self._unreadable))
+
+    async def _answer(self, event: Event) -> None:
+        try:
+            await self.on_event(event)
+            return
+        except ServiceError as exc:
+            error = exc
+        except (KeyError, TypeError, ValueError) as exc:  # an event without the fields of its type
+            log.warning("wyoming_malformed_event", event_type=event.type, exc_info=True)
+            error = BadMessage(f"malformed {event.type} event ({exc.__class__.__name__}: {exc}); see the Wyoming protocol")
+        log.info("wyoming_refused", code=error.code, reason=error.message)
+        await self.write_event(error_event(error))
+        await self.on_refused(event, error)
 
 
 HandlerFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Handler]
@@ -94,7 +226,8 @@ class WyomingListener:
             self._zeroconf = await advertise(self.settings, self.host, self.port, self.what)
 
     async def drain(self, timeout: float) -> None:
-        """Shutdown: no new connections; what each open one was asked is finished within `timeout`."""
+        """Shutdown: no new connections; what each open one was asked is finished within `timeout`, then
+        they close."""
         if self._server is not None and self._server._server is not None:  # noqa: SLF001
             self._server._server.close()  # noqa: SLF001
         with anyio.move_on_after(timeout):
@@ -118,7 +251,7 @@ class WyomingListener:
         }
 
 
-class _Counted(Handler):
+class _Counted(AsyncEventHandler):
     """Counts the connection against the limit and runs the real handler inside its session's log context."""
 
     def __init__(
@@ -127,7 +260,6 @@ class _Counted(Handler):
         super().__init__(reader, writer)
         self._listener = listener
         self._inner = factory(reader, writer)
-        self.session_id = self._inner.session_id
 
     async def handle_event(self, event: Event) -> bool:  # pragma: no cover - run() is overridden
         return await self._inner.handle_event(event)
@@ -151,8 +283,8 @@ class _Counted(Handler):
                 log.info("session_opened", client=f"{peer[0]}:{peer[1]}" if peer else "unknown")
                 try:
                     await self._inner.run()
-                except (ConnectionError, asyncio.IncompleteReadError):
-                    pass  # the client went away mid-event; its handler has cleaned up
+                except Exception:  # a defect: the connection ends, the listener and the others carry on
+                    log.exception("session_failed")
                 log.info("session_closed")
         finally:
             listener.count -= 1

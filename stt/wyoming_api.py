@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -24,7 +23,7 @@ from wyoming.info import AsrModel, AsrProgram, Describe, Info
 
 from core.errors import BadMessage, InvalidRequest, ModelUnavailable, RequestTooLarge, ServiceError
 from core.logging import get_logger
-from core.wyoming import ATTRIBUTION, VERSION, Handler, error_event, mono_pcm16
+from core.wyoming import ATTRIBUTION, VERSION, Handler, check_format, error_event, mono_pcm16
 from stt.events import Partial, Refused, Transcribed
 from stt.service import SttService
 from stt.session import SttSession
@@ -57,48 +56,29 @@ class SttWyomingHandler(Handler):
     """One Wyoming client: one transcription at a time, from audio-start to audio-stop."""
 
     def __init__(self, service: SttService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer)
+        super().__init__(reader, writer, service.settings.stt.wyoming, "stt.wyoming.max_event_bytes")
         self.service = service
         self.settings = service.settings.stt
         self._language: str | None = self.settings.language
         self._stack: AsyncExitStack | None = None
         self._session: SttSession | None = None
-        self._tasks: TaskGroup | None = None
         self._results: list[Transcribed] = []
         self._streamed = False
         self._stable = ""
         self._seconds = 0.0
-        self._write_lock = anyio.Lock()
         self._forwarded = anyio.Event()
         self._refused = False
         """A transcription was refused: its remaining audio is dropped until audio-stop."""
 
-    async def run(self) -> None:
-        async with anyio.create_task_group() as self._tasks:
-            try:
-                await super().run()
-            finally:
-                self._tasks.cancel_scope.cancel()
+    async def on_refused(self, event: Event, error: ServiceError) -> None:
+        # The rest of this transcription's audio is dropped quietly: the client heard why once.
+        self._refused = self._session is not None or AudioStart.is_type(event.type)
+        await self._close_session()
 
-    async def write_event(self, event: Event) -> None:
-        async with self._write_lock:
-            await super().write_event(event)
-
-    async def handle_event(self, event: Event) -> bool:
-        try:
-            return await self._handle(event)
-        except ServiceError as error:
-            log.info("wyoming_refused", code=error.code, reason=error.message)
-            await self.write_event(error_event(error))
-            # The rest of this transcription's audio is dropped quietly: the client heard why once.
-            self._refused = self._session is not None or AudioStart.is_type(event.type)
-            await self._close_session()
-            return True
-
-    async def _handle(self, event: Event) -> bool:
+    async def on_event(self, event: Event) -> None:
         if self._refused and (AudioChunk.is_type(event.type) or AudioStop.is_type(event.type)):
             self._refused = not AudioStop.is_type(event.type)
-            return True
+            return
         if Describe.is_type(event.type):
             await self.write_event(info(self.service).event())
         elif Transcribe.is_type(event.type):
@@ -112,25 +92,26 @@ class SttWyomingHandler(Handler):
             await self._feed(AudioChunk.from_event(event))
         elif AudioStop.is_type(event.type):
             await self._finish()
-        return True
 
     async def _open_session(self, start: AudioStart) -> None:
         self._refused = False
         await self._close_session()
         if self.service.model.error:
             raise ModelUnavailable(self.service.model.error)
+        check_format(start.rate, start.width, start.channels)
         self._stack = AsyncExitStack()
         session = self.service.open_session(sample_rate=start.rate, endpointing=False)
         self._session = await self._stack.enter_async_context(session)
         await session.configure(language=self._language)
         self._results, self._streamed, self._stable, self._seconds = [], False, "", 0.0
         self._forwarded = anyio.Event()
-        assert self._tasks is not None
-        self._tasks.start_soon(self._forward_partials, session, self._forwarded)
+        assert self.tasks is not None
+        self.tasks.start_soon(self._forward_partials, session, self._forwarded)
 
     async def _feed(self, chunk: AudioChunk) -> None:
         if self._session is None:
             raise BadMessage("audio-chunk before audio-start: send audio-start (rate, width, channels) first")
+        check_format(chunk.rate, chunk.width, chunk.channels)
         self._seconds += len(chunk.audio) / (chunk.width * chunk.channels * chunk.rate)
         limit = self.settings.wyoming.max_audio_seconds
         if self._seconds > limit:
@@ -146,6 +127,8 @@ class SttWyomingHandler(Handler):
         """Session events as they come: partials stream out; finals are kept for the transcript."""
         try:
             await self._forward(session)
+        except (ConnectionError, OSError):
+            pass  # the client has gone; the connection's task ends the session
         finally:
             done.set()
 
@@ -185,7 +168,7 @@ class SttWyomingHandler(Handler):
     async def disconnect(self) -> None:
         await self._close_session()
 
-    async def drain(self) -> None:
+    async def finish(self) -> None:
         """Shutdown: a transcription under way is finished and sent (the listener bounds the wait)."""
         if self._session is not None:
             await self._finish()

@@ -194,7 +194,9 @@ class TurnRunner:
                 else:
                     turn.timings.queue_waits.append(0.0)
                 result, seconds = await self._synthesize(engine, fragment, turn)
-                if not (fragments.statistics().current_buffer_used and turn.can_emit()):
+                # Kept only if this audio and the next fragment's text go on at once: a client that stops
+                # reading must not hold a worker while its turn waits to hand them on.
+                if not (fragments.statistics().current_buffer_used and turn.can_emit(2)):
                     self.pool.release()
                     holding = False
                 await self._emit_audio(fragment, turn, result, seconds)

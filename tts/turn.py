@@ -338,10 +338,10 @@ class Turn:
             self._pieces.append((event.text, event.samples / event.sample_rate))
         await self._send.send(event)
 
-    def can_emit(self) -> bool:
-        """Whether `emit` would hand an event on at once (the client is keeping up)."""
+    def can_emit(self, events: int = 1) -> bool:
+        """Whether `emit` would hand `events` events on at once (the client is keeping up)."""
         stats = self._send.statistics()
-        return stats.current_buffer_used < stats.max_buffer_size
+        return stats.current_buffer_used + events <= stats.max_buffer_size
 
     async def fail(self, error: ServiceError) -> None:
         self.outcome = error.code

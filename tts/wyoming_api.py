@@ -7,6 +7,8 @@ sentence is synthesized. Streaming text: synthesize-start, synthesize-chunks, sy
 sentence as soon as it is complete in the text so far (audio-start, audio-chunks, audio-stop), then
 synthesize-stopped. The `synthesize` Home Assistant also sends during (or right after) a stream, for
 clients that cannot stream, is not spoken twice. Every audio-start of one response has the same format.
+A failure is an `error` event, and the response still ends as its client waits for (audio-stop,
+synthesize-stopped); a stream over tts.max_text_length speaks the text it took and drops the rest.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import asyncio
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
 from wyoming.info import Describe, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
-from core.errors import BadMessage, Busy, ServiceError
+from core.errors import BadMessage, Busy, ServiceError, TextTooLong
 from core.logging import get_logger
 from core.wyoming import ATTRIBUTION, VERSION, Handler, error_event
 from tts.service import TtsService
@@ -66,37 +67,25 @@ class TtsWyomingHandler(Handler):
     """One Wyoming client: one synthesis at a time, in the order asked."""
 
     def __init__(self, service: TtsService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer)
+        super().__init__(reader, writer, service.settings.tts.wyoming, "tts.wyoming.max_event_bytes")
         self.service = service
-        self._tasks: TaskGroup | None = None
         self._turn: Turn | None = None
         self._done = anyio.Event()
         self._done.set()
         self._stream: TextStream | None = None
+        self._overflowed = False
+        """The open text stream went over tts.max_text_length: what it took is spoken, the rest dropped."""
         self._streamed_text = ""
         self._last_streamed: str | None = None
-        self._write_lock = anyio.Lock()
 
-    async def run(self) -> None:
-        async with anyio.create_task_group() as self._tasks:
-            try:
-                await super().run()
-            finally:
-                self._tasks.cancel_scope.cancel()
+    async def on_refused(self, event: Event, error: ServiceError) -> None:
+        if self._stream is not None and isinstance(error, TextTooLong):
+            # Nothing accepted is lost: the text taken so far is spoken, the stream ends as usual.
+            self._stream.close()
+            self._overflowed = True
 
-    async def write_event(self, event: Event) -> None:
-        async with self._write_lock:
-            await super().write_event(event)
-
-    async def handle_event(self, event: Event) -> bool:
-        try:
-            await self._handle(event)
-        except ServiceError as error:
-            log.info("wyoming_refused", code=error.code, reason=error.message)
-            await self.write_event(error_event(error))
-            if self._turn is not None and error.code == "text_too_long":
-                self._turn.cancel()
-        return True
+    async def on_event(self, event: Event) -> None:
+        await self._handle(event)
 
     async def _handle(self, event: Event) -> None:
         if Describe.is_type(event.type):
@@ -107,11 +96,13 @@ class TtsWyomingHandler(Handler):
             await self._wait_idle()
             voice, speaker = await self._voice(SynthesizeStart.from_event(event).voice)
             turn, self._stream = await self.service.start_text_stream(voice, speaker, "wyoming")
-            self._streamed_text = ""
+            self._streamed_text, self._overflowed = "", False
             self._follow(turn, per_sentence=True)
         elif SynthesizeChunk.is_type(event.type):
             if self._stream is None:
                 raise BadMessage("synthesize-chunk outside a stream: send synthesize-start first")
+            if self._overflowed:
+                return  # refused once already (text_too_long)
             text = SynthesizeChunk.from_event(event).text
             await self._stream.send(text)
             self._streamed_text += text
@@ -119,7 +110,7 @@ class TtsWyomingHandler(Handler):
             if self._stream is None:
                 raise BadMessage("synthesize-stop outside a stream: send synthesize-start first")
             self._stream.close()
-            self._stream, self._last_streamed = None, _normal(self._streamed_text)
+            self._stream, self._last_streamed, self._overflowed = None, _normal(self._streamed_text), False
 
     async def _synthesize(self, synthesize: Synthesize) -> None:
         if self._stream is not None or _normal(synthesize.text) == self._last_streamed:
@@ -151,48 +142,51 @@ class TtsWyomingHandler(Handler):
 
     def _follow(self, turn: Turn, *, per_sentence: bool) -> None:
         self._turn, self._done = turn, anyio.Event()
-        assert self._tasks is not None
-        self._tasks.start_soon(self._speak, turn, per_sentence, self._done)
+        assert self.tasks is not None
+        self.tasks.start_soon(self._speak, turn, per_sentence, self._done)
 
     async def _speak(self, turn: Turn, per_sentence: bool, done: anyio.Event) -> None:
         """The turn's audio as Wyoming events: one audio-start..audio-stop for a whole text, one per
-        sentence for a stream (then synthesize-stopped)."""
-        started = False
+        sentence for a stream (then synthesize-stopped). A failure is an error event, and the response
+        still ends as the client waits for it to."""
+        open_audio = started = False
         try:
             async for event in turn:
                 if not isinstance(event, AudioPiece):
                     continue
                 if per_sentence or not started:
                     await self.write_event(AudioStart(rate=event.sample_rate, width=2, channels=1).event())
-                    started = True
+                    open_audio = started = True
                 step = SAMPLES_PER_CHUNK * 2
                 for offset in range(0, len(event.pcm16), step):
                     chunk = event.pcm16[offset : offset + step]
                     await self.write_event(AudioChunk(rate=event.sample_rate, width=2, channels=1, audio=chunk).event())
                 if per_sentence:
                     await self.write_event(AudioStop().event())
-            if not per_sentence:
-                if not started:  # nothing had any sound: the response still has its frame
-                    await self.write_event(AudioStart(rate=turn.sample_rate or 22050, width=2, channels=1).event())
-                await self.write_event(AudioStop().event())
-            else:
-                await self.write_event(SynthesizeStopped().event())
+                    open_audio = False
+            if not per_sentence and not started:  # nothing had any sound: the response still has its frame
+                await self.write_event(AudioStart(rate=turn.sample_rate or 22050, width=2, channels=1).event())
+                open_audio = True
+            await self._end_response(per_sentence, open_audio)
         except ServiceError as error:
             log.info("wyoming_synthesis_failed", code=error.code, reason=error.message)
-            await self._try_write(error_event(error))
+            await self.try_write(error_event(error))
+            with anyio.CancelScope(shield=True):
+                await self._end_response(per_sentence, open_audio, quietly=True)
         except Cancelled:
-            pass
+            pass  # the client left, or the service stopped it
         except (ConnectionError, OSError):
             turn.cancel()  # the client is gone: the worker is free after the sentence under way
         finally:
             await turn.aclose()
             done.set()
 
-    async def _try_write(self, event: Event) -> None:
-        try:
-            await self.write_event(event)
-        except (ConnectionError, OSError):
-            pass
+    async def _end_response(self, per_sentence: bool, open_audio: bool, quietly: bool = False) -> None:
+        write = self.try_write if quietly else self.write_event
+        if open_audio:
+            await write(AudioStop().event())
+        if per_sentence:
+            await write(SynthesizeStopped().event())
 
     async def disconnect(self) -> None:
         if self._stream is not None:
@@ -201,7 +195,7 @@ class TtsWyomingHandler(Handler):
             log.info("wyoming_client_left", generating=True)
             await self._turn.aclose()
 
-    async def drain(self) -> None:
+    async def finish(self) -> None:
         """Shutdown: the synthesis under way is finished (the listener bounds the wait)."""
         if self._stream is not None:
             self._stream.close()

@@ -4,11 +4,14 @@ server: describe/info, transcriptions at any audio format, streaming partials, a
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -17,7 +20,10 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 
 from core.audio import float32_to_pcm16
+from core.wyoming import WyomingListener
+from stt import wyoming_api
 from stt.server import create_app
+from stt.service import SttService
 from tests.fixtures.server import RunningServer, run_server
 from tests.fixtures.speech import make_speech
 from tests.stt.test_server import PHRASE, wait_until_settled
@@ -119,6 +125,9 @@ def test_streaming_partials_come_as_transcript_chunks_before_the_transcript(make
         ([AudioStop().event()], "bad_message", "before audio-start"),
         (audio_events(bytes(16000 * 2 * 21), 16000, 2, 1, chunk_s=1.0), "request_too_large", "over 20 s (stt.wyoming.max_audio_seconds)"),
         ([AudioStart(rate=16000, width=3, channels=1).event(), AudioChunk(rate=16000, width=3, channels=1, audio=bytes(30)).event()], "bad_audio", "width 3"),
+        ([AudioStart(rate=0, width=2, channels=1).event(), AudioStop().event()], "bad_audio", "rate 0 Hz"),
+        ([AudioStart(rate=16000, width=2, channels=1).event(), AudioChunk(rate=0, width=2, channels=1, audio=bytes(320)).event()], "bad_audio", "rate 0 Hz"),
+        ([AudioStart(rate=16000, width=2, channels=1).event(), Event("audio-chunk", {"rate": 16000}, bytes(320))], "bad_message", "malformed audio-chunk"),
     ],
 )
 def test_errors_are_error_events_with_the_services_codes(server: RunningServer, events: list[Event], code: str, fragment: str) -> None:
@@ -172,3 +181,93 @@ def test_zeroconf_advertises_the_listener_when_asked(make_settings) -> None:
         port = port_of(running)
     assert found is not None, "a zeroconf browser on this machine finds the advertisement"
     assert (found.port, found.parsed_addresses()) == (port, ["127.0.0.1"])
+
+
+def test_an_event_over_max_event_bytes_is_refused_and_ends_the_connection(make_settings) -> None:
+    settings = make_settings(stt={"wyoming": {"max_event_bytes": 1024}})
+
+    async def main(port: int) -> list[Event | None]:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=30) as client:
+            await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(4096)).event())
+            return [await client.read_event(), await client.read_event()]
+
+    with run_server(create_app(settings)) as running:
+        wait_until_settled(running)
+        error, end = asyncio.run(main(port_of(running)))
+    assert error is not None and Error.from_event(error).code == "request_too_large"
+    assert "4096 bytes" in Error.from_event(error).text and "stt.wyoming.max_event_bytes" in Error.from_event(error).text
+    assert end is None, "the rest of an oversized event cannot be skipped: the connection ends"
+
+
+def _in_own_loop(make_settings: Any, test: Any) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+    """Runs `test(listener, port)` against an STT service and Wyoming listener in this thread's own event
+    loop, so the test can drain the listener itself; returns its result, the log and the loop's errors."""
+    settings = make_settings()
+    loop_errors: list[Any] = []
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
+        service = SttService(settings)
+        async with service.running():
+            await service.model.wait()
+            listener = WyomingListener(settings.stt.wyoming, "127.0.0.1", "STT service", "stt.wyoming.max_connections")
+            await listener.start(wyoming_api.handler_factory(service))
+            try:
+                return await test(listener, listener.port)
+            finally:
+                await listener.stop()
+
+    with capture_logs() as logs:
+        result = asyncio.run(main())
+    return result, logs, loop_errors
+
+
+def test_a_shutdown_finishes_the_open_transcription_then_closes(make_settings) -> None:
+    speech = float32_to_pcm16(make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=0.3))
+
+    async def test(listener: WyomingListener, port: int) -> tuple[list[Event | None], int]:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=30) as client:
+            await client.write_event(Transcribe().event())
+            for event in audio_events(speech, 16000, 2, 1)[:-1]:  # no audio-stop: still listening
+                await client.write_event(event)
+            await client.write_event(Describe().event())
+            await until(client, "info")  # every chunk before it has been taken
+            await listener.drain(20)
+            got: list[Event | None] = []
+            while (event := await client.read_event()) is not None:
+                got.append(event)
+            return got, listener.count
+
+    (got, open_connections), logs, loop_errors = _in_own_loop(make_settings, test)
+    transcripts = [Transcript.from_event(e) for e in got if e is not None and e.type == "transcript"]
+    assert len(transcripts) == 1 and transcripts[0].text, "what was heard before the shutdown is answered"
+    assert open_connections == 0 and loop_errors == []
+    assert not [entry for entry in logs if entry["event"] == "session_failed"]
+
+
+def test_a_client_that_resets_mid_transcription_just_closes_its_session(make_settings) -> None:
+    speech = float32_to_pcm16(make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=0.3))
+
+    async def test(listener: WyomingListener, port: int) -> int:
+        client = AsyncTcpClient("127.0.0.1", port)
+        await client.connect()
+        await client.write_event(Transcribe().event())
+        for event in audio_events(speech, 16000, 2, 1)[:-1]:
+            await client.write_event(event)
+        await client.write_event(Describe().event())
+        await until(client, "info")
+        writer = client._writer  # noqa: SLF001 (an abortive close: RST instead of FIN)
+        assert writer is not None
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        for _ in range(2000):
+            if listener.count == 0:
+                break
+            await asyncio.sleep(0.005)
+        return listener.count
+
+    open_connections, logs, loop_errors = _in_own_loop(make_settings, test)
+    assert open_connections == 0 and loop_errors == []
+    events = [entry["event"] for entry in logs]
+    assert "session_closed" in events and "session_failed" not in events

@@ -12,12 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 from structlog.testing import capture_logs
 
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import expected_samples
 from tests.tts.conftest import VOICE, Gate, gated_factory, make_settings, serve, wait_for
+from tts.service import TtsService
+from tts.turn import AudioPiece
 
 
 def post_in_thread(url: str, body: dict, results: dict, key: str) -> threading.Thread:
@@ -227,3 +230,32 @@ def test_a_text_given_whole_keeps_its_worker_from_sentence_to_sentence(voices_di
         second.join(10)
     assert gate.sentences == ["One.", "Two.", "Three.", "Other."]
     assert [results[key].status_code for key in ("first", "second")] == [200, 200]
+
+
+def test_a_client_that_stops_reading_gives_its_worker_back(voices_dir: Path, ollama: OllamaDouble) -> None:
+    # A client that pauses (TCP backpressure) fills its turn's buffer; the worker must not wait with it,
+    # or every other client gets engine_busy while /health says nothing runs.
+    settings = make_settings(voices_dir, ollama.url, max_concurrent=1, queue_timeout_s=5.0)
+    text = " ".join(f"This is sentence number {i}." for i in range(40))
+
+    async def main() -> str:
+        service = TtsService(settings)
+        async with service.running():
+            while service.engines.loading:
+                await anyio.sleep(0.01)
+            stalled = service.start_turn(await service.check_request(text, None, None, False), "test")
+            async for event in stalled:
+                if isinstance(event, AudioPiece):
+                    break  # then stop reading, without closing
+            with anyio.fail_after(10):
+                while stalled.can_emit() or service.pool.counters.running:
+                    await anyio.sleep(0.005)  # until its buffer is full and its worker given back
+            other = service.start_turn(await service.check_request("Hello there.", None, None, False), "test")
+            try:
+                speech = await service.speak(other)
+            finally:
+                await other.aclose()
+                await stalled.aclose()
+            return speech.text
+
+    assert anyio.run(main) == "Hello there."

@@ -4,11 +4,14 @@ server: describe/info, synthesize, streaming synthesize, the errors, and a clien
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -19,6 +22,9 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import build_piper_voice, expected_samples
 from tests.tts.conftest import VOICE, Gate, gated_factory, make_settings, serve, wait_for
+from tts.engines import create_engine
+from tts.engines.base import AudioChunk as EngineChunk
+from tts.engines.piper import PiperEngine
 
 TEXT = "Hello there. How are you today?"
 
@@ -157,7 +163,9 @@ def test_a_client_that_leaves_mid_synthesis_frees_its_worker_within_a_sentence(v
 
     async def leave(client: AsyncTcpClient) -> list[Event]:
         await client.write_event(Synthesize(text=text).event())
-        return await until(client, "audio-chunk")  # the first sentence is spoken; the second is held
+        got = await until(client, "audio-chunk")  # the first sentence is spoken...
+        assert await asyncio.to_thread(gate.entered.wait, 10)  # ...and the second is held in its worker
+        return got
 
     with serve(make_settings(voices_dir, ollama.url, max_concurrent=1), engine_factory=gated_factory(gate)) as (server, client):
         service = server.app.state.service
@@ -186,3 +194,85 @@ def test_connections_over_the_limit_get_an_error_event(voices_dir: Path, ollama:
     with serve(make_settings(voices_dir, ollama.url, wyoming={"max_connections": 1})) as (server, _):
         error = asyncio.run(two(port_of(server)))
     assert error.code == "too_many_connections" and "tts.wyoming.max_connections" in error.text
+
+
+def test_a_stream_over_the_limit_speaks_what_it_took_and_still_ends(voices_dir: Path, ollama: OllamaDouble) -> None:
+    async def stream(client: AsyncTcpClient) -> tuple[list[Event], list[Event]]:
+        for event in (
+            SynthesizeStart(),
+            SynthesizeChunk(text="Hello there. "),
+            SynthesizeChunk(text="y" * 95),  # over the 100 characters: refused, the stream taken so far stands
+            SynthesizeChunk(text="More words."),  # dropped: the client was told once
+            Synthesize(text="Hello there. " + "y" * 95 + "More words."),  # Home Assistant's copy of the stream
+            SynthesizeStop(),
+        ):
+            await client.write_event(event.event())
+        got = await until(client, "synthesize-stopped")
+        await client.write_event(Describe().event())
+        return got, await until(client, "info")
+
+    with serve(make_settings(voices_dir, ollama.url, max_text_length=100)) as (server, _):
+        got, after = run(stream, port_of(server))
+    errors = [Error.from_event(e) for e in got if Error.is_type(e.type)]
+    assert [error.code for error in errors] == ["text_too_long"] and "13 were taken" in errors[0].text
+    starts, pcm = audio_of(got)
+    assert len(starts) == 1 and len(pcm) == 2 * expected_samples(voices_dir / f"{VOICE}.onnx", "Hello there.")
+    assert after[-1].type == "info"
+
+
+class _FailingPiperEngine(PiperEngine):
+    """The real Piper engine, failing on one sentence (an engine defect, a voice file gone bad)."""
+
+    def synthesize(self, text: str, voice: str, speed: float, speaker: str | None = None) -> Iterator[EngineChunk]:
+        if text.startswith("Boom"):
+            raise RuntimeError("the voice file is damaged")
+        yield from super().synthesize(text, voice, speed, speaker)
+
+
+def test_a_synthesis_that_fails_mid_stream_is_an_error_and_the_response_still_ends(voices_dir: Path, ollama: OllamaDouble) -> None:
+    def factory(name: str, settings: Any, **options: Any) -> Any:
+        return _FailingPiperEngine(settings) if name == "piper" else create_engine(name, settings, **options)
+
+    async def stream(client: AsyncTcpClient) -> list[Event]:
+        for event in (SynthesizeStart(), SynthesizeChunk(text="Hello there. Boom goes the rest. "), SynthesizeStop()):
+            await client.write_event(event.event())
+        return await until(client, "synthesize-stopped")
+
+    with serve(make_settings(voices_dir, ollama.url), engine_factory=factory) as (server, _):
+        got = run(stream, port_of(server))
+    kinds = [e.type for e in got]
+    assert kinds[0] == "audio-start" and kinds.index("audio-stop") < kinds.index("error") < kinds.index("synthesize-stopped")
+    assert Error.from_event(got[kinds.index("error")]).code == "internal_error"
+
+
+def test_a_client_that_resets_mid_stream_just_closes_its_session(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _):
+        listener = server.app.state.wyoming
+
+        async def reset() -> None:
+            client = AsyncTcpClient("127.0.0.1", port_of(server))
+            await client.connect()
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(Describe().event())
+            await until(client, "info")
+            writer = client._writer  # noqa: SLF001 (an abortive close: RST instead of FIN)
+            assert writer is not None
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+        with capture_logs() as logs:
+            asyncio.run(reset())
+            wait_for(lambda: listener.count == 0 and "session_closed" in [entry["event"] for entry in logs])
+    assert "session_failed" not in [entry["event"] for entry in logs]
+
+
+def test_an_event_over_max_event_bytes_is_refused_and_ends_the_connection(voices_dir: Path, ollama: OllamaDouble) -> None:
+    async def oversized(client: AsyncTcpClient) -> list[Event | None]:
+        await client.write_event(Synthesize(text="Hello there. " * 200).event())
+        return [await client.read_event(), await client.read_event()]
+
+    settings = make_settings(voices_dir, ollama.url, max_text_length=5000, wyoming={"max_event_bytes": 1024})
+    with serve(settings) as (server, _):
+        error, end = run(oversized, port_of(server))
+    assert error is not None and Error.from_event(error).code == "request_too_large"
+    assert "tts.wyoming.max_event_bytes" in Error.from_event(error).text and end is None
