@@ -185,6 +185,12 @@ class SttUnavailable(ServiceError):
     code = "stt_unavailable"
 
 
+class SttTimeout(ServiceError):
+    """The STT service the TTS service forwards to took longer than tts.openai.forward_timeout_s."""
+
+    code = "stt_timeout"
+
+
 # -- the LLM -----------------------------------------------------------------------------------------
 
 

@@ -75,12 +75,16 @@ HTTP_STATUS: dict[str, int] = {
     "model_unavailable": 503,
     "transcription_failed": 500,
     "stt_unavailable": 503,
+    "stt_timeout": 504,
     "llm_error": 502,
     "llm_unavailable": 503,
     "llm_model_not_found": 503,
     "llm_timeout": 504,
 }
 """Every code of core.errors and the HTTP status it is answered with (a test checks it covers them all)."""
+
+CLIENT_CLOSED_REQUEST = 499
+"""The de-facto status of a request whose client went away; nobody reads it."""
 
 ErrorEncoder = Callable[[ServiceError, dict[str, str]], Response]
 """Turns an error (and headers Starlette wants sent, such as Allow) into a protocol's own response."""
@@ -130,9 +134,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         kinds: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}
-        error = kinds.get(exc.status_code, ServiceError)(str(exc.detail))
-        if exc.status_code not in kinds:
-            return JSONResponse(error_body("http_error", str(exc.detail)), exc.status_code, headers=exc.headers)
+        fallback = InvalidRequest if exc.status_code < 500 else InternalError
+        error = kinds.get(exc.status_code, fallback)(str(exc.detail))
         return _encoder(request)(error, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)

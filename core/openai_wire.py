@@ -39,6 +39,8 @@ _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "too_many_pending": (429, "rate_limit_error", None),
     "engine_auth": (502, "server_error", None),
     "engine_error": (502, "server_error", None),
+    "stt_timeout": (504, "server_error", None),
+    "llm_timeout": (504, "server_error", None),
 }
 _SERVER_ERROR = (503, "server_error", None)
 """Everything else a client cannot fix by changing its request: loading, unavailable, shutting down."""

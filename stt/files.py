@@ -67,6 +67,11 @@ class FileTranscriber:
         self.metrics = metrics
         self._uploads = anyio.CapacityLimiter(settings.max_uploads)
 
+    @property
+    def running(self) -> int:
+        """Files being transcribed now (each holds an upload slot)."""
+        return int(self._uploads.borrowed_tokens)
+
     async def decode(self, data: bytes) -> np.ndarray:
         """16 kHz mono float32 of a file, decoded off the event loop."""
         return await anyio.to_thread.run_sync(
@@ -74,8 +79,9 @@ class FileTranscriber:
         )
 
     @asynccontextmanager
-    async def open(self, engine: WhisperEngine, data: bytes, request: FileRequest) -> AsyncIterator[FileTranscription]:
-        """`async with transcriber.open(...) as transcription`: the upload's slot is held inside the block."""
+    async def slot(self) -> AsyncIterator[None]:
+        """One of stt.max_uploads, held inside the block: taken before an upload is read (its bytes are
+        held in memory until it is transcribed), or TooManyPending when every one is taken."""
         token = object()
         try:
             self._uploads.acquire_on_behalf_of_nowait(token)
@@ -84,6 +90,14 @@ class FileTranscriber:
                 f"{self.settings.max_uploads} files are being transcribed already (stt.max_uploads); try again shortly",
                 retry_after_s=UPLOAD_RETRY_AFTER_S,
             ) from None
+        try:
+            yield
+        finally:
+            self._uploads.release_on_behalf_of(token)
+
+    @asynccontextmanager
+    async def open(self, engine: WhisperEngine, data: bytes, request: FileRequest) -> AsyncIterator[FileTranscription]:
+        """`async with transcriber.open(...) as transcription`, inside the block of a `slot()`."""
         started = time.perf_counter()
         transcription: FileTranscription | None = None
         outcome = "error"
@@ -96,8 +110,10 @@ class FileTranscriber:
             transcription = FileTranscription(info, request, segments, self.pool)
             yield transcription
             outcome = "ok"
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"  # the client left (or the service stops)
+            raise
         finally:
-            self._uploads.release_on_behalf_of(token)
             if transcription is not None:
                 transcription.close()
                 self._report(transcription, time.perf_counter() - started, outcome)

@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
-from starlette.types import Message
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core.errors import InvalidRequest, RequestTooLarge, ServiceError, UnsupportedMediaType
-from core.http import validated
+from core.http import CLIENT_CLOSED_REQUEST, on_disconnect, validated
 from core.logging import get_logger
 from core.openai_wire import model_list, sse
 from stt import transcript_formats
@@ -78,31 +79,45 @@ _FORM = {
 }
 
 
+MAX_FORM_FIELDS = 16
+"""OpenAI's form has eight fields (timestamp_granularities[] may repeat); more is not a transcription request."""
+
 async def _read_form(request: Request, limit: int) -> tuple[bytes, TranscriptionForm]:
-    """The uploaded file and the other fields, the body bounded by `limit` bytes while it is read."""
+    """The uploaded file and the other fields, the body bounded by `limit` bytes while it is read, and held
+    in memory (never spooled to a file on disk)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaType("send multipart/form-data with the audio in the field 'file' (as OpenAI's API takes it)")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    size = 0
 
-    async def bounded() -> Message:
-        nonlocal size
-        message = await request.receive()
-        size += len(message.get("body", b""))
-        if size > limit:
-            raise _too_large(limit)
-        return message
+    async def bounded() -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            yield chunk
 
-    form = await Request(request.scope, bounded).form(max_files=1, max_fields=16)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise InvalidRequest("'file' is required: the audio to transcribe, as a file part of the form", param="file")
-    fields: dict[str, Any] = {key: value for key, value in form.items() if key not in ("file", "timestamp_granularities[]")}
-    if "timestamp_granularities[]" in form:
-        fields["timestamp_granularities"] = form.getlist("timestamp_granularities[]")
-    return await upload.read(), validated(TranscriptionForm, fields)
+    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=MAX_FORM_FIELDS)  # type: ignore[arg-type]
+    parser.spool_max_size = limit  # the file part stays in memory: bounded by `limit`, no file on disk
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(
+            f"the form could not be read ({exc.message}); send multipart/form-data with the audio in 'file' "
+            f"and at most {MAX_FORM_FIELDS} other fields, as OpenAI's API takes it"
+        ) from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("'file' is required: the audio to transcribe, as a file part of the form", param="file")
+        fields: dict[str, Any] = {key: value for key, value in form.items() if key not in ("file", "timestamp_granularities[]")}
+        if "timestamp_granularities[]" in form:
+            fields["timestamp_granularities"] = form.getlist("timestamp_granularities[]")
+        return await upload.read(), validated(TranscriptionForm, fields)
+    finally:
+        await form.close()
 
 
 def _too_large(limit: int) -> RequestTooLarge:
@@ -121,29 +136,40 @@ def _check(form: TranscriptionForm) -> None:
 
 
 async def _transcribe(request: Request, service: SttService, task: Literal["transcribe", "translate"]) -> Response:
-    data, form = await _read_form(request, service.settings.stt.max_upload_bytes + FORM_OVERHEAD_BYTES)
-    _check(form)
-    file_request = FileRequest(
-        language=form.language,
-        task=task,
-        prompt=form.prompt,
-        temperature=form.temperature,
-        word_timestamps="word" in form.timestamp_granularities,
-    )
-    if form.stream:
-        # Opened before the response starts: a file that cannot be decoded still gets its 400.
-        stack = AsyncExitStack()
-        transcription = await stack.enter_async_context(service.transcribe_file(data, file_request))
-        return StreamingResponse(
-            _stream(transcription, stack),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            background=BackgroundTask(stack.aclose),
+    stack = AsyncExitStack()
+    try:
+        # The slot first: N uploads at once must not hold N bodies in memory before the N+1st is refused.
+        await stack.enter_async_context(service.upload_slot())
+        data, form = await _read_form(request, service.settings.stt.max_upload_bytes + FORM_OVERHEAD_BYTES)
+        _check(form)
+        file_request = FileRequest(
+            language=form.language,
+            task=task,
+            prompt=form.prompt,
+            temperature=form.temperature,
+            word_timestamps="word" in form.timestamp_granularities,
         )
-    async with service.transcribe_file(data, file_request) as transcription:
-        async for _ in transcription.segments():
-            pass
-    return _respond(form, task, transcription)
+        if form.stream:
+            # Opened before the response starts: a file that cannot be decoded still gets its 400.
+            transcription = await stack.enter_async_context(service.transcribe_file(data, file_request))
+            held = stack.pop_all()  # the response's now: closed when its body ends, or after it if never read
+            return StreamingResponse(
+                _stream(transcription, held),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+                background=BackgroundTask(held.aclose),
+            )
+        with anyio.CancelScope() as scope:
+            # A client that gave up (a timeout, then a retry) must not keep its upload slot and the workers.
+            async with on_disconnect(request, scope.cancel), service.transcribe_file(data, file_request) as transcription:
+                async for _ in transcription.segments():
+                    pass
+        if scope.cancelled_caught:
+            log.info("request_abandoned", reason="client disconnected")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return _respond(form, task, transcription)
+    finally:
+        await stack.aclose()
 
 
 def _respond(form: TranscriptionForm, task: str, transcription: FileTranscription) -> Response:

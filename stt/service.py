@@ -1,7 +1,8 @@
 """The STT service core: the one protocol-free API every speech-to-text protocol calls.
 
 - `open_session()`: a live session (stt/session.py): feed audio, end, reset, configure; typed events out;
-- `transcribe_file(data, request)`: a whole uploaded file, in the same worker pool (stt/files.py);
+- `upload_slot()`, then `transcribe_file(data, request)`: a whole uploaded file, in the same worker pool
+  (stt/files.py), at most stt.max_uploads at once;
 - `health()`, and the one model and the shared worker pools behind them.
 
 One instance per process, shared by every client of every protocol. It knows no HTTP or WebSocket.
@@ -10,7 +11,7 @@ One instance per process, shared by every client of every protocol. It knows no 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,16 @@ class SttService:
             self.settings.stt, self.model, self.pools, self.metrics, sample_rate=sample_rate, endpointing=endpointing
         )
 
+    def upload_slot(self) -> AbstractAsyncContextManager[None]:
+        """`async with service.upload_slot()`: one of stt.max_uploads, taken before an upload is read and
+        held while it is transcribed (TooManyPending when all are taken)."""
+        return self.files.slot()
+
     @asynccontextmanager
     async def transcribe_file(self, data: bytes, request: FileRequest) -> AsyncIterator[FileTranscription]:
-        """`async with service.transcribe_file(data, request) as transcription`: a whole file in any format
-        (stt/files.py); its segments are decoded as `transcription.segments()` is iterated. Raises
-        ModelUnavailable, BadAudio, RequestTooLarge or TooManyPending."""
+        """`async with service.transcribe_file(data, request) as transcription`, inside `upload_slot()`: a whole
+        file in any format (stt/files.py); its segments are decoded as `transcription.segments()` is
+        iterated. Raises ModelUnavailable, BadAudio or RequestTooLarge."""
         engine = await self.model.wait()
         async with self.files.open(engine, data, request) as transcription:
             yield transcription
@@ -96,6 +102,7 @@ class SttService:
             "compute_type": engine.loaded.compute_type if engine else stt.compute_type,
             "connections": self._connections(),
             "max_connections": stt.max_connections,
+            "uploads": {"running": self.files.running, "max_uploads": stt.max_uploads},
             **{name: report() for name, report in self.listeners.items()},
             "version": __version__,
         }

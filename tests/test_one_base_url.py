@@ -3,6 +3,7 @@ the STT service over HTTP, so one `openai` client speaks and listens through por
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
@@ -62,3 +63,16 @@ def test_a_stt_service_that_is_down_is_a_clear_503(voices_dir: Path, ollama: Oll
     error = response.json()["error"]
     assert error["code"] == "stt_unavailable" and f"127.0.0.1:{settings.stt.port}" in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_a_stt_service_that_does_not_answer_in_time_is_a_clear_504(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        settings = tts_settings(voices_dir, ollama.url, openai={"forward_timeout_s": 0.5})
+        settings.stt.port = silent.getsockname()[1]
+        with serve(settings) as (_, client):
+            response = client.post("/v1/audio/transcriptions", files={"file": ("x.wav", WAV)}, data={"model": "whisper-1"})
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "stt_timeout" and "tts.openai.forward_timeout_s" in error["message"]

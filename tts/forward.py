@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from core.config import Settings
-from core.errors import RequestTooLarge, SttUnavailable
+from core.errors import RequestTooLarge, SttTimeout, SttUnavailable
 from core.http import REQUEST_ID_HEADER, local_url
 from core.logging import get_logger
 
@@ -33,7 +33,8 @@ class Forwarder:
     def __init__(self, settings: Settings) -> None:
         self.base_url = local_url(settings.stt.host, settings.stt.port)
         self.limit = settings.stt.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-        timeout = httpx.Timeout(settings.tts.openai.forward_timeout_s, connect=5.0)
+        self.timeout_s = settings.tts.openai.forward_timeout_s
+        timeout = httpx.Timeout(self.timeout_s, connect=5.0)
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, trust_env=False)
 
     async def aclose(self) -> None:
@@ -49,6 +50,11 @@ class Forwarder:
         outgoing = self._client.build_request("POST", path, content=self._bounded(request), headers=headers)
         try:
             answer = await self._client.send(outgoing, stream=True)
+        except httpx.TimeoutException:
+            raise SttTimeout(
+                f"the speech-to-text service did not answer within {self.timeout_s:g} s "
+                "(tts.openai.forward_timeout_s); raise it for long files, or send them to the STT service directly"
+            ) from None
         except httpx.TransportError as exc:
             raise SttUnavailable(
                 f"the speech-to-text service is not answering at {self.base_url} ({exc.__class__.__name__}); "

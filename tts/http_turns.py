@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from core.http import on_disconnect
+from core.http import CLIENT_CLOSED_REQUEST, on_disconnect
 from core.logging import get_logger
 from tts.service import TtsService
 from tts.turn import Turn, TurnEvent
 
 log = get_logger(__name__)
-
-CLIENT_CLOSED_REQUEST = 499
-"""The de-facto status of a request whose client went away; nobody reads it."""
-
 
 def tts_service(request: Request) -> TtsService:
     """The app's one TtsService (a FastAPI dependency)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from stt.server import create_app
 from tests.fixtures.server import RunningServer, run_server
 from tests.fixtures.speech import make_speech
 from tests.stt.test_server import PHRASE, receive, send_json, session, stream, wait_until_settled
+from tests.tts.conftest import wait_for
 
 SPEECH = make_speech(PHRASE, lead_silence_s=0.5, trail_silence_s=0.5)
 WAV = wav_bytes(float32_to_pcm16(SPEECH), 16000)
@@ -171,6 +173,18 @@ def test_bad_uploads_get_openai_errors_that_say_what_is_wrong(
     assert fragment in error["message"]
 
 
+
+def test_a_form_that_cannot_be_parsed_gets_an_openai_error(server: RunningServer) -> None:
+    url = f"{server.http_url}/v1/audio/transcriptions"
+    no_boundary = httpx.post(url, content=b"garbage", headers={"content-type": "multipart/form-data"})
+    many = {f"extra{i}": (None, "x") for i in range(20)} | {"file": ("a.wav", WAV), "model": (None, "whisper-1")}
+    too_many_fields = httpx.post(url, files=many)
+    for response, fragment in ((no_boundary, "could not be read"), (too_many_fields, "at most 16 other fields")):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["code"], error["type"]) == ("invalid_request", "invalid_request_error") and fragment in error["message"]
+
 def test_a_json_body_is_refused_as_the_wrong_media_type(server: RunningServer) -> None:
     response = httpx.post(f"{server.http_url}/v1/audio/transcriptions", json={"model": "whisper-1"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_media_type"
@@ -189,7 +203,7 @@ def test_uploads_over_the_limit_of_files_at_once_get_429_with_retry_after(make_s
             daemon=True,
         )
         thread.start()
-        while service.files._uploads.borrowed_tokens == 0:
+        while service.files.running == 0:
             time.sleep(0.005)
         second = httpx.post(f"{server.http_url}/v1/audio/transcriptions", files={"file": ("b.wav", WAV)}, data={"model": "m"})
         thread.join(60)
@@ -197,6 +211,30 @@ def test_uploads_over_the_limit_of_files_at_once_get_429_with_retry_after(make_s
     assert second.json()["error"]["code"] == "too_many_pending" and "stt.max_uploads" in second.json()["error"]["message"]
     assert first["r"].status_code == 200
 
+
+
+def test_an_upload_over_the_limit_of_files_at_once_is_refused_before_its_body_is_read(make_settings) -> None:
+    long_speech = wav_bytes(float32_to_pcm16(np.tile(SPEECH, 12)), 16000)
+    with run_server(create_app(make_settings(stt={"max_uploads": 1, "max_concurrent": 1}))) as server:
+        wait_until_settled(server)
+        service = server.app.state.service
+        first: dict[str, Any] = {}
+        thread = threading.Thread(
+            target=lambda: first.update(r=httpx.post(f"{server.http_url}/v1/audio/transcriptions", files={"file": ("a.wav", long_speech)}, data={"model": "m"}, timeout=60)),
+            daemon=True,
+        )
+        thread.start()
+        wait_for(lambda: service.files.running == 1)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            # Announces 20 MB, sends none of it: the answer must not wait for the body.
+            raw.sendall(
+                b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: test\r\nContent-Length: 20000000\r\n"
+                b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
+            )
+            answer = raw.recv(4096).decode("latin-1")
+        thread.join(60)
+    assert answer.startswith("HTTP/1.1 429") and "too_many_pending" in answer
+    assert first["r"].status_code == 200
 
 def test_a_live_final_is_not_held_up_by_a_long_upload(make_settings, caplog: pytest.LogCaptureFixture) -> None:
     # One worker. A 4-minute file decodes window by window; a live utterance ending meanwhile is
@@ -231,3 +269,35 @@ def test_a_live_final_is_not_held_up_by_a_long_upload(make_settings, caplog: pyt
 
 def _event(record: logging.LogRecord) -> str | None:
     return record.msg.get("event") if isinstance(record.msg, dict) else None
+
+
+def test_a_client_that_gives_up_stops_its_transcription_and_frees_its_slot(make_settings) -> None:
+    # openai-python times out after 600 s and retries: the abandoned file must not hold the upload slot
+    # and the workers until it is done, or the retry gets 429.
+    long_speech = np.concatenate([SPEECH] * 60)  # minutes of speech: far from done when the client leaves
+    data = wav_bytes(float32_to_pcm16(long_speech), 16000)
+    boundary = "boundary4test"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="long.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    settings = make_settings(stt={"max_uploads": 1, "max_upload_seconds": 3600, "max_upload_bytes": len(body)})
+    with run_server(create_app(settings)) as running:
+        wait_until_settled(running)
+        with httpx.Client(base_url=running.http_url, timeout=10) as client:
+            uploads = lambda: client.get("/health").json()["uploads"]  # noqa: E731
+            with socket.create_connection(("127.0.0.1", running.port)) as raw:
+                head = (
+                    f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n"
+                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+                )
+                raw.sendall(head.encode() + body)
+                wait_for(lambda: uploads()["running"] == 1)
+            wait_for(lambda: uploads()["running"] == 0)
+            retry = client.post(
+                "/v1/audio/transcriptions", files={"file": ("a.wav", WAV)}, data={"model": "whisper-1"}
+            )
+            metrics = client.get("/metrics").text
+    assert retry.status_code == 200, retry.text
+    assert 'stt_files_total{outcome="cancelled"} 1.0' in metrics and 'stt_files_total{outcome="ok"} 1.0' in metrics
