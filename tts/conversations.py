@@ -65,6 +65,11 @@ class ConversationStore(ABC):
         """Record a turn (the conversation is created by its first turn)."""
 
     @abstractmethod
+    async def amend_last(self, conversation: str, before: ConversationTurn, after: ConversationTurn) -> bool:
+        """Replace the conversation's newest turn with `after` if it is still `before` (a reply whose
+        playback the client cut after it was recorded); False when it is not (gone, or a newer turn)."""
+
+    @abstractmethod
     async def delete(self, conversation: str) -> bool:
         """Forget a conversation; False when there was none."""
 
@@ -115,6 +120,14 @@ class MemoryStore(ConversationStore):
         self._conversations[conversation] = held
         while len(self._conversations) > self.settings.max_conversations:
             self._conversations.popitem(last=False)
+
+    async def amend_last(self, conversation: str, before: ConversationTurn, after: ConversationTurn) -> bool:
+        self._expire()
+        held = self._conversations.get(conversation)
+        if held is None or not held.turns or held.turns[-1] != before:
+            return False
+        held.turns[-1] = after
+        return True
 
     async def delete(self, conversation: str) -> bool:
         return self._conversations.pop(conversation, None) is not None
@@ -185,6 +198,18 @@ class SqliteStore(ConversationStore):
                 (self.settings.max_conversations,),
             )
 
+    def _amend_last(self, conversation: str, before: ConversationTurn, after: ConversationTurn) -> bool:
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            self._expire()
+            changed = db.execute(
+                "UPDATE turns SET assistant = ?, interrupted = ? WHERE conversation = ? AND user = ? AND assistant = ?"
+                " AND interrupted = ? AND seq = (SELECT MAX(seq) FROM turns WHERE conversation = ?)",
+                (after.assistant, int(after.interrupted), conversation, before.user, before.assistant, int(before.interrupted), conversation),
+            )
+            return changed.rowcount > 0
+
     def _delete(self, conversation: str) -> bool:
         return self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation,)).rowcount > 0
 
@@ -193,6 +218,9 @@ class SqliteStore(ConversationStore):
 
     async def append(self, conversation: str, turn: ConversationTurn) -> None:
         await self._run(self._append, conversation, turn)
+
+    async def amend_last(self, conversation: str, before: ConversationTurn, after: ConversationTurn) -> bool:
+        return await self._run(self._amend_last, conversation, before, after)
 
     async def delete(self, conversation: str) -> bool:
         return await self._run(self._delete, conversation)

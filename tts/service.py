@@ -228,12 +228,36 @@ class TtsService:
         try:
             heard, cut = turn.heard()
             if heard or turn.outcome in ("ok", "cancelled"):
-                await self.conversations.append(conversation, ConversationTurn(turn.request.text, heard, cut))
+                record = ConversationTurn(turn.request.text, heard, cut)
+                await self.conversations.append(conversation, record)
+                turn.recorded = record
         except Exception:
             # The reply was spoken all the same; the client is not to lose it over a full disk.
             log.exception("conversation_not_recorded", conversation=conversation)
         finally:
             self._talking.discard(conversation)
+
+    async def cut_short(self, turn: Turn, played_s: float) -> ConversationTurn | None:
+        """The client stopped playing a reply after `played_s` of its audio, maybe after the turn was
+        recorded (a barge-in while its last sentences still play): its conversation keeps only the words
+        heard. The turn as recorded now, or None when there is no record to amend (none was made, it was
+        forgotten, or a newer turn followed it)."""
+        turn.played(played_s)
+        before, conversation = turn.recorded, turn.request.conversation_id
+        if before is None or conversation is None:
+            return None
+        heard, cut = turn.heard()
+        after = ConversationTurn(before.user, heard, cut)
+        if after == before:
+            return before
+        try:
+            if not await self.conversations.amend_last(conversation, before, after):
+                return None
+        except Exception:
+            log.exception("conversation_not_recorded", conversation=conversation)
+            return None
+        turn.recorded = after
+        return after
 
     async def speak(self, turn: Turn) -> Speech:
         """All of a turn's audio, once it has ended (raises its failure, or Cancelled)."""

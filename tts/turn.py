@@ -217,6 +217,10 @@ class _Failure:
     error: ServiceError
 
 
+PLAYED_SLACK_S = 0.05
+"""Played this close to the end of the audio sent counts as all of it (clients measure on their own clocks)."""
+
+
 class Turn:
     """The handle of one running turn: an async iterator of its events, with cancel and close."""
 
@@ -245,6 +249,8 @@ class Turn:
         self._delivered = 0
         """Pieces the adapter has taken (sent on to its client)."""
         self._played_s: float | None = None
+        self.recorded: Any = None
+        """The ConversationTurn recorded for it, once it is (kept to amend it when playback is cut later)."""
         self.sent_at_end = False
         """The adapter sends the audio only once the turn has ended well (POST /tts): a cut turn sent none."""
         self.sample_rate: int | None = None
@@ -328,7 +334,10 @@ class Turn:
                     break
                 heard.append(text)
                 start += seconds
-        cut = self.outcome != "ok" or len(heard) < len(self._pieces) or (self._played_s is not None and self.cancelled)
+        cut = self.outcome != "ok" or len(heard) < len(self._pieces)
+        if self._played_s is not None:
+            # Playback stopped before the audio sent ran out: the last fragment heard was cut in its middle.
+            cut = cut or self.cancelled or self._played_s < sum(seconds for _, seconds in sent) - PLAYED_SLACK_S
         return " ".join(heard), cut
 
     # -- the runner's side ---------------------------------------------------------------------

@@ -9,11 +9,13 @@ Client -> server
   at a time per socket: a second `text_input` while one runs gets the error `busy` (the running one
   carries on); send `cancel_generation` first to replace it. Replies continue the socket's conversation;
   `conversation_id` switches the socket to an earlier one (after a reload or reconnect).
-- `cancel_generation` `{"played_ms"?}`: stop the running generation (its LLM request at once, its
-  synthesis before the next sentence). The server answers `generation_cancelled` once it has stopped: no
-  `audio_chunk` of that generation follows it. With nothing running the answer is the error
-  `nothing_to_cancel`. `played_ms`, how much of the generation's audio the client played, keeps only
-  the fragments heard in the conversation (without it: those whose audio was sent).
+- `cancel_generation` `{"generation_id"?, "played_ms"?}`: stop the running generation (its LLM request at
+  once, its synthesis before the next sentence). The server answers `generation_cancelled` once it has
+  stopped: no `audio_chunk` of that generation follows it. `played_ms`, how much of the generation's
+  audio the client played, keeps only the fragments heard in the conversation (without it: those whose
+  audio was sent). A client still playing the audio of the last completed generation names it with
+  `generation_id` and `played_ms`: its recorded turn keeps what was heard, answered by
+  `generation_truncated`. Otherwise, with nothing to stop, the answer is the error `nothing_to_cancel`.
 - `new_conversation`: the socket's next replies start a new conversation, answered by
   `conversation_started` `{"conversation_id"}` (a running generation still ends in its own).
 - `ping` `{"timestamp"?}`: answered by `pong` `{"timestamp", "server_time"}` at once, even mid-generation.
@@ -32,6 +34,9 @@ Server -> client
 - `generation_cancelled` `{"generation_id", "chunks", "timings", "conversation_id"}` (the stages reached
   before the cancel).
 - `error` `{"code", "message", "generation_id"?}`; a refused message never closes the socket.
+- `generation_truncated` `{"generation_id", "conversation_id", "heard", "interrupted"}`: the completed
+  generation's turn as its conversation now records it (`heard` null when there is no record to amend:
+  none was made, it was forgotten, or a newer turn followed).
 - `conversation_started` `{"conversation_id"}`, the answer to `new_conversation`.
 - `pong`, `status` `{"generating", "generation_id", "chunks_sent", "engine", "voice", "workers"}`.
 
@@ -47,7 +52,7 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from core.errors import BadMessage, Busy, InternalError, NothingToCancel, ServiceError
 from core.logging import get_logger
@@ -76,6 +81,7 @@ class TextInput(_Message):
 
 class CancelGeneration(_Message):
     type: Literal["cancel_generation"]
+    generation_id: StrictInt | None = Field(None, ge=1)
     played_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
@@ -118,6 +124,8 @@ class TtsSocket:
         self.intake = intake
         self.session_id = session_id
         self._generation: _Generation | None = None
+        self._completed: _Generation | None = None
+        """The last generation that completed: its audio may still be playing at the client."""
         self._next_id = 1
         self.conversation_id = new_conversation_id()
         """The socket's conversation: its replies continue it (a text_input may switch to another)."""
@@ -180,7 +188,7 @@ class TtsSocket:
         elif isinstance(message, GetStatus):
             await self.channel.send(self._status())
         elif isinstance(message, CancelGeneration):
-            await self._cancel(message.played_ms)
+            await self._cancel(message.generation_id, message.played_ms)
         elif isinstance(message, TextInput):
             await self._start(message, tasks)
         elif isinstance(message, NewConversation):
@@ -253,6 +261,7 @@ class TtsSocket:
                     "conversation_id": request.conversation_id,
                 }
             )
+            self._completed = generation
         except Cancelled:
             pass  # _cancel answers, once the turn has stopped
         except ClientGone:
@@ -303,10 +312,39 @@ class TtsSocket:
             await generation.done.wait()
         return generation
 
-    async def _cancel(self, played_ms: float | None) -> None:
+    async def _cancel(self, gid: int | None, played_ms: float | None) -> None:
+        running, completed = self._generation, self._completed
+        if running is not None and gid in (None, running.id):
+            await self._stop_running(played_ms)
+        elif completed is not None and gid == completed.id and played_ms is not None:
+            await self._truncate(completed, played_ms)
+        elif gid is None:
+            raise NothingToCancel("no generation is running; nothing to cancel")
+        else:
+            raise NothingToCancel(
+                f"generation {gid} is not running; name the last completed generation with played_ms "
+                "to record how much of it was heard"
+            )
+
+    async def _truncate(self, generation: _Generation, played_ms: float) -> None:
+        record = await self.service.cut_short(generation.turn, played_ms / 1000)
+        await self.channel.send(
+            {
+                "type": "generation_truncated",
+                "generation_id": generation.id,
+                "conversation_id": generation.turn.request.conversation_id,
+                "heard": None if record is None else record.assistant,
+                "interrupted": None if record is None else record.interrupted,
+            }
+        )
+
+    async def _stop_running(self, played_ms: float | None) -> None:
         generation = await self._stop_generation(played_ms)
         if generation is None:
             raise NothingToCancel("no generation is running; nothing to cancel")
+        if played_ms is not None:
+            # It may have been recorded just before the cancel arrived (its last audio already sent).
+            await self.service.cut_short(generation.turn, played_ms / 1000)
         await self.channel.send(
             {
                 "type": "generation_cancelled",

@@ -150,6 +150,25 @@ def test_delete(make_store: StoreFactory, clock: Clock) -> None:
     run(test)
 
 
+def test_only_the_newest_turn_as_recorded_is_amended(make_store: StoreFactory, clock: Clock) -> None:
+    store = make_store()
+    cut = ConversationTurn("user 2", "assistant", True)
+
+    async def test() -> None:
+        await store.append("talk-one", turn(1))
+        await store.append("talk-one", turn(2))
+        assert await store.amend_last("talk-one", turn(1), cut) is False  # not the newest
+        assert await store.amend_last("talk-one", turn(3), cut) is False  # not as recorded
+        assert await store.amend_last("talk-gone", turn(2), cut) is False
+        assert await store.turns("talk-one") == [turn(1), turn(2)]
+        assert await store.amend_last("talk-one", turn(2), cut) is True
+        assert await store.turns("talk-one") == [turn(1), cut]
+        assert await store.amend_last("talk-one", turn(2), turn(2)) is False  # already amended
+        await store.close()
+
+    run(test)
+
+
 def test_sqlite_keeps_the_turns_across_reopening(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "data" / "conversations.sqlite3"
 

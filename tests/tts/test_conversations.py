@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from core.config import PROJECT_ROOT
@@ -188,6 +189,60 @@ def test_a_barge_in_after_one_of_three_fragments_records_only_what_was_played(vo
             recorded = turns(client, conversation)
     assert chunk["text_chunk"] == "Sentence number one is here."
     assert recorded == [{"user": "Tell me three things.", "assistant": "Sentence number one is here.", "interrupted": True}]
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_barge_in_while_a_completed_reply_still_plays_records_only_what_was_played(
+    voices_dir: Path, ollama: OllamaDouble, tmp_path: Path, store: str
+) -> None:
+    ollama.behaviour.reply = THREE
+    options = {"first_fragment_min_words": 5, "first_fragment_max_words": 5}
+    config = settings(voices_dir, ollama, conversations={"store": store}, data_dir=tmp_path, **options)
+    with serve(config) as (server, client):
+        with connected(server) as ws:
+            send(ws, "text_input", text="Tell me three things.", reply=True)
+            messages, _ = generation(ws)
+            complete = messages[-1]
+            assert complete["type"] == "generation_complete" and complete["chunks"] == 3
+            conversation, gid = complete["conversation_id"], complete["generation_id"]
+            assert turns(client, conversation)[0]["interrupted"] is False
+            first = next(m for m in messages if m["type"] == "audio_chunk")
+            played_ms = first["samples"] / first["sample_rate"] * 1000 + 1  # into the second sentence
+            send(ws, "cancel_generation", generation_id=gid, played_ms=played_ms)
+            truncated = receive(ws)
+            recorded = turns(client, conversation)
+            send(ws, "cancel_generation", generation_id=gid + 1, played_ms=0)
+            unknown = receive(ws)
+            send(ws, "cancel_generation", generation_id=gid)
+            no_position = receive(ws)
+    heard = "Sentence number one is here. Sentence number two is here."
+    assert truncated == {
+        "type": "generation_truncated",
+        "generation_id": gid,
+        "conversation_id": conversation,
+        "heard": heard,
+        "interrupted": True,
+    }
+    assert recorded == [{"user": "Tell me three things.", "assistant": heard, "interrupted": True}]
+    assert unknown["type"] == "error" and unknown["code"] == "nothing_to_cancel"
+    assert no_position["code"] == "nothing_to_cancel" and "played_ms" in no_position["message"]
+
+
+def test_a_truncation_never_rewrites_a_newer_turn(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(settings(voices_dir, ollama)) as (server, client):
+        with connected(server) as ws:
+            ollama.behaviour.reply = "First answer here."
+            send(ws, "text_input", text="One.", reply=True)
+            first, _ = generation(ws)
+            conversation = first[-1]["conversation_id"]
+            # Another client continues the conversation before this one reports its playback.
+            ollama.behaviour.reply = "Second answer here."
+            assert say(client, "Two.", conversation).status_code == 200
+            send(ws, "cancel_generation", generation_id=first[-1]["generation_id"], played_ms=0)
+            truncated = receive(ws)
+            recorded = turns(client, conversation)
+    assert truncated["heard"] is None and truncated["interrupted"] is None
+    assert [turn["assistant"] for turn in recorded] == ["First answer here.", "Second answer here."]
 
 
 def test_a_cut_reply_without_played_ms_keeps_what_was_sent_and_played_zero_keeps_nothing(
