@@ -25,6 +25,7 @@ from core.config_base import (
     SupervisorSettings,
     WyomingSettings,
 )
+from core.config_security import ApiKey, AuthSettings, SecuritySettings, TlsSettings
 from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
     OPENAI_VOICES,
@@ -45,6 +46,10 @@ __all__ = [
     "OPENAI_VOICES",
     "PROJECT_ROOT",
     "OpenAiSpeechSettings",
+    "ApiKey",
+    "AuthSettings",
+    "SecuritySettings",
+    "TlsSettings",
     "VOICE_NAME_PATTERN",
     "ComputeType",
     "ConversationSettings",
@@ -90,6 +95,9 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     conversations: ConversationSettings = Field(default_factory=ConversationSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     data_dir: Path = Path("data")
     """Where the stores keep their files (conversations with store sqlite), relative to the project directory."""
 

@@ -96,6 +96,8 @@ class WyomingSettings(Section):
     """Wyoming clients served at once; the next one gets an error event and is disconnected."""
     max_event_bytes: int = Field(1_048_576, ge=1_024, le=67_108_864)
     """Largest data or payload of one event (an audio chunk, a text); a larger one is refused and the client disconnected."""
+    allow_unauthenticated: bool = False
+    """Wyoming has no authentication: listening on a non-loopback address needs this set (with a warning logged)."""
     zeroconf: bool = False
     """Advertise the listener on the local network (_wyoming._tcp) so Home Assistant discovers it by itself."""
     zeroconf_name: str | None = Field(None, max_length=63)
