@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.config_base import (
@@ -25,7 +25,7 @@ from core.config_base import (
     SupervisorSettings,
     WyomingSettings,
 )
-from core.config_security import ApiKey, AuthSettings, SecuritySettings, TlsSettings
+from core.config_security import ApiKey, AuthSettings, SecuritySettings, TlsSettings, is_loopback
 from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
     OPENAI_VOICES,
@@ -40,6 +40,8 @@ from core.config_tts import (
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
+API_KEY_VARIABLE = "VOICE_ASSISTANT_API_KEY"
+"""An environment variable holding one key with every scope (below AUTH__KEYS, which wins)."""
 
 
 __all__ = [
@@ -116,6 +118,26 @@ class Settings(BaseSettings):
         # init_settings carries the parsed YAML (see load_settings), so environment beats YAML.
         return (env_settings, _AliasEnvSource(settings_cls), init_settings)
 
+    @model_validator(mode="after")
+    def _not_open_to_the_network(self) -> Settings:
+        # Secure by default: a service other machines can reach asks for keys unless told not to.
+        for name, host, wyoming in (("stt", self.stt.host, self.stt.wyoming), ("tts", self.tts.host, self.tts.wyoming)):
+            if is_loopback(host):
+                continue
+            if not (self.auth.keys or self.auth.allow_open):
+                raise ValueError(
+                    f"{name}.host {host} lets other machines in, and no API key is configured: set "
+                    f"{API_KEY_VARIABLE} (e.g. to the output of `openssl rand -hex 24`), or add keys under "
+                    "auth.keys; or set auth.allow_open: true to serve without keys on a trusted network"
+                )
+            if wyoming.enabled and not wyoming.allow_unauthenticated:
+                raise ValueError(
+                    f"{name}.wyoming listens on {host}, and Wyoming has no authentication: set "
+                    f"{name}.wyoming.allow_unauthenticated: true to accept that (a trusted network), "
+                    f"{name}.wyoming.enabled: false, or a loopback {name}.host"
+                )
+        return self
+
     def resolve_path(self, path: Path) -> Path:
         """Relative paths in the config are relative to the project directory, not the cwd."""
         return path if path.is_absolute() else PROJECT_ROOT / path
@@ -128,7 +150,7 @@ class Settings(BaseSettings):
 class _AliasEnvSource(PydanticBaseSettingsSource):
     """Conventional variables other tools already use, below our own `SECTION__KEY` names."""
 
-    ALIASES = {"OLLAMA_URL": ("llm", "url"), "GROQ_API_KEY": ("tts", "groq", "api_key")}
+    ALIASES = {"OLLAMA_URL": ("llm", "url"), "GROQ_API_KEY": ("tts", "groq", "api_key"), API_KEY_VARIABLE: ("auth", "keys")}
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
@@ -141,6 +163,9 @@ class _AliasEnvSource(PydanticBaseSettingsSource):
                 for section in sections:
                     target = target.setdefault(section, {})
                 target[key] = os.environ[variable]
+        if API_KEY_VARIABLE in os.environ:
+            # One key that may do everything: the quick way to secure a single-user install.
+            values["auth"]["keys"] = [{"name": "default", "key": os.environ[API_KEY_VARIABLE], "scopes": ["admin"]}]
         return values
 
 
@@ -177,7 +202,10 @@ def _describe(error: dict[str, Any], settings_cls: type[BaseModel], source: str)
         allowed = _allowed_keys(settings_cls, section)
         where = f"section '{'.'.join(section)}'" if section else "the top level"
         return f"unknown key '{name}' in {where}; allowed keys: {', '.join(allowed)} (set by {origin})"
-    return f"{key}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r}; set by {origin})"
+    message = error["msg"].removeprefix("Value error, ")
+    if not location:  # a rule across sections: its message names the keys
+        return f"{message} (set by {source})"
+    return f"{key}: {message} (got {error.get('input')!r}; set by {origin})"
 
 
 def _allowed_keys(model: type[BaseModel], section: list[str]) -> list[str]:

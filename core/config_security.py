@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,20 @@ changing voices and engines; admin: /api/config, /metrics and everything else.""
 
 KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback (what no other machine can reach)."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ApiKey(Section):
@@ -104,4 +119,4 @@ class TlsSettings(Section):
         return self.certfile is not None
 
 
-__all__ = ["ApiKey", "AuthSettings", "Scope", "SecuritySettings", "TlsSettings"]
+__all__ = ["ApiKey", "AuthSettings", "Scope", "SecuritySettings", "TlsSettings", "is_loopback"]

@@ -31,6 +31,39 @@ class InternalError(ServiceError):
         super().__init__(message)
 
 
+# -- who may ask ----------------------------------------------------------------------------------
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one that is not configured."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A valid key without the scope this route needs."""
+
+    code = "forbidden"
+
+
+class OriginNotAllowed(ServiceError):
+    """A browser page of another site (cross-site request forgery, WebSocket hijacking)."""
+
+    code = "origin_not_allowed"
+
+
+class HostNotAllowed(ServiceError):
+    """A Host header the service does not answer to (DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
+class RateLimited(ServiceError):
+    """A key past its requests or audio seconds per minute."""
+
+    code = "rate_limited"
+
+
 # -- the request itself ---------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from core import __version__
@@ -35,6 +36,7 @@ from core.errors import (
     NotFound,
     RequestTooLarge,
     ServiceError,
+    UnsupportedMediaType,
     describe_validation_errors,
 )
 from core.logging import get_logger
@@ -46,6 +48,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 HTTP_STATUS: dict[str, int] = {
     "internal_error": 500,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "origin_not_allowed": 403,
+    "host_not_allowed": 403,
+    "rate_limited": 429,
     "not_found": 404,
     "method_not_allowed": 405,
     "model_not_found": 404,
@@ -113,11 +120,16 @@ def add_error_shape(app: FastAPI, prefix: str, encoder: ErrorEncoder) -> None:
     app.state.error_shapes = [*getattr(app.state, "error_shapes", []), (prefix, encoder)]
 
 
-def _encoder(request: Request) -> ErrorEncoder:
-    for prefix, encoder in getattr(request.app.state, "error_shapes", []):
-        if request.url.path.startswith(prefix):
+def encoder_for(app: Any, path: str) -> ErrorEncoder:
+    """The error encoder of the protocol a request to `path` of `app` speaks."""
+    for prefix, encoder in getattr(getattr(app, "state", None), "error_shapes", []):
+        if path.startswith(prefix):
             return encoder  # type: ignore[no-any-return]
     return error_response
+
+
+def _encoder(request: Request) -> ErrorEncoder:
+    return encoder_for(request.app, request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -144,12 +156,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return _encoder(request)(InternalError(), {})
 
 
-def service_app(*, title: str, description: str, lifespan: Lifespan[FastAPI]) -> FastAPI:
+def service_app(
+    *, title: str, description: str, lifespan: Lifespan[FastAPI], middleware: Sequence[Middleware] = ()
+) -> FastAPI:
     """A FastAPI app with the conventions every service shares: request ids and access logs, one error
-    body for every failure, and streamed responses that a failure can cut off (`abort_response`)."""
-    app = FastAPI(title=title, version=__version__, lifespan=lifespan, description=description)
+    body for every failure, and streamed responses that a failure can cut off (`abort_response`).
+    `middleware` runs inside the request context (outermost first): a refusal there has its request id."""
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        lifespan=lifespan,
+        description=description,
+        middleware=[Middleware(RequestContextMiddleware), *middleware],
+    )
     logging.getLogger("uvicorn.error").addFilter(_ABORTED_STREAM_FILTER)  # a set: adding it twice is harmless
-    app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     return app
 
@@ -241,6 +261,12 @@ async def read_json_body(request: Request, limit: int, hint: str, example: str) 
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (see {hint})")
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        # Not only pedantry: a cross-site form or text/plain POST is one a browser sends without asking.
+        raise UnsupportedMediaType(
+            f"send the body as JSON with 'Content-Type: application/json' (got {media_type or 'no Content-Type'})"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

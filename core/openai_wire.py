@@ -19,6 +19,11 @@ STARTED = int(time.time())
 
 # code -> (HTTP status, OpenAI error type, the request field it is about)
 _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
+    "unauthorized": (401, "invalid_request_error", None),
+    "forbidden": (403, "invalid_request_error", None),
+    "origin_not_allowed": (403, "invalid_request_error", None),
+    "host_not_allowed": (403, "invalid_request_error", None),
+    "rate_limited": (429, "rate_limit_error", None),
     "invalid_json": (400, "invalid_request_error", None),
     "invalid_request": (400, "invalid_request_error", None),
     "bad_message": (400, "invalid_request_error", None),

@@ -25,6 +25,7 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 from core import __version__
 from core.config import WyomingSettings
 from core.errors import BadAudio, BadMessage, RequestTooLarge, ServiceError, TooManyConnections
+from core.config_security import is_loopback
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -222,6 +223,13 @@ class WyomingListener:
         sockets = self._server._server.sockets if self._server._server else []  # noqa: SLF001 (wyoming keeps it)
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         log.info("wyoming_listening", host=self.host, port=self.port)
+        if not is_loopback(self.host):
+            log.warning(
+                "wyoming_unauthenticated",
+                host=self.host,
+                port=self.port,
+                reason="Wyoming has no authentication: any machine that reaches this port can use the service",
+            )
         if self.settings.zeroconf:
             self._zeroconf = await advertise(self.settings, self.host, self.port, self.what)
 

@@ -9,7 +9,7 @@ At most stt.max_uploads files are transcribed at once; each holds its decoded au
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -61,8 +61,16 @@ class FileTranscription:
 
 
 class FileTranscriber:
-    def __init__(self, settings: SttSettings, pool: TranscriptionPool, metrics: SttMetrics) -> None:
+    def __init__(
+        self,
+        settings: SttSettings,
+        pool: TranscriptionPool,
+        metrics: SttMetrics,
+        charge: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self.settings = settings
+        self.charge = charge
+        """Counts each file's audio against the client's key (its audio seconds per minute)."""
         self.pool = pool
         self.metrics = metrics
         self._uploads = anyio.CapacityLimiter(settings.max_uploads)
@@ -122,6 +130,7 @@ class FileTranscriber:
     def _report(self, transcription: FileTranscription, seconds: float, outcome: str) -> None:
         info = transcription.info
         self.metrics.file_audio.observe(info.duration)
+        self.charge(info.duration)
         log.info(
             "file_transcribed",
             outcome=outcome,

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from core.config import Settings, get_settings
+from core.guard import Rule, door, ticket_router
 from core.http import add_error_shape, service_app
 from core.logging import configure_logging
 from core.openai_wire import openai_error_response
@@ -25,6 +26,21 @@ from core.wyoming import WyomingListener
 from stt import openai_api, wyoming_api, ws
 from stt.service import SttService
 
+
+
+RULES = (
+    Rule("/health", "open"),
+    Rule("/metrics", "admin"),
+    Rule("/ws/stt", "transcribe"),
+    Rule("/v1/audio/transcriptions", "transcribe"),
+    Rule("/v1/audio/translations", "transcribe"),
+    Rule("/v1/models", "any"),
+    Rule("/v1/auth/", "any"),
+    Rule("/docs", "open"),
+    Rule("/openapi.json", "open"),
+    Rule("/redoc", "open"),
+)
+"""What each route needs when auth.keys are set (core.guard); anything else needs admin."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = service_app(
         title="Voice assistant: speech to text",
         lifespan=lifespan,
+        middleware=door(settings.security, service.access, stt.host, RULES),
         description="Stream PCM16 audio to /ws/stt and receive transcripts.",
     )
     app.state.service = service
@@ -70,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.router)
+    app.include_router(ticket_router(service.access))
     add_error_shape(app, "/v1/", openai_error_response)
     return app
 

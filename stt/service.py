@@ -19,6 +19,7 @@ import anyio
 from faster_whisper.vad import get_vad_model
 
 from core import __version__
+from core.access import Access
 from core.config import Settings
 from core.logging import get_logger
 from stt.engine import FileRequest
@@ -38,7 +39,8 @@ class SttService:
         self.model = ModelHolder(settings)
         self.pools = Pools(TranscriptionPool(stt.max_concurrent), anyio.CapacityLimiter(stt.vad_workers))
         self.metrics = SttMetrics(connections)
-        self.files = FileTranscriber(stt, self.pools.transcribe, self.metrics)
+        self.access = Access(settings.auth)
+        self.files = FileTranscriber(stt, self.pools.transcribe, self.metrics, self.access.quotas.charge_audio)
         self._connections = connections
         self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}
         """Reports of the protocols that listen on ports of their own (Wyoming), for /health."""
@@ -71,7 +73,13 @@ class SttService:
         the PCM16 it is fed (default stt.sample_rate); `endpointing` False: the client ends each utterance
         (a silence does not)."""
         return SttSession(
-            self.settings.stt, self.model, self.pools, self.metrics, sample_rate=sample_rate, endpointing=endpointing
+            self.settings.stt,
+            self.model,
+            self.pools,
+            self.metrics,
+            sample_rate=sample_rate,
+            endpointing=endpointing,
+            charge=self.access.quotas.charge_audio,
         )
 
     def upload_slot(self) -> AbstractAsyncContextManager[None]:

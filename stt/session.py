@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +67,11 @@ class SttSession:
         *,
         sample_rate: int | None = None,
         endpointing: bool = True,
+        charge: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._settings = settings
+        self._charge = charge
+        """Counts each utterance's audio against the client's key (its audio seconds per minute)."""
         self.sample_rate = sample_rate or settings.sample_rate
         """Of the PCM16 this session is fed."""
         self._metrics = metrics
@@ -271,6 +274,7 @@ class SttSession:
         self.utterances += 1
         latency = time.perf_counter() - job.speech_end
         self._metrics.observe_utterance(result, utterance.reason, waited)
+        self._charge(result.duration)
         log.info(
             "utterance_transcribed",
             audio_seconds=round(result.duration, 3),

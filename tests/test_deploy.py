@@ -14,13 +14,34 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import PROJECT_ROOT, load_settings
+from core.config import PROJECT_ROOT, ConfigError, load_settings
 
 DEPLOY = PROJECT_ROOT / "deploy"
 UNIT = DEPLOY / "voice-assistant.service"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
 INSTALL_DIR = "/opt/voice-assistant"
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """What the deployment files tell the administrator to provide: the production config listens on
+    every interface, so it needs a key."""
+    key = "k" * 32
+    monkeypatch.setenv("VOICE_ASSISTANT_API_KEY", key)
+    return key
+
+
+def test_the_production_config_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOICE_ASSISTANT_API_KEY")
+    with pytest.raises(ConfigError, match="VOICE_ASSISTANT_API_KEY.*openssl rand -hex 24.*auth.allow_open"):
+        load_settings(PROJECT_ROOT / "config.prod.yaml")
+
+
+def test_the_key_from_the_environment_may_do_everything() -> None:
+    (key,) = load_settings(PROJECT_ROOT / "config.prod.yaml").auth.keys
+    assert key.name == "default" and key.scopes == ["admin"] and key.key is not None
+    assert key.key.get_secret_value() == "k" * 32
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -63,6 +84,7 @@ def test_systemd_unit_has_the_required_settings_and_hardening() -> None:
     assert single["ExecStart"] == f"{INSTALL_DIR}/.venv/bin/python {INSTALL_DIR}/run_services.py"
     assert single["WorkingDirectory"] == INSTALL_DIR
     environment = dict(value.split("=", 1) for value in service["Environment"])
+    assert service["EnvironmentFile"] == ["/etc/voice-assistant/env"]  # the API key, kept out of the unit
     assert environment["CONFIG_PATH"] == f"{INSTALL_DIR}/config.prod.yaml"
     assert environment["ENVIRONMENT"] == "production"
     # A dedicated unprivileged user, a read-only system, and writes only where models and voices go.
@@ -161,6 +183,8 @@ def test_compose_runs_the_image_next_to_ollama() -> None:
     assert (context / app["build"]["dockerfile"]).resolve() == DOCKERFILE.resolve()
     assert set(app["ports"]) == {"8000:8000", "8010:8010", "10200:10200", "10300:10300"}
     assert app["environment"]["LLM__URL"] == "http://ollama:11434"
+    # compose refuses to start without the key, and says where to put it.
+    assert app["environment"]["VOICE_ASSISTANT_API_KEY"].startswith("${VOICE_ASSISTANT_API_KEY:?set VOICE_ASSISTANT_API_KEY")
     assert app["depends_on"]["ollama"]["condition"] == "service_healthy"
     assert "models:/app/models" in app["volumes"]
     grace = load_settings(PROJECT_ROOT / "config.prod.yaml").supervisor.shutdown_grace_s

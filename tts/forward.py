@@ -45,8 +45,10 @@ class Forwarder:
         if declared and declared.isdigit() and int(declared) > self.limit:
             raise _too_large(self.limit)
         headers = {"content-type": request.headers.get("content-type", "application/octet-stream")}
-        if REQUEST_ID_HEADER in request.headers:
-            headers[REQUEST_ID_HEADER] = request.headers[REQUEST_ID_HEADER]
+        # The same keys open both services: the client's key goes on to the STT service's own check.
+        for name in (REQUEST_ID_HEADER, "authorization", "x-api-key"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
         outgoing = self._client.build_request("POST", path, content=self._bounded(request), headers=headers)
         try:
             answer = await self._client.send(outgoing, stream=True)

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from core.config import PROJECT_ROOT, Settings, get_settings
+from core.guard import Rule, door, ticket_router
 from core.http import add_error_shape, service_app
 from core.llm import LlmClient
 from core.logging import configure_logging
@@ -34,6 +35,30 @@ from tts.engines.host import EngineFactory
 from tts.service import TtsService
 
 FRONTEND_DIR = PROJECT_ROOT / "frontend"
+
+
+RULES = (
+    Rule("/health", "open"),
+    Rule("/api/stt/health", "open"),
+    Rule("/api/", "admin"),
+    Rule("/metrics", "admin"),
+    Rule("/tts", "speak"),
+    Rule("/ws/tts", "speak"),
+    Rule("/voices", "speak"),
+    Rule("/v1/audio/speech", "speak"),
+    Rule("/v1/audio/transcriptions", "transcribe"),
+    Rule("/v1/audio/translations", "transcribe"),
+    Rule("/v1/audio/voices", "any"),
+    Rule("/v1/audio/models", "any"),
+    Rule("/v1/models", "any"),
+    Rule("/v1/conversations/", "speak"),
+    Rule("/v1/auth/", "any"),
+    Rule("/docs", "open"),
+    Rule("/openapi.json", "open"),
+    Rule("/redoc", "open"),
+    Rule("/", "open", frozenset({"GET", "HEAD"})),  # the dashboard's files: the page asks for a key itself
+)
+"""What each route needs when auth.keys are set (core.guard); anything else needs admin."""
 
 
 def create_app(
@@ -76,6 +101,7 @@ def create_app(
     app = service_app(
         title="Voice assistant: text to speech",
         lifespan=lifespan,
+        middleware=door(settings.security, service.access, tts.host, RULES),
         description="POST text to /tts and receive the assistant's spoken answer (or the text itself) as WAV.",
     )
     app.state.service = service
@@ -89,6 +115,7 @@ def create_app(
     app.include_router(openai_api.router)
     app.include_router(conversations_api.router)
     app.include_router(forward.build_router(forwarder))
+    app.include_router(ticket_router(service.access))
     add_error_shape(app, "/v1/", openai_error_response)
     app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first
     if FRONTEND_DIR.is_dir():

@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from core import __version__
+from core.access import Access
 from core.config import Settings
 from core.errors import (
     ConversationBusy,
@@ -87,6 +88,7 @@ class TtsService:
         self.llm_health = LlmHealth(self.llm, settings.llm.health_cache_s)
         self.runner = TurnRunner(settings, self.pool, self.llm)
         self.metrics = TtsMetrics(self.pool, websocket_clients)
+        self.access = Access(settings.auth)
         self._tasks: TaskGroup | None = None
         self.conversations = open_store(settings.conversations, settings.resolve_path(settings.data_dir))
         self._talking: set[str] = set()
@@ -218,6 +220,7 @@ class TtsService:
             await self.runner.run(turn, engine)
         finally:
             self.metrics.observe_turn(endpoint, turn.timings, turn.outcome)
+            self.access.quotas.charge_audio(turn.timings.audio_s)  # this task runs in its request's context
             log.info("turn", endpoint=endpoint, outcome=turn.outcome, chunks=turn.chunks, **turn.timings.log_fields())
 
     async def _remember(self, turn: Turn) -> None:

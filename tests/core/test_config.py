@@ -190,7 +190,8 @@ def test_repo_config_yaml_loads() -> None:
     assert settings.tts.port == 8000
 
 
-def test_repo_config_prod_yaml_loads() -> None:
+def test_repo_config_prod_yaml_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICE_ASSISTANT_API_KEY", "k" * 32)  # it listens on every interface: it needs a key
     settings = load_settings(PROJECT_ROOT / "config.prod.yaml")
     assert settings.environment == "production"
     assert settings.logging.json_logs is True
@@ -467,3 +468,46 @@ def test_relative_paths_resolve_against_the_project_root(tmp_path: Path, monkeyp
 def test_absolute_paths_are_unchanged(tmp_path: Path) -> None:
     absolute = tmp_path / "voices"
     assert Settings().resolve_path(absolute) == absolute
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_network_address_without_keys_is_refused_and_the_message_says_how_to_fix_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tts.host 0.0.0.0 lets other machines in.*auth.keys.*auth.allow_open: true"):
+        load_settings(_write(tmp_path, "tts: {host: 0.0.0.0, wyoming: {enabled: false}}\n"))
+    opened = load_settings(_write(tmp_path, "auth: {allow_open: true}\ntts: {host: 0.0.0.0, wyoming: {enabled: false}}\n"))
+    assert opened.auth.allow_open and not opened.auth.keys
+    assert load_settings(_write(tmp_path, "tts: {host: localhost}\nstt: {host: '::1'}\n")).tts.host == "localhost"
+
+
+def test_a_wyoming_listener_on_the_network_needs_allow_unauthenticated(tmp_path: Path) -> None:
+    keyed = "auth: {keys: [{name: me, key: 0123456789abcdef0}]}\n"
+    with pytest.raises(ConfigError, match=r"stt.wyoming listens on 0.0.0.0.*allow_unauthenticated: true"):
+        load_settings(_write(tmp_path, keyed + "stt: {host: 0.0.0.0}\n"))
+    settings = load_settings(_write(tmp_path, keyed + "stt: {host: 0.0.0.0, wyoming: {allow_unauthenticated: true}}\n"))
+    assert settings.stt.wyoming.allow_unauthenticated
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ("[{name: me}]", "exactly one of key and sha256"),
+        ("[{name: me, key: short}]", "at least 16 characters"),
+        ("[{name: me, sha256: abc}]", "64 hex digits"),
+        ("[{name: me, key: 0123456789abcdef0, scopes: [fly]}]", "speak"),
+        ("[{name: a, key: 0123456789abcdef0}, {name: a, key: 0123456789abcdef1}]", "its own name"),
+        ("[{name: 'bad name', key: 0123456789abcdef0}]", "name"),
+    ],
+)
+def test_bad_keys_are_refused_with_what_is_allowed(tmp_path: Path, keys: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(_write(tmp_path, f"auth: {{keys: {keys}}}\n"))
+
+
+def test_origins_must_be_origins(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not an origin"):
+        load_settings(_write(tmp_path, "security: {allowed_origins: ['https://example.com/app']}\n"))

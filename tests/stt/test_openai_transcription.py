@@ -228,7 +228,7 @@ def test_an_upload_over_the_limit_of_files_at_once_is_refused_before_its_body_is
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
             # Announces 20 MB, sends none of it: the answer must not wait for the body.
             raw.sendall(
-                b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: test\r\nContent-Length: 20000000\r\n"
+                b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 20000000\r\n"
                 b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
             )
             answer = raw.recv(4096).decode("latin-1")
@@ -289,7 +289,7 @@ def test_a_client_that_gives_up_stops_its_transcription_and_frees_its_slot(make_
             uploads = lambda: client.get("/health").json()["uploads"]  # noqa: E731
             with socket.create_connection(("127.0.0.1", running.port)) as raw:
                 head = (
-                    f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n"
+                    f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
                     f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
                 )
                 raw.sendall(head.encode() + body)

@@ -106,7 +106,7 @@ def test_client_disconnect_stops_the_synthesis_between_sentences(voices_dir: Pat
         body = b'{"text": "One. Two. Three. Four.", "reply": false}'
         with socket.create_connection((server.host, server.port)) as raw:
             raw.sendall(
-                b"POST /tts HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"POST /tts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
@@ -136,7 +136,7 @@ def test_client_leaving_the_queue_frees_its_place(voices_dir: Path, ollama: Olla
         body = b'{"text": "Never spoken.", "reply": false}'
         with socket.create_connection((server.host, server.port)) as raw:
             raw.sendall(
-                b"POST /tts HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"POST /tts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
