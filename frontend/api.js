@@ -76,19 +76,29 @@ export function isLlmError(err) {
   return err instanceof ApiError && LLM_CODES.has(err.code);
 }
 
-/** A title and a sentence a user understands, from an ApiError (the server's message is kept: it says what to do). */
-export function explain(err, llmUrl) {
+const LLM_NAMES = { ollama: "Ollama", openai: "OpenAI-compatible server" };
+
+/** The page's name for the LLM server of llm.provider ("ollama" when it is not known). */
+export function llmName(provider) {
+  return LLM_NAMES[provider] || LLM_NAMES.ollama;
+}
+
+/**
+ * A title and a sentence a user understands, from an ApiError (the server's message is kept: it says
+ * what to do). `llm` ({name, url}) names the LLM server in the titles of its errors.
+ */
+export function explain(err, llm = { name: llmName(), url: null }) {
   if (!(err instanceof ApiError)) return { title: "Something went wrong", detail: String((err && err.message) || err) };
-  const where = llmUrl ? ` at ${llmUrl}` : "";
+  const where = llm.url ? ` at ${llm.url}` : "";
   switch (err.code) {
     case "llm_unavailable":
-      return { title: `Ollama is not running${where}`, detail: err.message };
+      return { title: `${llm.name} is not running${where}`, detail: err.message };
     case "llm_model_not_found":
-      return { title: "Ollama does not have the model", detail: err.message };
+      return { title: `${llm.name} does not have the model`, detail: err.message };
     case "llm_timeout":
-      return { title: "Ollama took too long to answer", detail: err.message };
+      return { title: `${llm.name} took too long to answer`, detail: err.message };
     case "llm_error":
-      return { title: "Ollama failed to answer", detail: err.message };
+      return { title: `${llm.name} failed to answer`, detail: err.message };
     case "text_too_long":
     case "request_too_large":
       return { title: "The text is too long", detail: err.message };

@@ -4,7 +4,7 @@ import { explain, isLlmError } from "./api.js";
 import { player, replyStream } from "./audio-out.js";
 import { $, el } from "./dom.js";
 import { addProblem } from "./problems.js";
-import { llmUrl } from "./settings.js";
+import { llmServer } from "./settings.js";
 import { assistantStarts, assistantStops, conversation, prefs, talk } from "./store.js";
 import { idleState, setTalkState } from "./talk-state.js";
 import { recordTurn } from "./timings.js";
@@ -105,7 +105,7 @@ async function answer(text, timing, turn) {
     await streamReply(bubble, { text, reply: true }, timing, turn);
   } catch (err) {
     if (isLlmError(err)) {
-      const { title, detail } = explain(err, llmUrl());
+      const { title, detail } = explain(err, llmServer());
       showBubbleError(bubble, title, detail);
       const instead = el("button", { type: "button", class: "secondary small-button", text: "Speak it instead" });
       instead.addEventListener("click", () => speakInstead(text, bubble, instead));

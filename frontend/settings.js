@@ -1,6 +1,6 @@
 // The Settings panel: /api/config, the effective configuration shown as tables, and the STT address
 // the rest of the page derives from it.
-import { ApiError, getJson } from "./api.js";
+import { ApiError, getJson, llmName } from "./api.js";
 import { $, el } from "./dom.js";
 import { config } from "./store.js";
 
@@ -27,9 +27,11 @@ export async function loadConfig() {
   if (config.served) renderConfig(config.served);
 }
 
-/** Where Ollama listens, as the service reports it (credentials removed), for messages that name it. */
-export function llmUrl() {
-  return config.served && config.served.llm && config.served.llm.url;
+/** The LLM server as messages name it: {name, url} (llm.provider's name; its address, credentials removed). */
+export function llmServer() {
+  const served = config.served;
+  const provider = served && served.settings && served.settings.llm && served.settings.llm.provider;
+  return { name: llmName(provider), url: (served && served.llm && served.llm.url) || null };
 }
 
 /** The TTS settings section (speed range, text limit), or null without /api/config. */

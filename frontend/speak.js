@@ -4,7 +4,7 @@ import { ApiError, explain, getJson, speak as synthesize } from "./api.js";
 import { $ } from "./dom.js";
 import { loadPrefs, savePrefs } from "./prefs.js";
 import { addProblem } from "./problems.js";
-import { llmUrl, ttsSettings } from "./settings.js";
+import { llmServer, ttsSettings } from "./settings.js";
 import { assistantStarts, assistantStops, speak } from "./store.js";
 
 export function setupSpeak() {
@@ -113,7 +113,7 @@ async function submit() {
     audio.play().catch(() => setSpeakState("Ready: press play on the player below."));
   } catch (err) {
     if (err && err.name === "AbortError") return;
-    const { title, detail } = explain(err, llmUrl());
+    const { title, detail } = explain(err, llmServer());
     setSpeakState(`${title}: ${detail}`, true);
     addProblem(title, detail, { key: err.code === "llm_unavailable" ? "llm-down" : err.code || "speak" });
     if (err.code === "voice_not_found") loadVoices();

@@ -1,10 +1,10 @@
 // The Status panel and the health pills: both services' /health, polled, in words; a problem is
 // reported when a service goes down (once, not on every poll). Talk hears whether STT can take a session.
-import { ApiError, getJson } from "./api.js";
+import { ApiError, getJson, llmName } from "./api.js";
 import { replyStream } from "./audio-out.js";
 import { $, clock, el } from "./dom.js";
 import { addProblem } from "./problems.js";
-import { llmUrl } from "./settings.js";
+import { llmServer } from "./settings.js";
 import { config, health, setSttProblem } from "./store.js";
 
 const POLL_MS = 5000;
@@ -51,21 +51,26 @@ function showSttUnreachable(err) {
 function showTts(h) {
   const ok = h.status === "ok";
   const reasons = (h.reasons || []).join(" · ");
-  const ollama = llmUrl();
+  const name = llmName(h.llm_provider);
+  const url = llmServer().url;
+  const reachable = h.llm_reachable;
+  const where = url ? ` at ${url}` : "";
   setPill("pill-tts", ok ? "ok" : "warn", ok ? "healthy" : "degraded");
-  setPill("pill-llm", h.ollama ? (h.llm_model_available === false ? "warn" : "ok") : "down", h.ollama ? (h.llm_model_available === false ? `model ${h.llm_model} missing` : "reachable") : "not reachable");
+  $("pill-llm").querySelector('[data-role="name"]').textContent = name;
+  setPill("pill-llm", reachable ? (h.llm_model_available === false ? "warn" : "ok") : "down", reachable ? (h.llm_model_available === false ? `model ${h.llm_model} missing` : "reachable") : "not reachable");
   renderService("svc-tts", ok ? "ok" : "warn", ok ? "healthy" : "degraded", [
     ["Engine", h.fallback ? `${h.engine} (fallback for ${h.configured_engine})` : h.engine],
     ["Voice", h.voice ? `${h.voice}${h.voice_loaded ? "" : " (not loaded yet)"}` : null],
-    ["LLM", `${h.llm_model} · ${h.ollama ? "Ollama reachable" : "Ollama not reachable"}${ollama ? ` at ${ollama}` : ""}`],
+    ["LLM", `${h.llm_model} · ${name} ${reachable ? "reachable" : "not reachable"}${where}`],
     ["Workers", h.workers ? `${h.workers.running} busy, ${h.workers.waiting} waiting, ${h.workers.max_concurrent} max` : null],
     ["Replies", replyStream.open ? "streamed over /ws/tts (connected)" : "streamed over /ws/tts (not connected yet)"],
   ], reasons);
   health.tts = true;
-  if (health.llm !== false && h.ollama === false) {
-    addProblem(`Ollama is not running${ollama ? ` at ${ollama}` : ""}`, "Replies need it: start Ollama (ollama serve) or set llm.url. You can still have your words spoken.", { key: "llm-down" });
+  if (health.llm !== false && reachable === false) {
+    const start = h.llm_provider === "openai" ? "start it" : "start Ollama (ollama serve)";
+    addProblem(`${name} is not running${where}`, `Replies need it: ${start} or set llm.url. You can still have your words spoken.`, { key: "llm-down" });
   }
-  health.llm = h.ollama;
+  health.llm = reachable;
 }
 
 function showTtsUnreachable() {

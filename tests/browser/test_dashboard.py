@@ -285,6 +285,7 @@ def test_ollama_down_says_so_and_speaks_the_words_instead(start_stack: Any, brow
         page.click("#mic")
 
         failed = page.wait_for_selector(".turn.assistant[data-state='failed']", timeout=30_000)
+        assert page.inner_text("#pill-llm [data-role='name']") == "Ollama"
         assert failed.query_selector(".words").inner_text() == f"Ollama is not running at {llm_url}"
         assert llm_url in failed.query_selector(".meta").inner_text()  # the service's own advice
         assert any(text.startswith(f"Ollama is not running at {llm_url}") for text in problems(page))
@@ -296,6 +297,22 @@ def test_ollama_down_says_so_and_speaks_the_words_instead(start_stack: Any, brow
         assert spoken.query_selector(".words").inner_text() == transcript["text"].strip()
         assert page.evaluate("window.__reply.ended") == 1
         page.click("#mic")
+
+
+def test_the_llm_server_is_named_by_its_provider(start_stack: Any, browser: Any) -> None:
+    llm_url = down_url()
+    stack: Stack = start_stack(llm_url=llm_url, llm={"provider": "openai"})
+    with open_page(browser, stack.url, "openai_provider_down") as watch:
+        page = watch.page
+        page.wait_for_selector("#pill-llm[data-state='down']")
+        assert page.inner_text("#pill-llm [data-role='name']") == "OpenAI-compatible server"
+        assert f"OpenAI-compatible server not reachable at {llm_url}" in page.inner_text("#svc-tts")
+        page.fill("#type-text", "Hello")
+        page.press("#type-text", "Enter")
+        failed = page.wait_for_selector(".turn.assistant[data-state='failed']")
+        assert failed.query_selector(".words").inner_text() == f"OpenAI-compatible server is not running at {llm_url}"
+        [problem] = problems(page)  # the status poll's report and the failed turn's are one entry
+        assert problem.startswith(f"OpenAI-compatible server is not running at {llm_url}")
 
 
 def test_microphone_denied_is_explained(start_stack: Any, browser_without_mic_permission: Any, ollama: OllamaDouble) -> None:
