@@ -41,7 +41,11 @@ export function ttsSettings() {
 
 function renderConfig(served) {
   $("footer-version").textContent = `Voice assistant ${served.version || ""}`.trim();
-  $("config-source").textContent = served.config_file ? `Read from ${served.config_file}, then the environment.` : "Built-in defaults and the environment (no config file).";
+  // Which environment variable set a value (an older service does not say): why it differs from the file.
+  const fromEnv = served.set_by_environment || {};
+  const overridden = Object.keys(fromEnv).length;
+  const source = served.config_file ? `Read from ${served.config_file}, then the environment.` : "Built-in defaults and the environment (no config file).";
+  $("config-source").textContent = overridden ? `${source} ${overridden === 1 ? "One value is" : `${overridden} values are`} set by environment variables (marked).` : source;
   // Top-level values (environment) first as "general", then the sections in a reading order.
   const general = {};
   const sections = {};
@@ -52,13 +56,16 @@ function renderConfig(served) {
   const names = Object.keys(sections).sort((a, b) => (SECTION_ORDER.indexOf(a) + 1 || 99) - (SECTION_ORDER.indexOf(b) + 1 || 99));
   const ordered = [...(Object.keys(general).length ? [["general", general]] : []), ...names.map((name) => [name, sections[name]])];
   const tables = ordered.map(([section, values]) =>
-    el("div", { class: "config-section" }, el("h3", { text: section }), el("table", { class: "config" }, el("tbody", {}, ...configRows(section, values)))),
+    el("div", { class: "config-section" }, el("h3", { text: section }), el("table", { class: "config" }, el("tbody", {}, ...configRows(section, values, fromEnv)))),
   );
   $("config-tables").replaceChildren(...tables);
 }
 
-/** One row per leaf value, nested keys dotted ("groq.api_key"); a redacted secret shows as "hidden". */
-function configRows(section, values) {
+/**
+ * One row per leaf value, nested keys dotted ("groq.api_key"); a redacted secret shows as "hidden", and
+ * a value an environment variable set names it (`fromEnv`: {"stt.port": "STT__PORT"}).
+ */
+function configRows(section, values, fromEnv) {
   if (!values || typeof values !== "object") return [el("tr", {}, el("th", { scope: "row", text: section }), el("td", { text: String(values) }))];
   const rows = [];
   const walk = (prefix, value) => {
@@ -77,7 +84,9 @@ function configRows(section, values) {
     } else if (typeof value !== "string") {
       shown = JSON.stringify(value);
     }
-    rows.push(el("tr", {}, el("th", { scope: "row", text: prefix }), el("td", { class: cls, text: String(shown) })));
+    const variable = fromEnv[section === "general" ? prefix : `${section}.${prefix}`];
+    const cell = el("td", { class: cls, text: String(shown) }, variable ? el("span", { class: "env-var", text: `set by ${variable}` }) : null);
+    rows.push(el("tr", { class: variable ? "from-env" : null }, el("th", { scope: "row", text: prefix }), cell));
   };
   walk("", values);
   return rows;

@@ -370,12 +370,18 @@ def test_speak_panel_plays_downloads_and_explains_bad_input(
 
 
 def test_settings_panel_shows_the_effective_configuration_without_secrets(
-    start_stack: Any, browser: Any, ollama: OllamaDouble
+    start_stack: Any, browser: Any, ollama: OllamaDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stack: Stack = start_stack(llm_url=ollama.url, groq={"api_key": "gsk_do_not_show"})
+    # /api/config reports the variables of the environment as it is now (the settings were made in code).
+    monkeypatch.setenv("LOGGING__LEVEL", "warning")
     with open_page(browser, stack.url, "settings_panel") as watch:
         page = watch.page
         page.click("#settings summary")
+        logging = ".config-section:has(h3:text-is('logging'))"
+        level = page.wait_for_selector(f"{logging} tr.from-env:has(th:text-is('level')) td")
+        assert level.inner_text() == "warning\nset by LOGGING__LEVEL"
+        assert "set by environment variables (marked)" in page.inner_text("#config-source")
         row = page.wait_for_selector("#config-tables tr:has(th:text-is('groq.api_key'))")
         assert row.query_selector("td").inner_text() == "hidden"
         voice = page.query_selector("#config-tables tr:has(th:text-is('voice')) td")
