@@ -1,7 +1,9 @@
 // The conversation: the user's words and the assistant's answers as bubbles. Each answer is asked for
-// over /ws/tts and streams into its bubble, words and audio, as it is generated; barge-in cuts it off.
+// over /ws/tts and streams into its bubble, words and audio, as it is generated. Barge-in and Stop cut it
+// off; the service is told how much was heard, and both keep only those words.
 import { explain, isLlmError } from "./api.js";
 import { player, replyStream } from "./audio-out.js";
+import { addBubble, markInterrupted } from "./bubbles.js";
 import { $, el } from "./dom.js";
 import { addProblem } from "./problems.js";
 import { llmServer } from "./settings.js";
@@ -20,23 +22,7 @@ export function setupConversation() {
     addBubble("user", text, "typed");
     takeTurn(text, { sttLatency: null, heardAt: performance.now() });
   });
-}
-
-/** Words heard so far in the current utterance, in a faint bubble that the final transcript replaces.
- * Hidden from screen readers: the conversation is a live region, and partials would chatter. */
-export function showPartial(text) {
-  let ghost = $("conversation").querySelector(".turn.partial");
-  if (!text.trim()) {
-    if (ghost) ghost.remove();
-    return;
-  }
-  if (!ghost) {
-    ghost = addBubble("user", "", "hearing…");
-    ghost.classList.add("partial");
-    ghost.setAttribute("aria-hidden", "true");
-  }
-  ghost.querySelector(".words").textContent = text;
-  $("conversation").append(ghost);
+  $("reply-stop").addEventListener("click", () => cutReply("interrupted: you pressed Stop"));
 }
 
 /** A final transcript from the microphone: the user's bubble, then (if there were words) the answer. */
@@ -51,40 +37,31 @@ export function transcribed(message, timing) {
   takeTurn(text, timing);
 }
 
-/** Stop the reply now: playback stops, the generation is cancelled, later audio of it is discarded. */
+/** Barge-in: the user started speaking, so the reply stops now and the microphone listens. */
 export function interrupt() {
-  const current = conversation.current;
-  if (!current || current.interrupted) return;
-  current.interrupted = true;
-  current.playback.stop();
-  const cancelSent = replyStream.cancel(current.generation);
+  if (!cutReply("interrupted: you started speaking")) return;
   conversation.bargeIns += 1;
   $("talk").dataset.bargeIns = String(conversation.bargeIns);
-  const bubble = current.bubble;
-  bubble.dataset.state = "interrupted";
-  bubble.classList.add("interrupted");
-  bubble.querySelector(".meta").textContent = cancelSent ? "interrupted: you started speaking (the rest was not generated)" : "interrupted: you started speaking";
+  setTalkState("listening", "Listening… (you interrupted)");
+}
+
+/**
+ * Stop the reply now: playback stops, the service is told how much of it played (it stops the
+ * generation, or trims the reply it recorded if that had already completed), later audio is discarded,
+ * and the bubble keeps the words that began to play. Returns false when no reply was under way.
+ */
+function cutReply(note) {
+  const current = conversation.current;
+  if (!current || current.interrupted) return false;
+  current.interrupted = true;
+  const heard = current.playback.stop();
+  replyStream.cancel(current.generation, heard.seconds * 1000);
+  markInterrupted(current.bubble, heard.texts.filter(Boolean).join(" "), note);
   if (current.turn) {
     current.turn.interrupted = true;
     recordTurn(current.turn);
   }
-  setTalkState("listening", "Listening… (you interrupted)");
-}
-
-function addBubble(role, text, meta = "") {
-  const bubble = el(
-    "li",
-    { class: `turn ${role}`, "data-role": role },
-    el("span", { class: "who", text: role === "user" ? "You" : "Assistant" }),
-    el("p", { class: "words", text }),
-    el("span", { class: "meta muted small", text: meta }),
-  );
-  const list = $("conversation");
-  const empty = list.querySelector(".empty");
-  if (empty) empty.remove();
-  list.append(bubble);
-  bubble.scrollIntoView({ block: "nearest" });
-  return bubble;
+  return true;
 }
 
 function takeTurn(text, timing) {
@@ -182,7 +159,7 @@ async function streamReply(bubble, { text, reply }, timing, turn, label = "") {
     },
   );
   const current = { generation, playback, bubble, turn, interrupted: false };
-  conversation.current = current;
+  setCurrent(current);
   playback.onPlaying = () => {
     if (current.interrupted) return;
     bubble.dataset.state = "playing";
@@ -195,13 +172,7 @@ async function streamReply(bubble, { text, reply }, timing, turn, label = "") {
   try {
     const result = await generation.done;
     if (!result.cancelled) {
-      if (result.text) words.textContent = result.text;
-      const seconds = Number.isFinite(result.audio_seconds) ? `${result.audio_seconds.toFixed(1)} s` : "";
-      bubble.querySelector(".meta").textContent = [label, result.voice, seconds].filter(Boolean).join(" · ");
-      if (turn) {
-        turn.server = result.timings || null;
-        recordTurn(turn);
-      }
+      showComplete(bubble, result, turn, label);
       playback.finish();
     }
     const outcome = await playback.ended;
@@ -210,7 +181,24 @@ async function streamReply(bubble, { text, reply }, timing, turn, label = "") {
     playback.stop();
     throw err;
   } finally {
-    if (conversation.current === current) conversation.current = null;
+    if (conversation.current === current) setCurrent(null);
+  }
+}
+
+/** The reply under way (Stop is offered while there is one), or null. */
+function setCurrent(current) {
+  conversation.current = current;
+  $("reply-stop").hidden = current === null;
+}
+
+/** generation_complete: the reply's final words, its voice and length, and the service's timings. */
+function showComplete(bubble, result, turn, label) {
+  if (result.text) bubble.querySelector(".words").textContent = result.text;
+  const seconds = Number.isFinite(result.audio_seconds) ? `${result.audio_seconds.toFixed(1)} s` : "";
+  bubble.querySelector(".meta").textContent = [label, result.voice, seconds].filter(Boolean).join(" · ");
+  if (turn) {
+    turn.server = result.timings || null;
+    recordTurn(turn);
   }
 }
 

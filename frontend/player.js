@@ -2,6 +2,8 @@
 // sample rate, scheduled to start exactly where the previous one ends (no gap, no overlap). When a
 // chunk arrives after the queue ran dry, it starts a few milliseconds from now instead.
 //
+// How much of a reply was heard is measured on the same AudioContext clock that schedules it (see heard()).
+//
 // Every step is also sent as a "playback" CustomEvent on `document` (detail: {type, playback, ...}) and
 // kept in `log`, so the page (and its tests) can see what was scheduled, what played and when it stopped.
 
@@ -21,6 +23,8 @@ export class Playback {
     this.player = player;
     this.tag = tag;
     this.sources = new Set();
+    this.schedule = []; // {start, duration, text} of each chunk, in the order they play
+    this.cut = null; // heard() at the moment stop() cut the reply off
     this.nextTime = 0; // AudioContext time where the next chunk starts
     this.chunks = 0;
     this.seconds = 0;
@@ -59,6 +63,7 @@ export class Playback {
     };
     source.start(start);
     this.sources.add(source);
+    this.schedule.push({ start, duration: buffer.duration, text: meta.text_chunk || "" });
     this.chunks += 1;
     this.seconds += buffer.duration;
     this.player.note("chunk", this, {
@@ -92,11 +97,33 @@ export class Playback {
     else if (this.sources.size === 0 && this.state === "playing") this.end("ended");
   }
 
-  /** Cut the reply off now: everything scheduled is stopped, later chunks are refused. */
+  /**
+   * What has been heard so far: the seconds of audio played (a gap after an underrun does not count)
+   * and the text of each chunk that began to play. The service keeps the same of a cut reply when it
+   * is told the seconds (played_ms), so the bubble and the conversation it remembers agree.
+   */
+  heard() {
+    const ctx = this.player.ctx;
+    // currentTime is what the audio thread renders now; it reaches the speakers outputLatency later.
+    const now = ctx ? ctx.currentTime - (ctx.outputLatency || 0) : 0;
+    let seconds = 0;
+    const texts = [];
+    for (const chunk of this.schedule) {
+      const played = Math.min(chunk.duration, now - chunk.start);
+      if (played <= 0) break;
+      seconds += played;
+      texts.push(chunk.text);
+    }
+    return { seconds, texts };
+  }
+
+  /** Cut the reply off now: everything scheduled is stopped, later chunks are refused. Returns what
+   * was heard up to the cut (or, once the reply has ended, all of it). */
   stop() {
-    if (!this.active) return;
+    if (!this.active) return this.cut || this.heard();
     const ctx = this.player.ctx;
     const now = ctx ? ctx.currentTime : 0;
+    this.cut = this.heard();
     const queued = Math.max(0, this.nextTime - now); // seconds of audio that will not be heard
     for (const source of this.sources) {
       source.onended = null;
@@ -108,7 +135,8 @@ export class Playback {
       source.disconnect();
     }
     this.sources.clear();
-    this.end("stopped", { at: now, queued });
+    this.end("stopped", { at: now, queued, played: this.cut.seconds });
+    return this.cut;
   }
 
   end(state, extra = {}) {

@@ -3,7 +3,8 @@
 // ("Let me interrupt") the microphone stays live while the assistant speaks, and speaking stops it.
 // No session starts while the status poll says the STT service cannot take one.
 import { player } from "./audio-out.js";
-import { interrupt, showPartial, transcribed } from "./conversation.js";
+import { showPartial } from "./bubbles.js";
+import { interrupt, transcribed } from "./conversation.js";
 import { $ } from "./dom.js";
 import { savePrefs } from "./prefs.js";
 import { addProblem } from "./problems.js";

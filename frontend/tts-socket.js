@@ -23,6 +23,7 @@ class Generation {
   constructor(handlers) {
     this.handlers = handlers;
     this.id = null;
+    this.socket = null; // the WebSocket its text_input went over: generation ids count per socket
     this.cancelled = false;
     this.complete = false;
     this.chunks = 0;
@@ -157,6 +158,7 @@ export class TtsSocket {
       if (voice) data.voice = voice;
       if (speed && speed !== 1) data.speed = speed;
       this.current = generation;
+      generation.socket = this.ws;
       if (!this.send("text_input", data)) throw new ApiError(0, "tts_unreachable", "The reply stream closed.");
     })().catch((err) => {
       if (this.current === generation) this.current = null;
@@ -166,23 +168,30 @@ export class TtsSocket {
   }
 
   /**
-   * Stop `generation` at once on this side (later audio of it is discarded) and, when it still runs on
-   * the service, send cancel_generation. Returns true when a cancel_generation was sent.
+   * Stop `generation` at once on this side (later audio of it is discarded) and tell the service how
+   * much of it was heard: cancel_generation {generation_id, played_ms} stops it while it runs, and once
+   * it has completed (its audio was still playing) the service trims the reply it recorded to what was
+   * played. The answer (generation_cancelled, generation_truncated, or nothing_to_cancel when the cancel
+   * crossed the end) is awaited before the next text_input, so the next turn sees the trimmed history.
    */
-  cancel(generation) {
-    if (!generation || generation.cancelled) return false;
+  cancel(generation, playedMs) {
+    if (!generation || generation.cancelled) return;
     generation.cancelled = true;
     generation.resolve({ cancelled: true });
-    if (this.current !== generation || generation.complete) return false;
-    if (!this.send("cancel_generation")) {
-      this.current = null;
-      return false;
+    const running = this.current === generation;
+    const trimmable = generation.complete && generation.socket === this.ws;
+    if (!running && !trimmable) return; // never sent, failed, or its socket has closed since
+    const fields = { played_ms: playedMs };
+    // Not known before generation_started: the cancel then stops whatever runs, which is this one.
+    if (generation.id !== null) fields.generation_id = generation.id;
+    if (!this.send("cancel_generation", fields)) {
+      if (running) this.current = null;
+      return;
     }
     this.cancelling = new Promise((resolve) => {
       this.cancelWaiter = resolve;
       setTimeout(() => this.settleCancel(), CANCEL_TIMEOUT_MS);
     });
-    return true;
   }
 
   settleCancel() {
@@ -224,11 +233,14 @@ export class TtsSocket {
         if (generation) this.current = null;
         this.settleCancel();
         break;
+      case "generation_truncated":
+        this.settleCancel();
+        break;
       case "error":
         this.onError(data);
         break;
       default:
-        break; // pong, status: nothing to do here
+        break; // pong, status, conversation_started: nothing to do here
     }
   }
 
@@ -248,7 +260,7 @@ export class TtsSocket {
   onError(data) {
     const code = data.code || "error";
     if (code === "nothing_to_cancel") {
-      // Our cancel crossed the generation's end: nothing ran any more.
+      // Our cancel crossed the generation's end, or the service had nothing left to trim: not a problem.
       if (this.current && this.current.cancelled) this.current = null;
       this.settleCancel();
       return;

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -181,6 +182,21 @@ def test_speaking_over_the_assistant_stops_it_and_the_new_words_get_an_answer(
         assert users == [transcripts[0]["text"].strip(), transcripts[1]["text"].strip()]
         assert ollama.chat_requests[-1]["messages"][-1]["content"] == transcripts[1]["text"].strip()
         assert page.query_selector_all(".turn.assistant .words")[1].inner_text() == SHORT_REPLY
+        # The cancel said how much of the first reply had played, by the page's audio clock; the service
+        # remembers only the words that began to play, as the cut bubble shows them.
+        cancel = tts.client_messages[1]
+        played_ms = pytest.approx(stopped["played"] * 1000, rel=1e-12)
+        assert cancel == {"type": "cancel_generation", "generation_id": 1, "played_ms": played_ms}
+        assert cancel["played_ms"] > 0
+        heard = first.query_selector(".words").inner_text()
+        assert heard and LONG_REPLY.startswith(heard) and heard != LONG_REPLY
+        conversation = httpx.get(f"{stack.tts.http_url}/v1/conversations/{complete['conversation_id']}").json()
+        assert conversation["turns"] == [
+            {"user": transcripts[0]["text"].strip(), "assistant": heard, "interrupted": True},
+            {"user": transcripts[1]["text"].strip(), "assistant": SHORT_REPLY, "interrupted": False},
+        ]
+        history = [m["content"] for m in ollama.chat_requests[-1]["messages"][-3:-1]]
+        assert history == [transcripts[0]["text"].strip(), heard]
         # The status panel marks the cut turn and shows the second one's stages.
         assert "(cut)" in page.inner_text("#latency thead th[data-turn='1']")
         assert page.inner_text("#latency-rows tr[data-stage='tts_ttfa'] td[data-turn='2']").endswith(("ms", " s"))
