@@ -2,7 +2,7 @@
 // problems, Settings. This module only wires the panels together and starts them, in an order that
 // matters: preferences before the first render, /api/config before anything that reads it.
 import { player, replyStream } from "./audio-out.js";
-import { setupConversation } from "./conversation.js";
+import { restoreEarlierTurns, setupConversation } from "./conversation.js";
 import { restorePrefs } from "./prefs.js";
 import { setupProblems } from "./problems.js";
 import { loadConfig } from "./settings.js";
@@ -26,7 +26,7 @@ async function main() {
   applyLimits();
   replyStream.connect().catch(() => {}); // opened now, so the first reply does not wait for it; reopened when it closes
   checkSecureContext();
-  await Promise.allSettled([loadVoices(), refreshStatus()]);
+  await Promise.allSettled([loadVoices(), refreshStatus(), restoreEarlierTurns()]);
   pollStatus();
   document.body.dataset.ready = "true";
 }

@@ -1,6 +1,8 @@
 // The conversation's bubbles: the user's words and the assistant's answers, as list items of #conversation.
-// Only the DOM lives here; conversation.js decides what goes in them.
+// Only the DOM lives here; conversation.js decides what goes in them, history.js fills in earlier turns.
 import { $, el } from "./dom.js";
+
+const EMPTY_TEXT = "Your words and the assistant's answers appear here.";
 
 export function addBubble(role, text, meta = "") {
   const bubble = el(
@@ -24,6 +26,11 @@ export function markInterrupted(bubble, words, note) {
   bubble.classList.add("interrupted");
   bubble.querySelector(".words").textContent = words;
   bubble.querySelector(".meta").textContent = note;
+}
+
+/** Every bubble goes (a new conversation); the list says again what will appear in it. */
+export function clearBubbles() {
+  $("conversation").replaceChildren(el("li", { class: "empty", text: EMPTY_TEXT }));
 }
 
 /** Words heard so far in the current utterance, in a faint bubble that the final transcript replaces.

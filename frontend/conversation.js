@@ -1,10 +1,11 @@
 // The conversation: the user's words and the assistant's answers as bubbles. Each answer is asked for
-// over /ws/tts and streams into its bubble, words and audio, as it is generated. Barge-in and Stop cut it
-// off; the service is told how much was heard, and both keep only those words.
-import { explain, isLlmError } from "./api.js";
+// over /ws/tts and streams into its bubble, words and audio, as it is generated. Barge-in, Stop and New
+// conversation cut it off; the service is told how much was heard, and both keep only those words.
+import { ApiError, explain, isLlmError } from "./api.js";
 import { player, replyStream } from "./audio-out.js";
-import { addBubble, markInterrupted } from "./bubbles.js";
+import { addBubble, clearBubbles, markInterrupted } from "./bubbles.js";
 import { $, el } from "./dom.js";
+import { forgetConversation, keepConversation, restoreConversation } from "./history.js";
 import { addProblem } from "./problems.js";
 import { llmServer } from "./settings.js";
 import { assistantStarts, assistantStops, conversation, prefs, talk } from "./store.js";
@@ -23,6 +24,13 @@ export function setupConversation() {
     takeTurn(text, { sttLatency: null, heardAt: performance.now() });
   });
   $("reply-stop").addEventListener("click", () => cutReply("interrupted: you pressed Stop"));
+  $("new-conversation").addEventListener("click", newConversation);
+}
+
+/** After a reload, the earlier turns of this tab's conversation; a turn asked for meanwhile waits for them. */
+export function restoreEarlierTurns() {
+  conversation.turnChain = conversation.turnChain.then(restoreConversation);
+  return conversation.turnChain;
 }
 
 /** A final transcript from the microphone: the user's bubble, then (if there were words) the answer. */
@@ -64,22 +72,34 @@ function cutReply(note) {
   return true;
 }
 
+/** New conversation: the reply stops, the bubbles go, and the next turn is answered without history. */
+function newConversation() {
+  conversation.epoch += 1;
+  cutReply("interrupted: a new conversation began"); // what was heard of it stays in the old conversation
+  clearBubbles();
+  forgetConversation();
+  // The socket's next replies start a new conversation; a socket opened later starts one anyway.
+  replyStream.send("new_conversation");
+  $("type-text").focus();
+}
+
 function takeTurn(text, timing) {
   assistantStarts();
-  const turn = { number: ++conversation.turnCount, sttLatency: timing.sttLatency, stt: timing.stt || null, server: null, firstAudio: null, interrupted: false };
+  const epoch = conversation.epoch;
   conversation.turnChain = conversation.turnChain
-    .then(() => answer(text, timing, turn))
+    .then(() => epoch === conversation.epoch && answer(text, timing))
     .catch((err) => addProblem("Something went wrong", String(err)))
     .finally(assistantStops);
 }
 
-async function answer(text, timing, turn) {
+async function answer(text, timing) {
+  const turn = { number: ++conversation.turnCount, sttLatency: timing.sttLatency, stt: timing.stt || null, server: null, firstAudio: null, interrupted: false };
   setTalkState("thinking", "Thinking…");
   const bubble = addBubble("assistant", "…", "thinking");
   bubble.dataset.state = "pending";
   recordTurn(turn);
   try {
-    await streamReply(bubble, { text, reply: true }, timing, turn);
+    await replyInConversation(bubble, text, timing, turn);
   } catch (err) {
     if (isLlmError(err)) {
       const { title, detail } = explain(err, llmServer());
@@ -94,6 +114,19 @@ async function answer(text, timing, turn) {
       addProblem(title, detail, { key: err.code || "tts" });
     }
     recordTurn(turn);
+  }
+}
+
+/** The reply continues this tab's conversation; one the service has forgotten (idle too long, deleted,
+ * a restart) is not an error to show: the reply starts a new conversation instead. */
+async function replyInConversation(bubble, text, timing, turn) {
+  const asked = conversation.id;
+  try {
+    await streamReply(bubble, { text, reply: true, conversationId: asked }, timing, turn);
+  } catch (err) {
+    if (!(asked && err instanceof ApiError && err.code === "conversation_not_found")) throw err;
+    forgetConversation();
+    await streamReply(bubble, { text, reply: true, conversationId: null }, timing, turn);
   }
 }
 
@@ -135,15 +168,16 @@ async function speakInstead(text, bubble, button) {
  * grow with each reply_text, each audio chunk is scheduled as it arrives. Resolves when the audio has
  * played or was stopped; rejects with the service's error (e.g. llm_unavailable).
  */
-async function streamReply(bubble, { text, reply }, timing, turn, label = "") {
+async function streamReply(bubble, { text, reply, conversationId }, timing, turn, label = "") {
   const words = bubble.querySelector(".words");
   const playback = player.begin(turn ? `turn-${turn.number}` : label || "reply");
   let blockedNoted = false;
   // The Speak panel's voice and speed are the ones replies use too.
   const generation = replyStream.generate(
-    { text, reply, voice: $("voice").value, speed: Number($("speed").value) },
+    { text, reply, conversationId, voice: $("voice").value, speed: Number($("speed").value) },
     {
-      onStarted: () => {
+      onStarted: (started) => {
+        if (started.conversation_id) keepConversation(started.conversation_id);
         if (bubble.dataset.state === "pending") bubble.dataset.state = "streaming";
       },
       onText: (said) => {

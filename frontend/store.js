@@ -25,8 +25,10 @@ export const talk = {
   releasedAt: null, // when the user asked to finish: the end of speech, push-to-talk and Stop
 };
 
-/** The conversation (conversation.js). */
+/** The conversation (conversation.js; its id: history.js). */
 export const conversation = {
+  id: null, // the service's conversation id this tab's replies continue; null: the next reply starts one
+  epoch: 0, // counts New conversation presses: a turn still queued from before one is not answered
   current: null, // the reply being generated or played: {generation, playback, bubble, turn, interrupted}
   bargeIns: 0,
   turnChain: Promise.resolve(), // turns are answered one after another, in the order they were heard

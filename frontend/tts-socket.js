@@ -139,10 +139,11 @@ export class TtsSocket {
   }
 
   /**
-   * Start a generation: text_input {text, voice, reply, speed}. handlers: onStarted(message),
-   * onText(text, isFinal), onAudio(meta, ArrayBuffer). Returns the Generation (await its `done`).
+   * Start a generation: text_input {text, voice, reply, speed, conversation_id}. handlers:
+   * onStarted(message), onText(text, isFinal), onAudio(meta, ArrayBuffer). Returns the Generation
+   * (await its `done`).
    */
-  generate({ text, voice, reply, speed }, handlers = {}) {
+  generate({ text, voice, reply, speed, conversationId }, handlers = {}) {
     const generation = new Generation(handlers);
     const previous = this.last;
     this.last = generation.done.then(
@@ -157,6 +158,7 @@ export class TtsSocket {
       const data = { text, reply: Boolean(reply) };
       if (voice) data.voice = voice;
       if (speed && speed !== 1) data.speed = speed;
+      if (conversationId) data.conversation_id = conversationId;
       this.current = generation;
       generation.socket = this.ws;
       if (!this.send("text_input", data)) throw new ApiError(0, "tts_unreachable", "The reply stream closed.");
