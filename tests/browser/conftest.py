@@ -255,7 +255,7 @@ def start_stack(
     make_settings: Callable[..., Settings], voices_dir: Path  # noqa: F811
 ) -> Iterator[Callable[..., Stack]]:
     """Starts the STT service (unless `stt_running=False`; `stt_model_loads=False` when its model is meant to
-    fail) and the TTS service with the dashboard."""
+    fail) and the TTS service with the dashboard; `security` sets that section for both."""
     from stt.server import create_app as create_stt_app
     from tts.server import create_app as create_tts_app
 
@@ -267,10 +267,11 @@ def start_stack(
             stt_running: bool = True,
             stt_model_loads: bool = True,
             stt: dict[str, Any] | None = None,
+            security: dict[str, Any] | None = None,
             **tts: Any,
         ) -> Stack:
             base = tts_settings(voices_dir, llm_url, **tts)
-            settings = make_settings(stt=stt or {}, logging={"level": "warning"})
+            settings = make_settings(stt=stt or {}, security=security or {}, logging={"level": "warning"})
             settings.tts, settings.llm = base.tts, base.llm
             wire = Wire()
             stt_server = None

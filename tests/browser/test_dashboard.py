@@ -413,7 +413,8 @@ def test_push_to_talk_sends_end_on_release(start_stack: Any, browser: Any, ollam
 
 
 def test_insecure_origin_explains_how_to_get_a_secure_one(start_stack: Any, browser: Any, ollama: OllamaDouble) -> None:
-    stack: Stack = start_stack(llm_url=ollama.url)
+    # A name of this machine the services do not know as theirs: served only once allowed (DNS rebinding).
+    stack: Stack = start_stack(llm_url=ollama.url, security={"allowed_hosts": ["assistant.test"]})
     url = f"http://assistant.test:{stack.tts.port}/"
     with open_page(browser, url, "insecure_origin", viewport={"width": 390, "height": 844}) as watch:
         page = watch.page
