@@ -52,7 +52,7 @@ def build_router(settings: Settings) -> APIRouter:
                 "docs_path": "/docs",
             },
             "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
-            "llm": {"url": public_url(settings.llm.url), "model": settings.llm.model},
+            "llm": {"provider": settings.llm.provider, "url": public_url(settings.llm.url), "model": settings.llm.model},
             "settings": effective,
             # What the environment overrides, by which variable: why a value differs from the file.
             "set_by_environment": environment_overrides(),
