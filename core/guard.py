@@ -44,6 +44,12 @@ class Rule:
     methods: frozenset[str] | None = None
     """Only for these methods (None: all); a request no rule matches needs admin."""
 
+    def matches(self, path: str) -> bool:
+        """By whole path segments: "/tts" names /tts and /tts/stream, not the page's /tts-socket.js."""
+        if self.prefix.endswith("/"):
+            return path.startswith(self.prefix)
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
 
 def _hostname(authority: str) -> str:
     return (urlsplit(f"//{authority}").hostname or "").lower()
@@ -111,7 +117,7 @@ class Guard:
     def _need(self, scope: Scope) -> Need:
         path, method = scope["path"], scope.get("method", "GET")
         for rule in self.rules:
-            if path.startswith(rule.prefix) and (rule.methods is None or method in rule.methods):
+            if rule.matches(path) and (rule.methods is None or method in rule.methods):
                 return rule.need
         return "admin"
 

@@ -1,4 +1,5 @@
 // Talking to the TTS service (same origin as this page) and turning failures into plain words.
+import { withKey } from "./auth.js";
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -26,7 +27,7 @@ async function errorFrom(response) {
 export async function getJson(path, { timeoutMs = 4000 } = {}) {
   let response;
   try {
-    response = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(timeoutMs) });
+    response = await fetch(path, { cache: "no-store", headers: withKey(), signal: AbortSignal.timeout(timeoutMs) });
   } catch (err) {
     throw new ApiError(0, "unreachable", err && err.name === "TimeoutError" ? "no answer in time" : "not reachable");
   }
@@ -43,7 +44,7 @@ export async function speak({ text, voice, speed, reply, signal }) {
   try {
     response = await fetch("tts", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: withKey({ "Content-Type": "application/json" }),
       body: JSON.stringify(body),
       signal,
     });
@@ -114,6 +115,12 @@ export function explain(err, llm = { name: llmName(), url: null }) {
       return { title: "The voice engine is busy", detail: `${err.message} Try again in a few seconds.` };
     case "engine_loading":
       return { title: "The voice is still loading", detail: `${err.message} Try again in a few seconds.` };
+    case "unauthorized":
+      return { title: "The API key was not accepted", detail: `${err.message} Reload the page to enter another.` };
+    case "forbidden":
+      return { title: "This API key may not do that", detail: err.message };
+    case "rate_limited":
+      return { title: "Too many requests for this API key", detail: err.message };
     case "tts_unreachable":
       return { title: "The text-to-speech service is not reachable", detail: "Start it (make run starts both services) and reload this page." };
     default:

@@ -3,6 +3,7 @@
 // matters: preferences before the first render, /api/config before anything that reads it.
 import { player, replyStream } from "./audio-out.js";
 import { restoreEarlierTurns, setupConversation } from "./conversation.js";
+import { ensureAccess } from "./auth.js";
 import { restorePrefs } from "./prefs.js";
 import { setupProblems } from "./problems.js";
 import { loadConfig } from "./settings.js";
@@ -22,6 +23,7 @@ async function main() {
   setupStatus();
   restorePrefs();
   updateMicButton();
+  await ensureAccess();
   await loadConfig();
   applyLimits();
   replyStream.connect().catch(() => {}); // opened now, so the first reply does not wait for it; reopened when it closes

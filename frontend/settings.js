@@ -15,6 +15,8 @@ export async function loadConfig() {
       err instanceof ApiError && err.status === 404
         ? "This TTS service does not serve /api/config (an older version?): assuming the STT service on port 8010 of this host."
         : `The configuration could not be read (${err.message}).`;
+    // A key without the admin scope may not read the configuration, only where the STT service is.
+    if (err instanceof ApiError && err.code === "forbidden") config.served = await getJson("api/connection").catch(() => null);
   }
   const stt = (config.served && config.served.stt) || { port: 8010, ws_path: "/ws/stt", use_page_host: true, host: location.hostname };
   const override = new URLSearchParams(location.search).get("stt");
@@ -24,13 +26,13 @@ export async function loadConfig() {
   config.sttUrl = override || `${secure ? "wss" : "ws"}://${hostPart}:${stt.port}${stt.ws_path || "/ws/stt"}`;
   const httpBase = config.sttUrl.replace(/^ws/, "http").replace(/\/ws\/stt.*$/, "");
   for (const id of ["docs-stt", "footer-stt-docs"]) $(id).href = `${httpBase}/docs`;
-  if (config.served) renderConfig(config.served);
+  if (config.served && config.served.settings) renderConfig(config.served);
 }
 
 /** The LLM server as messages name it: {name, url} (llm.provider's name; its address, credentials removed). */
 export function llmServer() {
   const served = config.served;
-  const provider = served && served.settings && served.settings.llm && served.settings.llm.provider;
+  const provider = served && served.llm && served.llm.provider;
   return { name: llmName(provider), url: (served && served.llm && served.llm.url) || null };
 }
 

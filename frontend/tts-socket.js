@@ -3,6 +3,7 @@
 // audio_chunk message is followed by exactly one binary frame of PCM16 (mono, little-endian) at the
 // chunk's sample_rate.
 import { ApiError } from "./api.js";
+import { socketProtocols } from "./auth.js";
 
 const RECONNECT_MS = [500, 1000, 2000, 5000, 10000];
 const OPEN_TIMEOUT_MS = 6000;
@@ -77,7 +78,7 @@ export class TtsSocket {
         }
         reject(new ApiError(0, "tts_unreachable", `The reply stream (${this.url}) could not be opened: ${why}.`));
       };
-      const ws = new WebSocket(this.url);
+      const ws = new WebSocket(this.url, socketProtocols());
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       ws.onmessage = (event) => {

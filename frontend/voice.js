@@ -1,4 +1,5 @@
 // The microphone (getUserMedia -> AudioWorklet -> PCM16 frames) and the STT WebSocket.
+import { socketProtocols } from "./auth.js";
 
 /** True where the browser lets this page use the microphone (a secure context: https or localhost). */
 export function microphoneAvailable() {
@@ -147,7 +148,7 @@ export class SttSocket {
       }, timeoutMs);
       let ws;
       try {
-        ws = new WebSocket(this.url);
+        ws = new WebSocket(this.url, socketProtocols());
       } catch (err) {
         fail(new SttError("The speech-to-text address is not valid", `${this.url}: ${err.message}`, "bad_url"));
         return;

@@ -3,6 +3,7 @@
 - `GET /api/config`: the effective configuration (secrets redacted) and where the STT service
   listens, so the page can open `ws://<its own hostname>:<stt.port>/ws/stt` when it was opened
   from another machine.
+- `GET /api/connection`: only where the STT service listens (any key may read it; /api/config needs admin).
 - `GET /api/stt/health`: the STT service's `/health`, fetched by this service. The STT service
   sends no CORS headers, and the page (served from the TTS origin) may not read a response from
   another port; asking through its own origin also works behind a reverse proxy.
@@ -34,14 +35,9 @@ def build_router(settings: Settings) -> APIRouter:
     stt = settings.stt
     stt_base = local_url(stt.host, stt.port)
 
-    @router.get("/config", name="dashboard_config", summary="Effective configuration (secrets redacted) and where the STT service listens")
-    async def config() -> dict[str, Any]:
-        effective = settings.redacted()
-        effective["llm"]["url"] = public_url(effective["llm"]["url"])
+    def connection() -> dict[str, Any]:
         return {
             "version": __version__,
-            "environment": settings.environment,
-            "config_file": str(settings.config_file) if settings.config_file else None,
             "stt": {
                 "host": stt.host,
                 "port": stt.port,
@@ -52,6 +48,20 @@ def build_router(settings: Settings) -> APIRouter:
                 "docs_path": "/docs",
             },
             "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
+        }
+
+    @router.get("/connection", summary="Where the STT service listens: what the page needs with a key that may not read /api/config")
+    async def connection_only() -> dict[str, Any]:
+        return {**connection(), "llm": {"provider": settings.llm.provider}}
+
+    @router.get("/config", name="dashboard_config", summary="Effective configuration (secrets redacted) and where the STT service listens")
+    async def config() -> dict[str, Any]:
+        effective = settings.redacted()
+        effective["llm"]["url"] = public_url(effective["llm"]["url"])
+        return {
+            **connection(),
+            "environment": settings.environment,
+            "config_file": str(settings.config_file) if settings.config_file else None,
             "llm": {"provider": settings.llm.provider, "url": public_url(settings.llm.url), "model": settings.llm.model},
             "settings": effective,
             # What the environment overrides, by which variable: why a value differs from the file.

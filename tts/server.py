@@ -40,6 +40,7 @@ FRONTEND_DIR = PROJECT_ROOT / "frontend"
 RULES = (
     Rule("/health", "open"),
     Rule("/api/stt/health", "open"),
+    Rule("/api/connection", "any"),
     Rule("/api/", "admin"),
     Rule("/metrics", "admin"),
     Rule("/tts", "speak"),

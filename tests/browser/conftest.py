@@ -141,8 +141,9 @@ class PageWatch:
 
 
 @contextmanager
-def open_page(browser: Any, url: str, name: str, **context_options: Any) -> Iterator[PageWatch]:
-    """A fresh context and page; fails the test on any uncaught error in the page; always leaves a screenshot."""
+def open_page(browser: Any, url: str, name: str, *, ready: bool = True, **context_options: Any) -> Iterator[PageWatch]:
+    """A fresh context and page; fails the test on any uncaught error in the page; always leaves a screenshot.
+    `ready` False: the test waits for the page itself (it has something to answer first, such as a key)."""
     context = browser.new_context(viewport=context_options.pop("viewport", LAPTOP), **context_options)
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -153,7 +154,8 @@ def open_page(browser: Any, url: str, name: str, **context_options: Any) -> Iter
     try:
         page.goto(url)
         try:
-            page.wait_for_selector("body[data-ready='true']", timeout=10_000)
+            if ready:
+                page.wait_for_selector("body[data-ready='true']", timeout=10_000)
         except Exception as exc:
             raise AssertionError(f"the page did not start ({exc}); errors in the page: {watch.errors}") from None
         yield watch
@@ -255,7 +257,7 @@ def start_stack(
     make_settings: Callable[..., Settings], voices_dir: Path  # noqa: F811
 ) -> Iterator[Callable[..., Stack]]:
     """Starts the STT service (unless `stt_running=False`; `stt_model_loads=False` when its model is meant to
-    fail) and the TTS service with the dashboard; `security` sets that section for both."""
+    fail) and the TTS service with the dashboard; `security` and `auth` set those sections for both."""
     from stt.server import create_app as create_stt_app
     from tts.server import create_app as create_tts_app
 
@@ -268,10 +270,11 @@ def start_stack(
             stt_model_loads: bool = True,
             stt: dict[str, Any] | None = None,
             security: dict[str, Any] | None = None,
+            auth: dict[str, Any] | None = None,
             **tts: Any,
         ) -> Stack:
             base = tts_settings(voices_dir, llm_url, **tts)
-            settings = make_settings(stt=stt or {}, security=security or {}, logging={"level": "warning"})
+            settings = make_settings(stt=stt or {}, security=security or {}, auth=auth or {}, logging={"level": "warning"})
             settings.tts, settings.llm = base.tts, base.llm
             wire = Wire()
             stt_server = None
