@@ -90,10 +90,11 @@ ErrorEncoder = Callable[[ServiceError, dict[str, str]], Response]
 """Turns an error (and headers Starlette wants sent, such as Allow) into a protocol's own response."""
 
 
-def local_url(host: str, port: int) -> str:
-    """Where this machine reaches a service listening on host:port (a wildcard address on loopback)."""
+def local_url(host: str, port: int, *, secure: bool = False) -> str:
+    """Where this machine reaches a service listening on host:port (a wildcard address on loopback), over
+    https when the services serve TLS."""
     reach = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://{f'[{reach}]' if ':' in reach else reach}:{port}"
+    return f"{'https' if secure else 'http'}://{f'[{reach}]' if ':' in reach else reach}:{port}"
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
