@@ -42,6 +42,9 @@ from core.logging import get_logger
 log = get_logger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+"""On every response: a browser takes a JSON body, an event stream or audio for what its Content-Type says,
+never for a page or a script it guessed."""
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 HTTP_STATUS: dict[str, int] = {
@@ -189,8 +192,9 @@ _ABORTED_STREAM_FILTER = _DropAbortedStreamNotice()
 
 
 class RequestContextMiddleware:
-    """Binds a request id into the log context, returns it in X-Request-ID, logs each request, and holds
-    back the final chunk of a response that was aborted (abort_response)."""
+    """Binds a request id into the log context, returns it in X-Request-ID (with X-Content-Type-Options:
+    nosniff), logs each request, and holds back the final chunk of a response that was aborted
+    (abort_response)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -213,7 +217,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                    _NOSNIFF,
+                ]
             elif state.aborted and message["type"] == "http.response.body" and not message.get("more_body", False):
                 return
             await send(message)

@@ -131,6 +131,7 @@ def browser_without_mic_permission(playwright_instance: Any, speech_file: Speech
 class PageWatch:
     page: Any
     errors: list[str] = field(default_factory=list)
+    """Uncaught errors, and every Content-Security-Policy violation: the page must work under its policy."""
 
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -148,6 +149,7 @@ def open_page(browser: Any, url: str, name: str, **context_options: Any) -> Iter
     page.set_default_timeout(20_000)
     watch = PageWatch(page)
     page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
+    page.on("console", lambda message: watch.errors.append(message.text) if "Content Security Policy" in message.text else None)
     # Shown with a failing test's output (expected network errors, e.g. a refused socket, show up here too).
     page.on("console", lambda message: print(f"[browser {message.type}] {message.text}") if message.type in ("error", "warning") else None)
     try:
@@ -162,7 +164,7 @@ def open_page(browser: Any, url: str, name: str, **context_options: Any) -> Iter
             watch.screenshot(name)
         finally:
             context.close()
-    assert not watch.errors, f"uncaught errors in the page: {watch.errors}"
+    assert not watch.errors, f"uncaught errors or policy violations in the page: {watch.errors}"
 
 
 # ---------------------------------------------------------------- the services
