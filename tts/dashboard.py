@@ -1,9 +1,10 @@
 """The dashboard: its small JSON API, served by the TTS service next to the static page, and the page's
 own response headers.
 
-- `GET /api/config`: the effective configuration (secrets redacted) and where the STT service
+- `GET /api/config`: the effective configuration (secrets redacted), where the STT service
   listens, so the page can open `ws://<its own hostname>:<stt.port>/ws/stt` when it was opened
-  from another machine.
+  from another machine, and the allowed origins, whose hosts the page may stream the microphone
+  to when a `?stt=` link names one.
 - `GET /api/stt/health`: the STT service's `/health`, fetched by this service. The STT service
   sends no CORS headers, and the page (served from the TTS origin) may not read a response from
   another port; asking through its own origin also works behind a reverse proxy.
@@ -68,6 +69,8 @@ def build_router(settings: Settings) -> APIRouter:
                 "docs_path": "/docs",
             },
             "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
+            # Besides the page's own host, the hosts a ?stt= link may send the microphone to.
+            "allowed_origins": settings.security.allowed_origins,
             "llm": {"url": public_url(settings.llm.url), "model": settings.llm.model},
             "settings": effective,
             # What the environment overrides, by which variable: why a value differs from the file.
