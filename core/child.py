@@ -72,7 +72,7 @@ class ServiceSpec:
     @property
     def verify(self) -> ssl.SSLContext | bool:
         """httpx's `verify` for this service: its certificate, or nothing to verify over plain http."""
-        return self.tls if self.tls is not None else False
+        return self.tls or False
 
     @property
     def ports(self) -> list[tuple[str, int]]:
