@@ -9,9 +9,10 @@ same configuration (CONFIG_PATH and the environment). The supervisor
 
 - checks that each service's port is free before starting it, and names the port and its config key
   when it is not;
-- waits until every `/health` answers, then logs one line per service with its URL (and the
-  dashboard's); a service that does not answer within `supervisor.startup_timeout_s` is reported
-  with its last output lines and the supervisor exits 1;
+- checks tls.certfile and tls.keyfile before anything starts, when TLS is configured;
+- waits until every `/health` answers (over https with TLS, verified against tls.certfile), then logs
+  one line per service with its URL (and the dashboard's); a service that does not answer within
+  `supervisor.startup_timeout_s` is reported with its last output lines and the supervisor exits 1;
 - re-emits every line the children write through its own structured logging, tagged with
   `service`, and keeps the last `supervisor.output_lines` lines of each for crash reports;
 - restarts a child that dies on its own after an exponential backoff (`restart_backoff_initial_s`
@@ -42,6 +43,7 @@ from typing import Any
 from core.child import Child, ServiceFailed, ServiceSpec, port_problem
 from core.config import ConfigError, Settings, load_settings
 from core.logging import configure_logging, get_logger
+from core.tls import check_files, client_context
 
 log = get_logger("supervisor")
 
@@ -51,11 +53,12 @@ EXIT_CONFIG = 2
 
 
 def service_specs(settings: Settings, only: str | None) -> list[ServiceSpec]:
+    tls = client_context(settings)
     specs = []
     for name, section in (("stt", settings.stt), ("tts", settings.tts)):
         wyoming = section.wyoming
         others = ((f"{name}.wyoming.port", wyoming.port),) if wyoming.enabled and wyoming.port else ()
-        specs.append(ServiceSpec(name, f"{name}.server", section.host, section.port, others))
+        specs.append(ServiceSpec(name, f"{name}.server", section.host, section.port, others, tls))
     return [spec for spec in specs if only in (None, spec.name)]
 
 
@@ -173,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = load_settings(args.config)
+        if settings.tls.enabled:
+            check_files(settings)  # a missing or unusable certificate stops everything before anything starts
     except ConfigError as exc:
         print(f"run_services: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -9,6 +9,7 @@ import errno
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -52,6 +53,8 @@ class ServiceSpec:
     port: int
     other_ports: tuple[tuple[str, int], ...] = ()
     """(config key, port) of the service's other listeners (Wyoming), checked before it starts too."""
+    tls: ssl.SSLContext | None = None
+    """How the service's certificate is verified when it serves https (tls.certfile); None: plain http."""
 
     @property
     def port_key(self) -> str:
@@ -64,7 +67,12 @@ class ServiceSpec:
     @property
     def url(self) -> str:
         """Where this machine reaches the service (a wildcard listen address is reached on loopback)."""
-        return local_url(self.host, self.port)
+        return local_url(self.host, self.port, secure=self.tls is not None)
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for this service: its certificate, or nothing to verify over plain http."""
+        return self.tls or False
 
     @property
     def ports(self) -> list[tuple[str, int]]:
@@ -237,21 +245,23 @@ class Child:
         assert self.process is not None
         deadline = self.started_at + self.config.startup_timeout_s
         url = f"{self.spec.url}/health"
-        async with httpx.AsyncClient(timeout=HEALTH_REQUEST_TIMEOUT_S, trust_env=False) as client:
+        last_error = ""
+        async with httpx.AsyncClient(timeout=HEALTH_REQUEST_TIMEOUT_S, trust_env=False, verify=self.spec.verify) as client:
             while self.process.returncode is None:
                 try:
                     response = await client.get(url)
                     if response.status_code == 200:
                         self._log_ready(response)
                         return True
-                except httpx.HTTPError:
-                    pass
+                except httpx.HTTPError as exc:
+                    # Shown on a timeout: a certificate that fails verification (expired, another one) says so here.
+                    last_error = f" (last attempt: {type(exc).__name__}{f': {exc}' if str(exc) else ''})"
                 if time.monotonic() >= deadline:
                     await self.stop(grace_s=0)
                     raise ServiceFailed(
                         "startup_timeout",
                         f"the {self.spec.name} service did not answer {url} within "
-                        f"{self.config.startup_timeout_s:g} s (supervisor.startup_timeout_s); it was stopped",
+                        f"{self.config.startup_timeout_s:g} s (supervisor.startup_timeout_s){last_error}; it was stopped",
                         child=self.spec.name,
                         last_output=self.last_output(),
                     )
@@ -261,7 +271,7 @@ class Child:
     async def _wait_settled(self, on_settled: Callable[[Child, dict[str, Any]], None]) -> None:
         """Follow /health until the service no longer loads (a model, a voice: a first download can take
         minutes), then report what it can do."""
-        async with httpx.AsyncClient(timeout=HEALTH_REQUEST_TIMEOUT_S, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=HEALTH_REQUEST_TIMEOUT_S, trust_env=False, verify=self.spec.verify) as client:
             while True:
                 try:
                     health = (await client.get(f"{self.spec.url}/health")).json()
@@ -294,7 +304,7 @@ class Child:
                 health.get("reasons") or health.get("error") or ("loading" if health.get("loading") else None)
             )
         if self.spec.name == "stt":
-            fields["websocket"] = self.spec.url.replace("http://", "ws://", 1) + "/ws/stt"
+            fields["websocket"] = self.spec.url.replace("http", "ws", 1) + "/ws/stt"  # wss with https
         else:
             fields["dashboard"] = self.spec.url + "/"
         if self.restarts:

@@ -44,6 +44,9 @@ from core.logging import get_logger
 log = get_logger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+"""On every response: a browser takes a JSON body, an event stream or audio for what its Content-Type says,
+never for a page or a script it guessed."""
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 HTTP_STATUS: dict[str, int] = {
@@ -97,10 +100,11 @@ ErrorEncoder = Callable[[ServiceError, dict[str, str]], Response]
 """Turns an error (and headers Starlette wants sent, such as Allow) into a protocol's own response."""
 
 
-def local_url(host: str, port: int) -> str:
-    """Where this machine reaches a service listening on host:port (a wildcard address on loopback)."""
+def local_url(host: str, port: int, *, secure: bool = False) -> str:
+    """Where this machine reaches a service listening on host:port (a wildcard address on loopback), over
+    https when the services serve TLS."""
     reach = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://{f'[{reach}]' if ':' in reach else reach}:{port}"
+    return f"{'https' if secure else 'http'}://{f'[{reach}]' if ':' in reach else reach}:{port}"
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -208,8 +212,9 @@ _ABORTED_STREAM_FILTER = _DropAbortedStreamNotice()
 
 
 class RequestContextMiddleware:
-    """Binds a request id into the log context, returns it in X-Request-ID, logs each request, and holds
-    back the final chunk of a response that was aborted (abort_response)."""
+    """Binds a request id into the log context, returns it in X-Request-ID (with X-Content-Type-Options:
+    nosniff), logs each request, and holds back the final chunk of a response that was aborted
+    (abort_response)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -232,7 +237,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                    _NOSNIFF,
+                ]
             elif state.aborted and message["type"] == "http.response.body" and not message.get("more_body", False):
                 return
             await send(message)

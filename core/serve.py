@@ -35,6 +35,7 @@ from fastapi import FastAPI
 
 from core.config import ConfigError, Settings, load_settings
 from core.logging import get_logger
+from core.tls import server_options
 
 log = get_logger(__name__)
 
@@ -138,6 +139,7 @@ def main(service: Literal["stt", "tts"], description: str, create_app: Callable[
     args = parser.parse_args()
     try:
         settings = load_settings(args.config)
+        tls = server_options(settings)  # HTTPS and WSS with tls.certfile; the files checked before listening
     except ConfigError as exc:
         sys.exit(f"{service}: {exc}")  # exit code 1 with the message; the supervisor reports it
     section = getattr(settings, service)
@@ -155,6 +157,7 @@ def main(service: Literal["stt", "tts"], description: str, create_app: Callable[
         section.port,
         grace_s=settings.supervisor.shutdown_grace_s,
         ws_max_size=2 * message_limit,
+        **tls,
     )
 
 

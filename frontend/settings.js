@@ -19,14 +19,32 @@ export async function loadConfig() {
     if (err instanceof ApiError && err.code === "forbidden") config.served = await getJson("api/connection").catch(() => null);
   }
   const stt = (config.served && config.served.stt) || { port: 8010, ws_path: "/ws/stt", use_page_host: true, host: location.hostname };
-  const override = new URLSearchParams(location.search).get("stt");
   const secure = location.protocol === "https:";
   const host = stt.use_page_host ? location.hostname : stt.host;
   const hostPart = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
-  config.sttUrl = override || `${secure ? "wss" : "ws"}://${hostPart}:${stt.port}${stt.ws_path || "/ws/stt"}`;
-  const httpBase = config.sttUrl.replace(/^ws/, "http").replace(/\/ws\/stt.*$/, "");
-  for (const id of ["docs-stt", "footer-stt-docs"]) $(id).href = `${httpBase}/docs`;
+  config.sttUrl = sttOverride() || `${secure ? "wss" : "ws"}://${hostPart}:${stt.port}${stt.ws_path || "/ws/stt"}`;
+  // Built from the checked address, never from the link's text: only http(s) lands in these hrefs.
+  const docs = new URL(config.sttUrl);
+  docs.protocol = docs.protocol === "wss:" ? "https:" : "http:";
+  docs.pathname = `${docs.pathname.replace(/\/ws\/stt.*$/, "").replace(/\/$/, "")}/docs`;
+  docs.search = docs.hash = "";
+  for (const id of ["docs-stt", "footer-stt-docs"]) $(id).href = docs.href;
   if (config.served && config.served.settings) renderConfig(config.served);
+}
+
+/** The ?stt= address, if it is a ws:// or wss:// URL on this page's host or on a host of
+ * security.allowed_origins: the microphone streams there, so anything else is refused, and said so. */
+function sttOverride() {
+  const given = new URLSearchParams(location.search).get("stt");
+  if (given === null) return null;
+  const parse = (text) => (URL.canParse(text) ? new URL(text) : null);
+  const origins = (config.served && config.served.allowed_origins) || [];
+  const hosts = new Set([location.hostname, ...origins.map((origin) => parse(origin)?.hostname)]);
+  const url = parse(given);
+  if (url && (url.protocol === "ws:" || url.protocol === "wss:") && hosts.has(url.hostname)) return url.href;
+  $("stt-refused-url").textContent = given;
+  $("stt-refused").hidden = false;
+  return null;
 }
 
 /** The LLM server as messages name it: {name, url} (llm.provider's name; its address, credentials removed). */

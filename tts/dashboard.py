@@ -1,39 +1,57 @@
-"""The dashboard's small JSON API, served by the TTS service next to the static page.
+"""The dashboard: its small JSON API, served by the TTS service next to the static page, and the page's
+own response headers.
 
-- `GET /api/config`: the effective configuration (secrets redacted) and where the STT service
+- `GET /api/config`: the effective configuration (secrets redacted), where the STT service
   listens, so the page can open `ws://<its own hostname>:<stt.port>/ws/stt` when it was opened
-  from another machine.
-- `GET /api/connection`: only where the STT service listens (any key may read it; /api/config needs admin).
+  from another machine, and the allowed origins, whose hosts the page may stream the microphone
+  to when a `?stt=` link names one.
+- `GET /api/connection`: only where the STT service listens and the allowed origins (any key may read
+  it; /api/config needs admin).
 - `GET /api/stt/health`: the STT service's `/health`, fetched by this service. The STT service
   sends no CORS headers, and the page (served from the TTS origin) may not read a response from
   another port; asking through its own origin also works behind a reverse proxy.
+- `DashboardFiles`: the page and its assets, with a Content-Security-Policy (no inline code, sockets
+  only to the hosts the page accepts), never framed, no referrer.
 
 Routes and protocol only: the services never import each other, they talk HTTP.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Scope
 
 from core import __version__
 from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
 from core.http import error_response, local_url
 from core.redact import public_url
+from core.tls import client_verify
 
 STT_WS_PATH = "/ws/stt"
 STT_HEALTH_TIMEOUT_S = 1.5
 _ANY_INTERFACE = {"0.0.0.0", "::", "", "127.0.0.1", "localhost", "::1"}
+_CSP_HOST = re.compile(r"[a-z0-9.-]+")
+"""A host a CSP source can name (a name or an IPv4 address; the grammar has no IPv6 literal)."""
 
 
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["dashboard"])
     stt = settings.stt
-    stt_base = local_url(stt.host, stt.port)
+    stt_base = local_url(stt.host, stt.port, secure=settings.tls.enabled)
+    # Built once: no certificate bundle is loaded per poll of every open page (about 28 ms of event-loop
+    # time per client otherwise); with TLS it trusts only the configured certificate.
+    verify = client_verify(settings)
 
     def connection() -> dict[str, Any]:
         return {
@@ -48,6 +66,8 @@ def build_router(settings: Settings) -> APIRouter:
                 "docs_path": "/docs",
             },
             "tts": {"host": settings.tts.host, "port": settings.tts.port, "docs_path": "/docs"},
+            # Besides the page's own host, the hosts a ?stt= link may send the microphone to.
+            "allowed_origins": settings.security.allowed_origins,
         }
 
     @router.get("/connection", summary="Where the STT service listens: what the page needs with a key that may not read /api/config")
@@ -75,9 +95,7 @@ def build_router(settings: Settings) -> APIRouter:
     async def stt_health() -> Any:
         url = f"{stt_base}/health"
         try:
-            # Plain http to our own STT service: no TLS, so no certificate bundle to load (about
-            # 28 ms of event-loop time per client otherwise, on every poll of every open page).
-            async with httpx.AsyncClient(timeout=STT_HEALTH_TIMEOUT_S, trust_env=False, verify=False) as client:
+            async with httpx.AsyncClient(timeout=STT_HEALTH_TIMEOUT_S, trust_env=False, verify=verify) as client:
                 response = await client.get(url)
             data = response.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -91,3 +109,57 @@ def build_router(settings: Settings) -> APIRouter:
         return JSONResponse(data, status_code=response.status_code)
 
     return router
+
+
+class DashboardFiles(StaticFiles):
+    """The page and its assets (frontend/), each with the dashboard's security headers. X-Content-Type-Options
+    comes with every response of the service (core.http)."""
+
+    def __init__(self, directory: Path, settings: Settings) -> None:
+        super().__init__(directory=directory, html=True)
+        self.allowed_origins = settings.security.allowed_origins
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        policy = content_security_policy(Headers(scope=scope).get("host", ""), self.allowed_origins)
+        response.headers.update(
+            {"Content-Security-Policy": policy, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+        )
+        return response
+
+
+def content_security_policy(host: str, allowed_origins: list[str]) -> str:
+    """The page's own scripts (the AudioWorklet module included), styles and images, no inline code, never
+    framed; WebSockets to the host it was opened on, at any port (/ws/tts here, /ws/stt on stt.port, or
+    wherever a ?stt= link points), and to the hosts of security.allowed_origins: the addresses settings.js
+    accepts for the microphone."""
+    sockets: list[str] = []
+    for name in [_hostname(f"//{host}"), *(_hostname(origin) for origin in allowed_origins)]:
+        if _CSP_HOST.fullmatch(name):
+            sockets += [f"ws://{name}:*", f"wss://{name}:*"]
+        else:
+            # An IPv6 literal (or no Host header) cannot be written as a source: any socket then; the page
+            # still opens only the addresses it accepts.
+            sockets += ["ws:", "wss:"]
+    connect = " ".join(dict.fromkeys(["'self'", *sockets]))
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",  # the favicon is a data: URL
+            "media-src 'self' blob:",  # the Speak panel plays its WAV from a blob: URL
+            f"connect-src {connect}",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def _hostname(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # a malformed IPv6 literal
+        return ""

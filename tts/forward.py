@@ -1,6 +1,7 @@
 """One base URL: the TTS service answers /v1/audio/transcriptions and /v1/audio/translations by forwarding
-them to the STT service over HTTP (the services never import each other), so `http://HOST:8000/v1` is
-the one address a user types into any OpenAI client.
+them to the STT service over HTTP (the services never import each other; over https, verified against
+tls.certfile, when TLS is on), so `http://HOST:8000/v1` is the one address a user types into any OpenAI
+client.
 
 The upload streams through, bounded by stt.max_upload_bytes; the answer streams back as it comes
 (Server-Sent Events included), with the STT service's status and errors passed through as they are.
@@ -19,6 +20,7 @@ from core.config import Settings
 from core.errors import RequestTooLarge, SttTimeout, SttUnavailable
 from core.http import REQUEST_ID_HEADER, local_url
 from core.logging import get_logger
+from core.tls import client_verify
 
 log = get_logger(__name__)
 
@@ -31,11 +33,13 @@ class Forwarder:
     """The TTS service's HTTP client of the STT service, shared by every forwarded request."""
 
     def __init__(self, settings: Settings) -> None:
-        self.base_url = local_url(settings.stt.host, settings.stt.port)
+        self.base_url = local_url(settings.stt.host, settings.stt.port, secure=settings.tls.enabled)
         self.limit = settings.stt.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         self.timeout_s = settings.tts.openai.forward_timeout_s
         timeout = httpx.Timeout(self.timeout_s, connect=5.0)
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, trust_env=False)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, trust_env=False, verify=client_verify(settings)
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

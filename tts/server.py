@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from core.config import PROJECT_ROOT, Settings, get_settings
 from core.guard import Rule, door, ticket_router
@@ -120,7 +119,7 @@ def create_app(
     add_error_shape(app, "/v1/", openai_error_response)
     app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first
     if FRONTEND_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")
+        app.mount("/", dashboard.DashboardFiles(FRONTEND_DIR, settings), name="frontend")
     return app
 
 

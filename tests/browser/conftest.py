@@ -25,6 +25,7 @@ from starlette.routing import Mount, NoMatchFound
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import PROJECT_ROOT, Settings
+from core.tls import client_verify, server_options
 from tests.fixtures.ollama_double import OllamaDouble, down_url
 from tests.fixtures.server import RunningServer, run_server
 from tests.fixtures.speech import make_speech, write_wav
@@ -131,6 +132,9 @@ def browser_without_mic_permission(playwright_instance: Any, speech_file: Speech
 class PageWatch:
     page: Any
     errors: list[str] = field(default_factory=list)
+    """Uncaught errors, and every Content-Security-Policy violation: the page must work under its policy."""
+    sockets: list[str] = field(default_factory=list)
+    """The URL of every WebSocket the page opened, from the first moment."""
 
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -149,6 +153,8 @@ def open_page(browser: Any, url: str, name: str, *, ready: bool = True, **contex
     page.set_default_timeout(20_000)
     watch = PageWatch(page)
     page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
+    page.on("websocket", lambda socket: watch.sockets.append(socket.url))
+    page.on("console", lambda message: watch.errors.append(message.text) if "Content Security Policy" in message.text else None)
     # Shown with a failing test's output (expected network errors, e.g. a refused socket, show up here too).
     page.on("console", lambda message: print(f"[browser {message.type}] {message.text}") if message.type in ("error", "warning") else None)
     try:
@@ -164,7 +170,7 @@ def open_page(browser: Any, url: str, name: str, *, ready: bool = True, **contex
             watch.screenshot(name)
         finally:
             context.close()
-    assert not watch.errors, f"uncaught errors in the page: {watch.errors}"
+    assert not watch.errors, f"uncaught errors or policy violations in the page: {watch.errors}"
 
 
 # ---------------------------------------------------------------- the services
@@ -257,7 +263,8 @@ def start_stack(
     make_settings: Callable[..., Settings], voices_dir: Path  # noqa: F811
 ) -> Iterator[Callable[..., Stack]]:
     """Starts the STT service (unless `stt_running=False`; `stt_model_loads=False` when its model is meant to
-    fail) and the TTS service with the dashboard; `security` and `auth` set those sections for both."""
+    fail) and the TTS service with the dashboard; `security`, `auth` and `tls` are those config sections
+    (with tls, both serve HTTPS and WSS)."""
     from stt.server import create_app as create_stt_app
     from tts.server import create_app as create_tts_app
 
@@ -271,28 +278,32 @@ def start_stack(
             stt: dict[str, Any] | None = None,
             security: dict[str, Any] | None = None,
             auth: dict[str, Any] | None = None,
+            tls: dict[str, str] | None = None,
             **tts: Any,
         ) -> Stack:
             base = tts_settings(voices_dir, llm_url, **tts)
-            settings = make_settings(stt=stt or {}, security=security or {}, auth=auth or {}, logging={"level": "warning"})
+            settings = make_settings(
+                stt=stt or {}, logging={"level": "warning"}, security=security or {}, auth=auth or {}, tls=tls or {}
+            )
+            verify = client_verify(settings)
             settings.tts, settings.llm = base.tts, base.llm
             wire = Wire()
             stt_server = None
             if stt_running:
                 stt_app = create_stt_app(settings)
                 stt_app.add_middleware(WireRecorder, wire=wire)
-                stt_server = stack.enter_context(run_server(stt_app))
+                stt_server = stack.enter_context(run_server(stt_app, **server_options(settings)))
                 settings.stt.port = stt_server.port
                 url = f"{stt_server.http_url}/health"
-                _wait_for(lambda: not httpx.get(url).json()["loading"], "STT model load")
-                health = httpx.get(url).json()
+                _wait_for(lambda: not httpx.get(url, verify=verify).json()["loading"], "STT model load")
+                health = httpx.get(url, verify=verify).json()
                 assert health["whisper_loaded"] is stt_model_loads, health
             else:
                 settings.stt.port = int(down_url().rsplit(":", 1)[1])
             tts_wire = Wire()
             tts_app = with_dashboard(create_tts_app(settings), settings)
             tts_app.add_middleware(WireRecorder, wire=tts_wire)
-            tts_server = stack.enter_context(run_server(tts_app))
+            tts_server = stack.enter_context(run_server(tts_app, **server_options(settings)))
             _wait_for(lambda: not tts_app.state.service.engines.loading, "TTS engine start")
             return Stack(settings, tts_server, stt_server, wire, None, tts_wire)
 

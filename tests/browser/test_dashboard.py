@@ -77,7 +77,7 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
 
         user = page.wait_for_selector(".turn.user:not(.partial)")
         page.wait_for_selector(".turn.assistant[data-state='played']", timeout=30_000)
-        page.wait_for_function("window.__reply.ended === 1")
+        page.wait_for_function("() => window.__reply.ended === 1")
 
         # What the service received: 16 kHz mono PCM16 in 40 ms frames, carrying the speech at its true length.
         wire = stack.wire
@@ -134,7 +134,7 @@ def test_hands_free_turn_streams_16k_pcm_and_plays_the_reply(
         ollama.behaviour.reply = "It is sunny in Berlin today, about 21 degrees."
         page.fill("#type-text", "And what should I wear?")
         page.press("#type-text", "Enter")
-        page.wait_for_function("window.__reply.ended === 2")
+        page.wait_for_function("() => window.__reply.ended === 2")
         assert page.query_selector_all(".turn.assistant .words")[-1].inner_text() == ollama.behaviour.reply
         # A typed turn has no speech-to-text stage; the others are measured.
         assert latency_cell(page, "stt_final", 2) == "–" and latency_cell(page, "stt_transcribe", 2) == "–"
@@ -363,7 +363,7 @@ def test_speak_panel_plays_downloads_and_explains_bad_input(
         page.click("#speak-play")
         page.wait_for_selector("#speak-state.error-text >> text=That voice is not available")
         assert "available voices: en_US-test-medium" in page.inner_text("#speak-state")
-        page.wait_for_function("document.getElementById('voice').options.length === 1")  # the list was refreshed
+        page.wait_for_function("() => document.getElementById('voice').options.length === 1")  # the list was refreshed
         assert len(ollama.chat_requests) == requests_before
         page.click("#speak-play")  # and it works again
         page.wait_for_selector("#speak-state:not(.error-text)")

@@ -131,15 +131,15 @@ def test_speaking_over_the_assistant_stops_it_and_the_new_words_get_an_answer(
         _wait(lambda: len(ollama.chat_requests) == 1, "the first question reaching Ollama", timeout=20)
         long_behaviour = ollama.behaviour
         ollama.behaviour = OllamaBehaviour(reply=SHORT_REPLY)
-        page.wait_for_function("window.__reply.playing >= 1")  # the first reply is heard
+        page.wait_for_function("() => window.__reply.playing >= 1")  # the first reply is heard
 
         # The second question: the page stops the reply at once and cancels its generation.
-        page.wait_for_function("window.__reply.stopped === 1", timeout=20_000)
+        page.wait_for_function("() => window.__reply.stopped === 1", timeout=20_000)
         first = page.query_selector_all(".turn.assistant")[0]
         assert first.get_attribute("data-state") == "interrupted"
         # ...then the new words become the next turn, and it is answered and played to its end.
         page.wait_for_selector(".turn.assistant >> nth=1", timeout=20_000)
-        page.wait_for_function("window.__reply.ended === 1", timeout=30_000)
+        page.wait_for_function("() => window.__reply.ended === 1", timeout=30_000)
         page.wait_for_selector(".turn.assistant[data-state='played']")
 
         stt, tts = stack.wire, stack.tts_wire
