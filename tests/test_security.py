@@ -84,7 +84,7 @@ def test_keys_open_what_their_scopes_allow(tts: tuple[RunningServer, httpx.Clien
     # The page learns where the STT service is with any key; the configuration needs admin.
     assert error_of(client.get("/api/config", headers=bearer(SPEAKER))) == (403, "forbidden")
     connection = client.get("/api/connection", headers=bearer(SPEAKER)).json()
-    assert set(connection) == {"version", "stt", "tts", "llm"} and connection["llm"] == {"provider": "ollama"}
+    assert set(connection) == {"version", "stt", "tts", "llm", "allowed_origins"} and connection["llm"] == {"provider": "ollama"}
     # A key given as its SHA-256 in the config, and admin may do everything.
     assert client.get("/metrics", headers=bearer(ADMIN)).status_code == 200
     config = client.get("/api/config", headers=bearer(ADMIN))
