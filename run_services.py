@@ -40,7 +40,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from core.child import Child, ServiceFailed, ServiceSpec, port_problem
+from core.child import Child, ServiceFailed
+from core.child_spec import ServiceSpec, port_problem
 from core.config import ConfigError, Settings, load_settings
 from core.logging import configure_logging, get_logger
 from core.tls import check_files, client_context

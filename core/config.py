@@ -30,9 +30,9 @@ from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
     OPENAI_VOICES,
     VOICE_NAME_PATTERN,
-    OpenAiSpeechSettings,
     EspeakSettings,
     GroqSettings,
+    OpenAiSpeechSettings,
     PiperSettings,
     TtsSettings,
     XttsSettings,

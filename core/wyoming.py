@@ -24,8 +24,8 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from core import __version__
 from core.config import WyomingSettings
-from core.errors import BadAudio, BadMessage, RequestTooLarge, ServiceError, TooManyConnections
 from core.config_security import is_loopback
+from core.errors import BadAudio, BadMessage, RequestTooLarge, ServiceError, TooManyConnections
 from core.logging import get_logger
 
 log = get_logger(__name__)

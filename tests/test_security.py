@@ -22,9 +22,8 @@ from tests.fixtures.piper_voice import build_piper_voice
 from tests.fixtures.server import RunningServer, run_server
 from tests.stt.test_openai_transcription import WAV
 from tests.stt.test_server import wait_until_settled
-from tests.tts.conftest import VOICE
+from tests.tts.conftest import VOICE, serve
 from tests.tts.conftest import make_settings as tts_settings
-from tests.tts.conftest import serve
 from tts.server import RULES as TTS_RULES
 from tts.server import create_app as create_tts_app
 

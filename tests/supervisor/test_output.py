@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from core.child import Child
+from core.child_output import MAX_LINE_BYTES, STORED_LINE_CHARS
+from core.child_spec import ServiceSpec
 from core.config import LoggingSettings, SupervisorSettings
 from core.logging import configure_logging
-from core.child import Child, ServiceSpec
-from core.child_output import MAX_LINE_BYTES, STORED_LINE_CHARS
 
 SPEC = ServiceSpec("stt", "stt.server", "127.0.0.1", 8010)
 
