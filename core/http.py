@@ -8,7 +8,6 @@ worth more than keeping core free of it, and it still imports neither service.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import time
 import uuid
@@ -37,6 +36,7 @@ from core.errors import (
     ServiceError,
     describe_validation_errors,
 )
+from core.json_input import parse_client_json
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -235,9 +235,10 @@ class RequestContextMiddleware:
 # -- bodies and disconnects ------------------------------------------------------------------------
 
 
-async def read_json_body(request: Request, limit: int, hint: str, example: str) -> Any:
-    """The request's JSON body, at most `limit` bytes (`hint` names the setting behind the limit), or
-    the error that says what is wrong; `example` shows a valid body."""
+async def read_json_body(request: Request, limit: int, hint: str, example: str, max_depth: int) -> Any:
+    """The request's JSON body, at most `limit` bytes (`hint` names the setting behind the limit) and
+    nested at most `max_depth` deep (core.json_input), or the error that says what is wrong; `example`
+    shows a valid body."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (see {hint})")
@@ -251,15 +252,7 @@ async def read_json_body(request: Request, limit: int, hint: str, example: str) 
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidJson(f"the request body is empty; send JSON such as {example}")
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise InvalidJson("the request body is not UTF-8 text; send UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidJson(
-            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            f"send e.g. {example}"
-        ) from None
+    return parse_client_json(raw, max_depth, "the request body", f"; send e.g. {example}")
 
 
 def validated(model: type[ModelT], body: Any) -> ModelT:

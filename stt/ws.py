@@ -199,9 +199,18 @@ class _SttSocket:
                     self._check_frame(data)
                     await session.feed_audio(data)
                 elif text is not None:
-                    await self._command(session, parse_message(text, self.settings.max_message_bytes, "stt.max_message_bytes", CLIENT_MESSAGES))
+                    await self._command(session, self._parse(text))
             except ServiceError as exc:
                 await self.channel.error(exc)
+
+    def _parse(self, text: str) -> BaseModel:
+        return parse_message(
+            text,
+            self.settings.max_message_bytes,
+            "stt.max_message_bytes",
+            CLIENT_MESSAGES,
+            max_depth=self.service.settings.security.max_json_depth,
+        )
 
     def _check_frame(self, data: bytes) -> None:
         limit = self.settings.max_frame_bytes

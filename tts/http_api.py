@@ -108,7 +108,8 @@ def _body_limit(service: TtsService) -> int:
 
 
 async def _checked(service: TtsService, request: Request) -> TurnRequest:
-    body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE)
+    depth = service.settings.security.max_json_depth
+    body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE, depth)
     parsed = validated(TtsRequest, body)
     return await service.check_request(
         parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id

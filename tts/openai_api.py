@@ -104,7 +104,8 @@ def _voice(service: TtsService, voice: str | VoiceId) -> str | None:
 async def speech(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     limit = service.settings.tts.max_text_length * 12 + 4096
-    body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE))
+    depth = service.settings.security.max_json_depth
+    body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE, depth))
     _check_model(service, body.model)
     try:
         checked = await service.check_request(body.input, _voice(service, body.voice), body.speed, reply=False)

@@ -167,6 +167,7 @@ class TtsSocket:
     async def _receive_loop(self, tasks: TaskGroup) -> bool:
         """Handles client messages until the client leaves (False) or the service drains (True)."""
         limit = self.service.settings.tts.ws_max_message_bytes
+        depth = self.service.settings.security.max_json_depth
         while True:
             received = await self.intake.receive()
             if received is None:
@@ -178,7 +179,8 @@ class TtsSocket:
                 text = received.get("text")
                 if text is None:
                     raise BadMessage("binary frames are not accepted; send JSON text messages")
-                await self._handle(parse_message(text, limit, "tts.ws_max_message_bytes", CLIENT_MESSAGES), tasks)
+                message = parse_message(text, limit, "tts.ws_max_message_bytes", CLIENT_MESSAGES, max_depth=depth)
+                await self._handle(message, tasks)
             except ServiceError as exc:
                 await self.channel.error(exc)
 

@@ -1,0 +1,141 @@
+"""What an attacker or a fuzzer sends the TTS service, over every protocol it speaks (native HTTP, SSE,
+OpenAI's speech API, WS /ws/tts, Wyoming), against a real server: each gets the error that says what is
+wrong, never a 500 or a dropped connection, and a socket's session goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event
+from wyoming.info import Describe
+
+from tests.fixtures.ollama_double import OllamaDouble
+from tests.tts.conftest import make_settings, serve
+from tests.tts.test_ws_tts import connected, receive, send
+
+NATIVE_ROUTES = ("/tts", "/tts/stream", "/tts/sse")
+
+
+def nested(depth: int) -> str:
+    """A body whose `text` is `depth - 1` arrays deep (the object around them is the first level)."""
+    return '{"text": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def post(client: httpx.Client, path: str, content: str | bytes) -> httpx.Response:
+    return client.post(path, content=content, headers={"Content-Type": "application/json"})
+
+
+def native_error(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 422, response.text
+    assert response.headers["x-request-id"]
+    return response.json()["error"]
+
+
+def openai_error(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    return error
+
+
+# -- nesting depth ------------------------------------------------------------------------------------
+
+
+def test_json_nested_past_max_json_depth_is_refused_on_every_http_route(voices_dir: Path, ollama: OllamaDouble) -> None:
+    limit = "at most 32 are accepted (security.max_json_depth)"
+    bomb = "[" * 5000 + "]" * 5000  # 10 KB: deep enough to exhaust the parser's stack
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        for path in NATIVE_ROUTES:
+            error = native_error(post(client, path, bomb))
+            assert error == {
+                "code": "invalid_json",
+                "message": f"the request body nests arrays and objects 5000 levels deep; {limit}",
+            }
+        speech = openai_error(post(client, "/v1/audio/speech", '{"model": "tts-1", "input": ' + bomb + "}"))
+        assert (speech["code"], speech["message"]) == (
+            "invalid_json",
+            f"the request body nests arrays and objects 5001 levels deep; {limit}",
+        )
+        # The service is none the worse for it.
+        assert client.post("/tts", json={"text": "Hello.", "reply": False}).status_code == 200
+
+
+def test_the_depth_limit_is_the_setting(voices_dir: Path, ollama: OllamaDouble) -> None:
+    settings = make_settings(voices_dir, ollama.url, security={"max_json_depth": 4})
+    with serve(settings) as (_, client):
+        at_limit = native_error(post(client, "/tts", nested(4)))
+        over = native_error(post(client, "/tts", nested(5)))
+        # Brackets inside a string are text, not nesting.
+        quoted = client.post("/tts", json={"text": "[[[[[[ Hello. ]]]]]]", "reply": False})
+    assert at_limit["code"] == "invalid_request" and "'text': Input should be a valid string" in at_limit["message"]
+    assert over["code"] == "invalid_json" and "5 levels deep; at most 4 are accepted" in over["message"]
+    assert quoted.status_code == 200 and quoted.headers["content-type"] == "audio/wav"
+
+
+def test_a_deep_message_on_the_socket_is_an_error_and_the_session_goes_on(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _), connected(server) as ws:
+        ws.send("[" * 3000 + "]" * 3000)
+        error = receive(ws)
+        send(ws, "ping", timestamp=7)
+        pong = receive(ws)
+    assert error == {
+        "type": "error",
+        "code": "invalid_json",
+        "message": "the message nests arrays and objects 3000 levels deep; at most 32 are accepted (security.max_json_depth)",
+    }
+    assert (pong["type"], pong["timestamp"]) == ("pong", 7)
+
+
+def test_a_deep_wyoming_event_is_an_error_event_and_the_listener_goes_on(voices_dir: Path, ollama: OllamaDouble) -> None:
+    async def deep(port: int) -> tuple[Event | None, Event | None, Event | None]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(('{"type": "synthesize", "data": ' + "[" * 3000 + "]" * 3000 + "}\n").encode())
+        await writer.drain()
+        error, end = await async_read_event(reader), await async_read_event(reader)
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=15) as client:
+            await client.write_event(Describe().event())
+            return error, end, await client.read_event()
+
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _):
+        error, end, info = asyncio.run(asyncio.wait_for(deep(server.app.state.wyoming.port), 30))
+    assert error is not None and Error.from_event(error).code == "invalid_json"
+    assert Error.from_event(error).text == (
+        "the event header nests arrays and objects 3001 levels deep; at most 32 are accepted (security.max_json_depth)"
+    )
+    assert end is None  # an unreadable event ends its connection, as an oversized one does
+    assert info is not None and info.type == "info"
+
+
+# -- lone surrogates ----------------------------------------------------------------------------------
+
+SURROGATE = '"Hi \\ud800 there."'
+"""A JSON escape of half a UTF-16 pair: valid JSON, no Unicode text (nothing can encode it as UTF-8)."""
+NOT_UNICODE = "is not valid Unicode: it holds a lone surrogate (such as \\ud800, half of a UTF-16 pair); send whole characters"
+
+
+def test_a_lone_surrogate_is_invalid_request_on_every_http_route(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        for path in NATIVE_ROUTES:
+            error = native_error(post(client, path, '{"text": ' + SURROGATE + ', "reply": true}'))
+            assert error == {"code": "invalid_request", "message": f"'text' {NOT_UNICODE}"}
+        speech = openai_error(post(client, "/v1/audio/speech", '{"model": "tts-1", "voice": "alloy", "input": ' + SURROGATE + "}"))
+        voice = native_error(post(client, "/tts", '{"text": "Hi.", "voice": "\\udfff", "reply": false}'))
+    assert (speech["code"], speech["param"], speech["message"]) == ("invalid_request", "input", f"'input' {NOT_UNICODE}")
+    assert voice == {"code": "invalid_request", "message": f"'voice' {NOT_UNICODE}"}
+    assert ollama.chat_requests == []  # refused before anything was asked of the LLM
+
+
+def test_a_lone_surrogate_on_the_socket_is_an_error_and_the_session_goes_on(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _), connected(server) as ws:
+        ws.send('{"type": "text_input", "reply": true, "text": ' + SURROGATE + "}")
+        error = receive(ws)
+        send(ws, "text_input", text="Hello.", reply=False)
+        started = receive(ws)
+    assert error == {"type": "error", "code": "invalid_request", "message": f"'text' {NOT_UNICODE}"}
+    assert (started["type"], started["generation_id"]) == ("generation_started", 1)
