@@ -114,8 +114,12 @@ def add_error_shape(app: FastAPI, prefix: str, encoder: ErrorEncoder) -> None:
 
 
 def _encoder(request: Request) -> ErrorEncoder:
-    for prefix, encoder in getattr(request.app.state, "error_shapes", []):
-        if request.url.path.startswith(prefix):
+    return _encoder_for(request.app, request.url.path)
+
+
+def _encoder_for(app: Any, path: str) -> ErrorEncoder:
+    for prefix, encoder in getattr(app.state, "error_shapes", []):
+        if path.startswith(prefix):
             return encoder  # type: ignore[no-any-return]
     return error_response
 
@@ -138,10 +142,8 @@ def install_error_handlers(app: FastAPI) -> None:
         error = kinds.get(exc.status_code, fallback)(str(exc.detail))
         return _encoder(request)(error, dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled_error")
-        return _encoder(request)(InternalError(), {})
+    # Any other exception is answered by RequestContextMiddleware: a handler registered here for Exception
+    # would run in Starlette's outermost middleware, which re-raises it to the server after answering.
 
 
 def service_app(*, title: str, description: str, lifespan: Lifespan[FastAPI]) -> FastAPI:
@@ -188,8 +190,11 @@ _ABORTED_STREAM_FILTER = _DropAbortedStreamNotice()
 
 
 class RequestContextMiddleware:
-    """Binds a request id into the log context, returns it in X-Request-ID, logs each request, and holds
-    back the final chunk of a response that was aborted (abort_response)."""
+    """Binds a request id into the log context, returns it in X-Request-ID, logs each request, holds
+    back the final chunk of a response that was aborted (abort_response), and answers an exception that
+    nothing else handled: a 500 (internal_error) when the response has not started, else a cut-off one.
+    Every 500 closes its connection (`Connection: close`): after a failure nobody foresaw, what is left
+    of the request on the connection (an unread body) is not to be trusted for the next one."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -208,11 +213,16 @@ class RequestContextMiddleware:
         state = _ResponseState()
         _response_state.set(state)
 
+        started_response = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                status, started_response = message["status"], True
+                extra = [(REQUEST_ID_HEADER.encode(), request_id.encode())]
+                if status == 500:
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             elif state.aborted and message["type"] == "http.response.body" and not message.get("more_body", False):
                 return
             await send(message)
@@ -220,6 +230,13 @@ class RequestContextMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("unhandled_error")
+                if started_response:
+                    state.aborted = True  # the server closes the connection of a response left incomplete
+                else:
+                    response = _encoder_for(scope["app"], scope["path"])(InternalError(), {})
+                    await response(scope, receive, send_with_id)
             finally:
                 level = "debug" if scope["path"] in ("/health", "/metrics") else "info"
                 getattr(log, level)(

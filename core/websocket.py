@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.errors import (
     BadMessage,
+    InternalError,
     InvalidRequest,
     RequestTooLarge,
     ServiceError,
@@ -213,7 +214,14 @@ class Connections:
                 log.info("session_opened", client=client)
                 if self.draining:
                     intake.drain()
-                await handler(websocket, Channel(websocket), intake, session_id)
+                channel = Channel(websocket)
+                try:
+                    await handler(websocket, channel, intake, session_id)
+                except Exception:
+                    # A bug must not drop the socket without a close frame: the client hears why.
+                    log.exception("session_failed")
+                    error = InternalError()
+                    await channel.close(CLOSE_INTERNAL_ERROR, error.message, error)
                 log.info("session_closed", drained=intake.draining)
         finally:
             self.count -= 1
