@@ -59,11 +59,15 @@ EVENT_QUEUE = 16
 """Events read ahead of the one being handled; then the reader waits (and TCP pushes back)."""
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no number
+
+
 def check_format(rate: int, width: int, channels: int) -> None:
     """BadAudio unless the audio-start or audio-chunk describes audio that can be used."""
-    if not (isinstance(rate, int) and MIN_RATE <= rate <= MAX_RATE):
+    if not (_is_int(rate) and MIN_RATE <= rate <= MAX_RATE):
         raise BadAudio(f"rate {rate!r} Hz cannot be used; send {MIN_RATE} to {MAX_RATE} Hz")
-    if width not in (1, 2, 4) or not (isinstance(channels, int) and 1 <= channels <= 32):
+    if not (_is_int(width) and width in (1, 2, 4) and _is_int(channels) and 1 <= channels <= 32):
         raise BadAudio(f"audio of width {width!r} and {channels!r} channels cannot be used; send 8, 16 or 32-bit PCM")
 
 

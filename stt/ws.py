@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, field_validator
 
 from core.config import SttSettings
 from core.errors import InternalError, ModelUnavailable, RequestTooLarge, ServiceError
@@ -52,7 +52,7 @@ class ConfigMessage(_Message):
     """Only the fields present change; the others keep their values."""
 
     type: Literal["config"]
-    language: str | None = None
+    language: StrictStr | None = None
     """Language code for the following utterances; null detects it."""
     word_timestamps: StrictBool = False
     """Add each word with its start, end and probability to the segments of final transcripts."""

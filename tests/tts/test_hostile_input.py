@@ -5,10 +5,12 @@ wrong, never a 500 or a dropped connection, and a socket's session goes on."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event
@@ -139,3 +141,41 @@ def test_a_lone_surrogate_on_the_socket_is_an_error_and_the_session_goes_on(voic
         started = receive(ws)
     assert error == {"type": "error", "code": "invalid_request", "message": f"'text' {NOT_UNICODE}"}
     assert (started["type"], started["generation_id"]) == ("generation_started", 1)
+
+
+# -- strict types -------------------------------------------------------------------------------------
+
+
+def test_true_is_no_speed_on_any_route(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        for path in NATIVE_ROUTES:
+            error = native_error(client.post(path, json={"text": "Hello.", "reply": False, "speed": True}))
+            assert error == {"code": "invalid_request", "message": "'speed': Input should be a valid number"}
+        speech = openai_error(
+            client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hello.", "speed": True})
+        )
+        # A whole number is a number.
+        whole = client.post("/tts", json={"text": "Hello.", "reply": False, "speed": 1})
+    assert (speech["code"], speech["param"], speech["message"]) == (
+        "invalid_request",
+        "speed",
+        "'speed': Input should be a valid number",
+    )
+    assert whole.status_code == 200 and whole.headers["content-type"] == "audio/wav"
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"type": "text_input", "text": "Hello.", "reply": False, "speed": True}, "speed"),
+        ({"type": "ping", "timestamp": True}, "timestamp"),
+        ({"type": "cancel_generation", "played_ms": True}, "played_ms"),
+    ],
+)
+def test_true_is_no_number_on_the_socket(voices_dir: Path, ollama: OllamaDouble, message: dict, field: str) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _), connected(server) as ws:
+        ws.send(json.dumps(message))
+        error = receive(ws)
+    assert (error["type"], error["code"]) == ("error", "invalid_request")
+    assert error["message"].startswith(f"invalid {message['type']!r} message: '{field}")
+    assert "Input should be a valid number" in error["message"]
