@@ -15,6 +15,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event
 from wyoming.info import Describe
+from wyoming.tts import Synthesize
 
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.tts.conftest import make_settings, serve
@@ -179,3 +180,53 @@ def test_true_is_no_number_on_the_socket(voices_dir: Path, ollama: OllamaDouble,
     assert (error["type"], error["code"]) == ("error", "invalid_request")
     assert error["message"].startswith(f"invalid {message['type']!r} message: '{field}")
     assert "Input should be a valid number" in error["message"]
+
+
+# -- text that speaks as nothing ----------------------------------------------------------------------
+
+NOTHING = {"code": "empty_text", "message": "the text has nothing speakable (only punctuation, symbols, emoji, markup or code)"}
+
+
+@pytest.mark.parametrize("text", [".", "?! -- ...", "|", "🙂🙂"])
+def test_text_that_speaks_as_nothing_is_422_on_every_http_route(voices_dir: Path, ollama: OllamaDouble, text: str) -> None:
+    # "|" passes the text check but Piper speaks it as silence: refused all the same, never an empty WAV.
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        errors = [native_error(client.post(path, json={"text": text, "reply": False})) for path in ("/tts", "/tts/stream")]
+        if text != "|":  # SSE has sent the words before the silence is known: see below
+            errors.append(native_error(client.post("/tts/sse", json={"text": text, "reply": False})))
+            errors.append(native_error(client.get("/tts/sse", params={"text": text, "reply": "false"})))
+        speech = openai_error(client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": text}))
+    assert errors == [NOTHING] * len(errors)
+    assert (speech["code"], speech["param"], speech["message"]) == ("empty_text", "input", NOTHING["message"])
+
+
+def test_silence_after_the_words_ends_an_event_stream_with_empty_text(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        response = client.post("/tts/sse", json={"text": "|", "reply": False})
+    events = [block.split("\n") for block in response.text.strip().split("\n\n")]
+    assert response.status_code == 200
+    assert [lines[0] for lines in events] == ["event: reply_text", "event: error"]
+    assert json.loads(events[-1][1].removeprefix("data: ")) == {"error": NOTHING}
+
+
+def test_text_that_speaks_as_nothing_on_the_socket_is_empty_text(voices_dir: Path, ollama: OllamaDouble) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _), connected(server) as ws:
+        send(ws, "text_input", text=".", reply=False)
+        messages = [receive(ws), receive(ws)]
+    assert messages[0]["type"] == "generation_started"
+    assert messages[1] == {"type": "error", **NOTHING, "generation_id": 1}
+
+
+def test_text_that_speaks_as_nothing_over_wyoming_is_an_error_event(voices_dir: Path, ollama: OllamaDouble) -> None:
+    async def synthesize(port: int) -> list[Event]:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=15) as client:
+            await client.write_event(Synthesize(text=".").event())
+            events = [await client.read_event()]
+            while events[-1] is not None and events[-1].type not in ("error", "audio-stop"):
+                events.append(await client.read_event())
+            return events
+
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _):
+        events = asyncio.run(synthesize(server.app.state.wyoming.port))
+    assert [event.type for event in events if event is not None] == ["error"]
+    assert (Error.from_event(events[0]).code, Error.from_event(events[0]).text) == ("empty_text", NOTHING["message"])
