@@ -213,7 +213,9 @@ class Handler(AsyncEventHandler):
             return
         except ServiceError as exc:
             error = exc
-        except (KeyError, TypeError, ValueError) as exc:  # an event without the fields of its type
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # An event without the fields of its type, or with fields of the wrong type: the `wyoming`
+            # package builds its events from any JSON without checking (a number for a text, a list for data).
             log.warning("wyoming_malformed_event", event_type=event.type, exc_info=True)
             error = BadMessage(f"malformed {event.type} event ({exc.__class__.__name__}: {exc}); see the Wyoming protocol")
         log.info("wyoming_refused", code=error.code, reason=error.message)

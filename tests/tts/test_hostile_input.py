@@ -230,3 +230,35 @@ def test_text_that_speaks_as_nothing_over_wyoming_is_an_error_event(voices_dir: 
         events = asyncio.run(synthesize(server.app.state.wyoming.port))
     assert [event.type for event in events if event is not None] == ["error"]
     assert (Error.from_event(events[0]).code, Error.from_event(events[0]).text) == ("empty_text", NOTHING["message"])
+
+
+# -- Wyoming events of the wrong shape ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "fragment"),
+    [
+        ({"type": "synthesize", "data": {"text": 5}}, "malformed synthesize event (AttributeError"),
+        ({"type": "synthesize", "data": {"text": None}}, "malformed synthesize event (AttributeError"),
+        ({"type": "synthesize", "data": {"text": "Hi.", "voice": {"language": 5}}}, "malformed synthesize event"),
+        ({"type": "synthesize", "data": {"text": "Hi.", "voice": {"name": "en_US-test-medium", "speaker": 5}}}, "malformed"),
+        ({"type": "synthesize", "data": ["Hi."]}, "malformed synthesize event"),
+    ],
+)
+def test_a_wyoming_event_with_fields_of_the_wrong_type_is_bad_message(
+    voices_dir: Path, ollama: OllamaDouble, event: dict, fragment: str
+) -> None:
+    # The `wyoming` package builds events from any JSON: such an event crashed the connection's handler.
+    async def exchange(port: int) -> tuple[Event | None, Event | None]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(json.dumps(event).encode() + b"\n" + json.dumps({"type": "describe"}).encode() + b"\n")
+        await writer.drain()
+        answers = await async_read_event(reader), await async_read_event(reader)
+        writer.close()
+        return answers
+
+    with serve(make_settings(voices_dir, ollama.url)) as (server, _):
+        error, info = asyncio.run(asyncio.wait_for(exchange(server.app.state.wyoming.port), 30))
+    assert error is not None and Error.from_event(error).code == "bad_message"
+    assert fragment in Error.from_event(error).text
+    assert info is not None and info.type == "info"  # the connection goes on
