@@ -203,17 +203,14 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        supplied = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex[:16]
+        request_id = _request_id(scope)
         started = time.perf_counter()
         status = 500
+        started_response = False
         # Set in this task and never reset: the server logs its notice of an incomplete response in this
         # same task's context, after the app returned (see _DropAbortedStreamNotice).
         state = _ResponseState()
         _response_state.set(state)
-
-        started_response = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started_response
@@ -247,6 +244,12 @@ class RequestContextMiddleware:
                     aborted=state.aborted or None,
                     ms=round((time.perf_counter() - started) * 1000, 1),
                 )
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sensible one, else a new id."""
+    supplied = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+    return supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex[:16]
 
 
 # -- bodies and disconnects ------------------------------------------------------------------------
