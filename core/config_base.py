@@ -56,7 +56,7 @@ class LlmSettings(Section):
     health_timeout_s: float = Field(1.0, gt=0.0, le=30.0)
     """Timeout of the LLM reachability check behind /health."""
     health_cache_s: float = Field(5.0, ge=0.0, le=3_600.0)
-    """How long a reachability result is reused by /health before it is checked again (in the background)."""
+    """How old /health's view of the LLM may get: it is probed in the background every half of this (at most twice a second)."""
 
 
 class SupervisorSettings(Section):

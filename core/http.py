@@ -8,7 +8,6 @@ worth more than keeping core free of it, and it still imports neither service.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import time
 import uuid
@@ -39,6 +38,7 @@ from core.errors import (
     UnsupportedMediaType,
     describe_validation_errors,
 )
+from core.json_input import parse_client_json
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -154,10 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
         error = kinds.get(exc.status_code, fallback)(str(exc.detail))
         return _encoder(request)(error, dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled_error")
-        return _encoder(request)(InternalError(), {})
+    # Any other exception is answered by RequestContextMiddleware: a handler registered here for Exception
+    # would run in Starlette's outermost middleware, which re-raises it to the server after answering.
 
 
 def service_app(
@@ -213,8 +211,11 @@ _ABORTED_STREAM_FILTER = _DropAbortedStreamNotice()
 
 class RequestContextMiddleware:
     """Binds a request id into the log context, returns it in X-Request-ID (with X-Content-Type-Options:
-    nosniff), logs each request, and holds back the final chunk of a response that was aborted
-    (abort_response)."""
+    nosniff), logs each request, holds back the final chunk of a response that was aborted
+    (abort_response), and answers an exception that nothing else handled: a 500 (internal_error) when
+    the response has not started, else a cut-off one. Every 500 closes its connection (`Connection:
+    close`): after a failure nobody foresaw, what is left of the request on the connection (an unread
+    body) is not to be trusted for the next one."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -223,25 +224,23 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        supplied = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex[:16]
+        request_id = _request_id(scope)
         started = time.perf_counter()
         status = 500
+        started_response = False
         # Set in this task and never reset: the server logs its notice of an incomplete response in this
         # same task's context, after the app returned (see _DropAbortedStreamNotice).
         state = _ResponseState()
         _response_state.set(state)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
-                    _NOSNIFF,
-                ]
+                status, started_response = message["status"], True
+                extra = [(REQUEST_ID_HEADER.encode(), request_id.encode()), _NOSNIFF]
+                if status == 500:
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             elif state.aborted and message["type"] == "http.response.body" and not message.get("more_body", False):
                 return
             await send(message)
@@ -249,6 +248,13 @@ class RequestContextMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("unhandled_error")
+                if started_response:
+                    state.aborted = True  # the server closes the connection of a response left incomplete
+                else:
+                    response = encoder_for(scope["app"], scope["path"])(InternalError(), {})
+                    await response(scope, receive, send_with_id)
             finally:
                 level = "debug" if scope["path"] in ("/health", "/metrics") else "info"
                 getattr(log, level)(
@@ -261,12 +267,19 @@ class RequestContextMiddleware:
                 )
 
 
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sensible one, else a new id."""
+    supplied = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+    return supplied if 0 < len(supplied) <= 64 and supplied.isprintable() else uuid.uuid4().hex[:16]
+
+
 # -- bodies and disconnects ------------------------------------------------------------------------
 
 
-async def read_json_body(request: Request, limit: int, hint: str, example: str) -> Any:
-    """The request's JSON body, at most `limit` bytes (`hint` names the setting behind the limit), or
-    the error that says what is wrong; `example` shows a valid body."""
+async def read_json_body(request: Request, limit: int, hint: str, example: str, max_depth: int) -> Any:
+    """The request's JSON body, at most `limit` bytes (`hint` names the setting behind the limit) and
+    nested at most `max_depth` deep (core.json_input), or the error that says what is wrong; `example`
+    shows a valid body."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (see {hint})")
@@ -286,15 +299,7 @@ async def read_json_body(request: Request, limit: int, hint: str, example: str) 
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidJson(f"the request body is empty; send JSON such as {example}")
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise InvalidJson("the request body is not UTF-8 text; send UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidJson(
-            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            f"send e.g. {example}"
-        ) from None
+    return parse_client_json(raw, max_depth, "the request body", f"; send e.g. {example}")
 
 
 def validated(model: type[ModelT], body: Any) -> ModelT:

@@ -5,8 +5,9 @@ llama-server, vLLM, LM Studio, LocalAI, Ollama's /v1, OpenAI), chosen by llm.pro
 Every provider streams one attempt (`_parts`); the rest is shared: connection errors and 5xx answers
 before the first piece are retried with exponential backoff (tenacity), 4xx answers such as an unknown
 model are not, and every failure becomes one of the LLM errors of core.errors, whose message tells the
-user what to do. `LlmHealth` answers /health's "is the LLM there?" from a cache refreshed in the
-background, so /health never waits for it.
+user what to do: a server that cannot be reached is `llm_unavailable`, one that answers with an error
+`llm_error`. `LlmHealth` answers /health's "is the LLM there?" from a result probed again in the
+background before it is due, so /health never waits for it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import anyio
 import httpx
 import ollama
-from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from core.config import LlmSettings
@@ -36,10 +36,10 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class ServerFailed(Exception):
-    """A 5xx answer or a broken stream: worth retrying."""
+    """A 5xx answer or a broken stream: the server is there but failed; worth retrying."""
 
     def __init__(self, server: str, status: int, detail: str) -> None:
-        super().__init__(f"{server} answered {status}: {detail}" if status > 0 else f"{server} failed: {detail}")
+        super().__init__(f"{server} failed: it answered {status} ({detail})" if status > 0 else f"{server} failed: {detail}")
         self.status = status
         self.detail = detail
 
@@ -127,7 +127,8 @@ class LlmClient(ABC):
 
     @abstractmethod
     async def has_model(self) -> bool | None:
-        """Whether the server offers llm.model; None when it cannot be asked."""
+        """Whether the server offers llm.model; None when it cannot be reached. Raises ServerFailed when it
+        answers with a server error."""
 
     def _unreachable_hint(self) -> str:
         return "start it, or point llm.url at the right address"
@@ -196,8 +197,8 @@ class LlmClient(ABC):
         tries = f" after {self.settings.retry_attempts + 1} attempts" if attempts else ""
         if isinstance(exc, (httpx.ReadTimeout, TimedOut)):
             return self.timeout_error()
-        if isinstance(exc, ServerFailed):
-            return LlmUnavailable(f"{exc}{tries}; {self._server_error_hint()}")
+        if isinstance(exc, ServerFailed):  # it is there: running it again will not help, its log will
+            return LlmError(f"{exc}{tries}; {self._server_error_hint()}")
         return LlmUnavailable(
             f"cannot reach {self.server} at {public_url(self.settings.url)} ({exc.__class__.__name__}){tries}: "
             f"{self._unreachable_hint()}"
@@ -267,6 +268,8 @@ class OllamaClient(LlmClient):
     async def has_model(self) -> bool | None:
         try:
             response = await self._health_client.get("/api/tags")
+            if response.is_server_error:
+                raise ServerFailed(self.server, response.status_code, _error_detail(response))
             response.raise_for_status()
             models = response.json().get("models", [])
         except (httpx.HTTPError, OSError, ValueError):
@@ -274,6 +277,15 @@ class OllamaClient(LlmClient):
         names = {entry.get("model") or entry.get("name") for entry in models if isinstance(entry, dict)}
         wanted = self.settings.model
         return wanted in names or (":" not in wanted and f"{wanted}:latest" in names)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """Ollama's `{"error": ...}`, or the start of whatever else the server answered."""
+    try:
+        detail = response.json().get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else response.text[:200].strip() or response.reason_phrase
 
 
 def make_llm_client(settings: LlmSettings) -> LlmClient:
@@ -285,33 +297,34 @@ def make_llm_client(settings: LlmSettings) -> LlmClient:
     return OllamaClient(settings)
 
 
+MIN_PROBE_INTERVAL_S = 0.5
+"""The most often /health's probe of the LLM runs, whatever llm.health_cache_s says (0 included)."""
+
+
 class LlmHealth:
-    """Whether the LLM answers and has its model, for /health: cached for llm.health_cache_s and refreshed
-    in the background, so /health never waits for the LLM."""
+    """Whether the LLM answers and has its model, for /health. `run` probes it again every half of
+    llm.health_cache_s, before the last result is due: /health reads a result never older than that,
+    shows a change within one probe interval, and never waits for the LLM."""
 
     def __init__(self, llm: LlmClient, ttl_s: float) -> None:
         self.llm = llm
-        self.ttl_s = ttl_s
+        self.interval_s = max(ttl_s / 2, MIN_PROBE_INTERVAL_S)
         self.reachable = False
         self.model_available: bool | None = None
+        self.failure: str | None = None
+        """What the server answered when it answered with an error (it is reachable, and fails)."""
         self.checked_at: float | None = None
-        self._refreshing = False
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            await anyio.sleep(self.interval_s)
 
     async def refresh(self) -> None:
-        if self._refreshing:
-            return
-        self._refreshing = True
         try:
             has_model = await self.llm.has_model()
-            self.reachable = has_model is not None
-            self.model_available = has_model
-            self.checked_at = time.monotonic()
-        finally:
-            self._refreshing = False
-
-    def current(self, tasks: TaskGroup | None) -> tuple[bool, bool | None]:
-        """(reachable, model available) as last seen; starts a refresh in `tasks` when stale."""
-        stale = self.checked_at is None or time.monotonic() - self.checked_at >= self.ttl_s
-        if stale and not self._refreshing and tasks is not None:
-            tasks.start_soon(self.refresh)
-        return self.reachable, self.model_available
+        except ServerFailed as exc:
+            self.reachable, self.model_available, self.failure = True, None, str(exc)
+        else:
+            self.reachable, self.model_available, self.failure = has_model is not None, has_model, None
+        self.checked_at = time.monotonic()

@@ -80,6 +80,10 @@ class OpenAiChatClient(LlmClient):
     async def has_model(self) -> bool | None:
         try:
             models = await self._health.models.list()
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500:
+                raise ServerFailed(self.server, exc.status_code, _detail(exc)) from None
+            return None
         except openai.APIError:
             return None
         return self.settings.model in {model.id for model in models.data}

@@ -12,7 +12,8 @@ On SIGTERM or SIGINT the server, in this order:
 The whole sequence fits in `grace_s` minus a small margin, so that a supervisor that waits
 `supervisor.shutdown_grace_s` before SIGKILL sees a clean exit. A second SIGINT forces the exit.
 The process exits 0 after a graceful shutdown (plain `uvicorn.run` re-raises the signal instead).
-uvicorn's access log stays off: core.http logs each request with its id.
+uvicorn's access log stays off: core.http logs each request with its id. A connection whose request header
+is not complete within security.header_timeout_s is closed (core.header_timeout).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from core.config import ConfigError, Settings, load_settings
+from core.header_timeout import header_timeout_protocol
 from core.logging import get_logger
 from core.tls import server_options
 
@@ -112,8 +114,11 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-def build_server(app: FastAPI, host: str, port: int, *, grace_s: float, **options: Any) -> DrainingServer:
-    """A DrainingServer for `app`; the drain hook is `app.state.drain` when the app has one."""
+def build_server(
+    app: FastAPI, host: str, port: int, *, grace_s: float, header_timeout_s: float, **options: Any
+) -> DrainingServer:
+    """A DrainingServer for `app`, closing a connection whose request header takes over `header_timeout_s`
+    (core.header_timeout); the drain hook is `app.state.drain` when the app has one."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -121,15 +126,16 @@ def build_server(app: FastAPI, host: str, port: int, *, grace_s: float, **option
         log_config=None,
         access_log=False,
         lifespan="on",
+        http=header_timeout_protocol(header_timeout_s),
         **options,
     )
     drain = getattr(app.state, "drain", None)
     return DrainingServer(config, grace_s=grace_s, drain=drain)
 
 
-def serve(app: FastAPI, host: str, port: int, *, grace_s: float, **options: Any) -> None:
+def serve(app: FastAPI, host: str, port: int, *, grace_s: float, header_timeout_s: float, **options: Any) -> None:
     """Serve `app` on host:port until SIGTERM/SIGINT, then shut down gracefully within grace_s."""
-    build_server(app, host, port, grace_s=grace_s, **options).run()
+    build_server(app, host, port, grace_s=grace_s, header_timeout_s=header_timeout_s, **options).run()
 
 
 def main(service: Literal["stt", "tts"], description: str, create_app: Callable[[Settings], FastAPI]) -> None:
@@ -156,6 +162,7 @@ def main(service: Literal["stt", "tts"], description: str, create_app: Callable[
         section.host,
         section.port,
         grace_s=settings.supervisor.shutdown_grace_s,
+        header_timeout_s=settings.security.header_timeout_s,
         ws_max_size=2 * message_limit,
         **tls,
     )

@@ -61,6 +61,15 @@ def clean_for_speech(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+_SPOKEN_CATEGORIES = ("L", "N", "Sc", "Sm")
+
+
+def speakable(text: str) -> bool:
+    """Whether an engine says anything for `text` (cleaned for speech): it has a letter, a digit or a
+    symbol such as $, % or +. Punctuation, spaces and accents alone ("." "?!" "---") synthesize to silence."""
+    return any(unicodedata.category(char).startswith(_SPOKEN_CATEGORIES) for char in text)
+
+
 def _is_abbreviation(token: str) -> bool:
     """Whether `token` (the word before a dot, without the dot) makes the dot a non-end."""
     word = token.lstrip(_OPENERS)
@@ -299,7 +308,7 @@ class SpeechSplitter:
 
     def _clean(self, raw: str) -> str | None:
         spoken = " ".join(clean_for_speech(raw).split("\n"))
-        if not spoken:
+        if not speakable(spoken):
             return None
         self.fragments += 1
         return spoken

@@ -25,13 +25,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.errors import (
     BadMessage,
-    InvalidJson,
+    InternalError,
     InvalidRequest,
     RequestTooLarge,
     ServiceError,
     TooManyConnections,
     describe_validation_errors,
 )
+from core.json_input import parse_client_json
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -56,16 +57,15 @@ def error_message(error: ServiceError, **extra: Any) -> dict[str, Any]:
     return message
 
 
-def parse_message(text: str, limit: int, setting: str, models: Mapping[str, type[BaseModel]]) -> BaseModel:
+def parse_message(
+    text: str, limit: int, setting: str, models: Mapping[str, type[BaseModel]], *, max_depth: int
+) -> BaseModel:
     """A client's text message as the model of its `type`, or the error that says what is wrong.
-    `setting` names the config key behind `limit` (bytes)."""
+    `setting` names the config key behind `limit` (bytes); `max_depth` bounds its nesting (core.json_input)."""
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > limit:
         raise RequestTooLarge(f"message of {size} bytes is over the {limit}-byte limit ({setting})")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidJson(f"message is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    data = parse_client_json(text, max_depth, "the message")
     if not isinstance(data, dict) or "type" not in data:
         raise BadMessage('a message must be a JSON object with a "type", such as {"type": "ping"}')
     kind = data["type"]
@@ -214,7 +214,14 @@ class Connections:
                 log.info("session_opened", client=client)
                 if self.draining:
                     intake.drain()
-                await handler(websocket, Channel(websocket), intake, session_id)
+                channel = Channel(websocket)
+                try:
+                    await handler(websocket, channel, intake, session_id)
+                except Exception:
+                    # A bug must not drop the socket without a close frame: the client hears why.
+                    log.exception("session_failed")
+                    error = InternalError()
+                    await channel.close(CLOSE_INTERNAL_ERROR, error.message, error)
                 log.info("session_closed", drained=intake.draining)
         finally:
             self.count -= 1

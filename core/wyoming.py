@@ -26,6 +26,7 @@ from core import __version__
 from core.config import WyomingSettings
 from core.config_security import is_loopback
 from core.errors import BadAudio, BadMessage, RequestTooLarge, ServiceError, TooManyConnections
+from core.json_input import parse_client_json
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -59,30 +60,48 @@ EVENT_QUEUE = 16
 """Events read ahead of the one being handled; then the reader waits (and TCP pushes back)."""
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no number
+
+
 def check_format(rate: int, width: int, channels: int) -> None:
     """BadAudio unless the audio-start or audio-chunk describes audio that can be used."""
-    if not (isinstance(rate, int) and MIN_RATE <= rate <= MAX_RATE):
+    if not (_is_int(rate) and MIN_RATE <= rate <= MAX_RATE):
         raise BadAudio(f"rate {rate!r} Hz cannot be used; send {MIN_RATE} to {MAX_RATE} Hz")
-    if width not in (1, 2, 4) or not (isinstance(channels, int) and 1 <= channels <= 32):
+    if not (_is_int(width) and width in (1, 2, 4) and _is_int(channels) and 1 <= channels <= 32):
         raise BadAudio(f"audio of width {width!r} and {channels!r} channels cannot be used; send 8, 16 or 32-bit PCM")
 
 
 class _BoundedReader:
     """The connection's reader as the `wyoming` package reads an event from it, refusing a declared data
-    or payload length over the limit before anything of it is read (the header is a line of its own)."""
+    or payload length over the limit before anything of it is read (the header is a line of its own),
+    and JSON (the header, the data after it) that core.json_input refuses before the package parses it."""
 
-    def __init__(self, reader: asyncio.StreamReader, limit: int, setting: str) -> None:
+    def __init__(self, reader: asyncio.StreamReader, limit: int, setting: str, max_depth: int) -> None:
         self._reader = reader
         self._limit = limit
         self._setting = setting
+        self._max_depth = max_depth
+        self._data_length: int | None = None
+        """The data length the last header declared: the next read of that size is its JSON data."""
 
     async def readline(self) -> bytes:
-        return await self._reader.readline()
+        line = await self._reader.readline()
+        self._data_length = None
+        if line.strip():
+            header = parse_client_json(line, self._max_depth, "the event header")
+            length = header.get("data_length") if isinstance(header, dict) else None
+            self._data_length = length if type(length) is int and length > 0 else None
+        return line
 
     async def readexactly(self, size: int) -> bytes:
         if size > self._limit:
             raise RequestTooLarge(f"an event of {size} bytes is over the limit of {self._limit} ({self._setting})")
-        return await self._reader.readexactly(size)
+        data = await self._reader.readexactly(size)
+        if self._data_length == size:  # the package reads the data first, then the payload
+            self._data_length = None
+            parse_client_json(data, self._max_depth, "the event data")
+        return data
 
 
 class _Drain:
@@ -98,11 +117,18 @@ class Handler(AsyncEventHandler):
     A refused event (a ServiceError, or an event missing its fields) is answered by an `error` event and
     the connection carries on; an unreadable or oversized event ends it after its error event."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: WyomingSettings, setting: str) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: WyomingSettings,
+        setting: str,
+        max_json_depth: int,
+    ) -> None:
         super().__init__(reader, writer)
         self.session_id = uuid.uuid4().hex[:12]
         self.tasks: TaskGroup | None = None
-        self._bounded = _BoundedReader(reader, limits.max_event_bytes, setting)
+        self._bounded = _BoundedReader(reader, limits.max_event_bytes, setting, max_json_depth)
         self._write_lock = anyio.Lock()
         self._queue, self._events = anyio.create_memory_object_stream[Event | _Drain](EVENT_QUEUE)
         self._unreadable: ServiceError | None = None
@@ -188,7 +214,9 @@ class Handler(AsyncEventHandler):
             return
         except ServiceError as exc:
             error = exc
-        except (KeyError, TypeError, ValueError) as exc:  # an event without the fields of its type
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # An event without the fields of its type, or with fields of the wrong type: the `wyoming`
+            # package builds its events from any JSON without checking (a number for a text, a list for data).
             log.warning("wyoming_malformed_event", event_type=event.type, exc_info=True)
             error = BadMessage(f"malformed {event.type} event ({exc.__class__.__name__}: {exc}); see the Wyoming protocol")
         log.info("wyoming_refused", code=error.code, reason=error.message)

@@ -57,7 +57,10 @@ function showTts(h) {
   const where = url ? ` at ${url}` : "";
   setPill("pill-tts", ok ? "ok" : "warn", ok ? "healthy" : "degraded");
   $("pill-llm").querySelector('[data-role="name"]').textContent = name;
-  setPill("pill-llm", reachable ? (h.llm_model_available === false ? "warn" : "ok") : "down", reachable ? (h.llm_model_available === false ? `model ${h.llm_model} missing` : "reachable") : "not reachable");
+  const llmState = !reachable ? ["down", "not reachable"]
+    : h.llm_failure ? ["warn", "failing"]  // it answers, with server errors
+    : h.llm_model_available === false ? ["warn", `model ${h.llm_model} missing`] : ["ok", "reachable"];
+  setPill("pill-llm", ...llmState);
   renderService("svc-tts", ok ? "ok" : "warn", ok ? "healthy" : "degraded", [
     ["Engine", h.fallback ? `${h.engine} (fallback for ${h.configured_engine})` : h.engine],
     ["Voice", h.voice ? `${h.voice}${h.voice_loaded ? "" : " (not loaded yet)"}` : null],

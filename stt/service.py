@@ -105,7 +105,7 @@ class SttService:
             "loading": self.model.loading,
             "error": self.model.error,
             "environment": self.settings.environment,
-            "model": stt.model,
+            "model": self.model_name,
             "device": engine.loaded.device if engine else stt.device,
             "compute_type": engine.loaded.compute_type if engine else stt.compute_type,
             "connections": self._connections(),

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, field_validator
 
 from core.config import SttSettings
 from core.errors import InternalError, ModelUnavailable, RequestTooLarge, ServiceError
@@ -52,7 +52,7 @@ class ConfigMessage(_Message):
     """Only the fields present change; the others keep their values."""
 
     type: Literal["config"]
-    language: str | None = None
+    language: StrictStr | None = None
     """Language code for the following utterances; null detects it."""
     word_timestamps: StrictBool = False
     """Add each word with its start, end and probability to the segments of final transcripts."""
@@ -199,9 +199,18 @@ class _SttSocket:
                     self._check_frame(data)
                     await session.feed_audio(data)
                 elif text is not None:
-                    await self._command(session, parse_message(text, self.settings.max_message_bytes, "stt.max_message_bytes", CLIENT_MESSAGES))
+                    await self._command(session, self._parse(text))
             except ServiceError as exc:
                 await self.channel.error(exc)
+
+    def _parse(self, text: str) -> BaseModel:
+        return parse_message(
+            text,
+            self.settings.max_message_bytes,
+            "stt.max_message_bytes",
+            CLIENT_MESSAGES,
+            max_depth=self.service.settings.security.max_json_depth,
+        )
 
     def _check_frame(self, data: bytes) -> None:
         limit = self.settings.max_frame_bytes

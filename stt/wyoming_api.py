@@ -56,7 +56,10 @@ class SttWyomingHandler(Handler):
     """One Wyoming client: one transcription at a time, from audio-start to audio-stop."""
 
     def __init__(self, service: SttService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer, service.settings.stt.wyoming, "stt.wyoming.max_event_bytes")
+        settings = service.settings
+        super().__init__(
+            reader, writer, settings.stt.wyoming, "stt.wyoming.max_event_bytes", settings.security.max_json_depth
+        )
         self.service = service
         self.settings = service.settings.stt
         self._language: str | None = self.settings.language

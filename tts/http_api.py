@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 from starlette.background import BackgroundTask
 
 from core.audio import streaming_wav_header, wav_bytes
@@ -53,7 +53,9 @@ class TtsRequest(BaseModel):
     text: StrictStr = Field(description="The user's words (reply true) or the words to speak (reply false).")
     voice: StrictStr | None = Field(None, description="Voice name from GET /voices; default: the configured voice.")
     reply: StrictBool | None = Field(None, description="Speak the LLM's answer to the text; default: tts.reply_default.")
-    speed: float | None = Field(None, description="Speaking speed, 1.0 normal; allowed range in tts.min_speed..max_speed.")
+    speed: StrictFloat | None = Field(
+        None, description="Speaking speed, 1.0 normal; allowed range in tts.min_speed..max_speed."
+    )
     conversation_id: StrictStr | None = Field(
         None,
         description="Continue this conversation (the X-Conversation-Id of an earlier reply); reply true only. "
@@ -108,7 +110,8 @@ def _body_limit(service: TtsService) -> int:
 
 
 async def _checked(service: TtsService, request: Request) -> TurnRequest:
-    body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE)
+    depth = service.settings.security.max_json_depth
+    body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE, depth)
     parsed = validated(TtsRequest, body)
     return await service.check_request(
         parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
 from starlette.background import BackgroundTask
 
 from core.config import OPENAI_VOICES
@@ -58,7 +58,7 @@ class SpeechRequest(BaseModel):
     input: StrictStr = Field(description="The text to speak (spoken as it is; no LLM reply).")
     voice: StrictStr | VoiceId = Field(description="An OpenAI voice name (mapped by tts.openai.voices) or one of ours.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="Also within tts.min_speed..tts.max_speed.")
+    speed: StrictFloat = Field(1.0, ge=0.25, le=4.0, description="Also within tts.min_speed..tts.max_speed.")
     instructions: StrictStr | None = Field(None, description="Accepted; no engine here can follow it yet.")
     stream_format: Literal["audio", "sse"] = "audio"
 
@@ -104,7 +104,8 @@ def _voice(service: TtsService, voice: str | VoiceId) -> str | None:
 async def speech(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     limit = service.settings.tts.max_text_length * 12 + 4096
-    body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE))
+    depth = service.settings.security.max_json_depth
+    body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE, depth))
     _check_model(service, body.model)
     try:
         checked = await service.check_request(body.input, _voice(service, body.voice), body.speed, reply=False)

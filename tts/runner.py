@@ -34,7 +34,7 @@ FRAGMENT_QUEUE = 64
 """Fragments cut from the reply but not yet synthesized, per turn (the reply itself is bounded by
 llm.max_reply_chars; this only bounds how far the LLM may run ahead of synthesis)."""
 
-NOTHING_SPEAKABLE = "the text has nothing speakable (only symbols, emoji, markup or code)"
+NOTHING_SPEAKABLE = "the text has nothing speakable (only punctuation, symbols, emoji, markup or code)"
 
 
 class TurnRunner:
@@ -95,6 +95,10 @@ class TurnRunner:
                     await self._speak_fragments(engine, receive, turn)
                 if producer_failure:
                     raise producer_failure[0]
+                if turn.chunks == 0:
+                    # Text the splitter kept that the engine still spoke as silence (a lone "|"): refused
+                    # like text with nothing speakable, not answered with an empty recording.
+                    raise self._unspeakable_reply() if turn.request.reply else EmptyText(NOTHING_SPEAKABLE)
                 await turn.emit(ReplyText(turn.text, True))
             except Exception as exc:  # raised below, outside the task group (no exception group)
                 failure = exc

@@ -103,7 +103,7 @@ class TtsService:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 tasks.start_soon(self.engines.start)
-                tasks.start_soon(self.llm_health.refresh)
+                tasks.start_soon(self.llm_health.run)
                 try:
                     yield self
                 finally:
@@ -298,14 +298,17 @@ class TtsService:
         engines = self.engines
         engine = engines.engine
         llm = self.settings.llm
-        reachable, model_ok = self.llm_health.current(self._tasks)
+        llm_health = self.llm_health
+        reachable, model_ok = llm_health.reachable, llm_health.model_available
         reasons: list[str] = []
         if engines.loading:
             reasons.append(f"the {engines.configured} engine is starting")
         if engines.error:
             reasons.append(engines.error + (f"; speaking with {engine.name} instead" if engine and engines.fallback else ""))
-        if self.llm_health.checked_at is not None and not reachable:
+        if llm_health.checked_at is not None and not reachable:
             reasons.append(f"{self.llm.server} is not reachable at {public_url(llm.url)}: replies (reply true) fail")
+        elif llm_health.failure is not None:
+            reasons.append(f"{llm_health.failure} (at {public_url(llm.url)}): replies (reply true) fail; check its log")
         elif model_ok is False:
             fix = f"run `ollama pull {llm.model}`" if llm.provider == "ollama" else "set llm.model to a model it serves"
             reasons.append(f"{self.llm.server} has no model {llm.model!r}: {fix}")
@@ -318,6 +321,7 @@ class TtsService:
             "llm_provider": llm.provider,
             "llm_model": llm.model,
             "llm_model_available": model_ok,
+            "llm_failure": llm_health.failure,
             "environment": self.settings.environment,
             "engine": engine.name if engine else engines.configured,
             "configured_engine": engines.configured,

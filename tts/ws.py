@@ -52,7 +52,7 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from core.errors import BadMessage, Busy, InternalError, NothingToCancel, ServiceError
 from core.logging import get_logger
@@ -75,14 +75,14 @@ class TextInput(_Message):
     text: StrictStr
     voice: StrictStr | None = None
     reply: StrictBool | None = None
-    speed: float | None = None
+    speed: StrictFloat | None = None
     conversation_id: StrictStr | None = None
 
 
 class CancelGeneration(_Message):
     type: Literal["cancel_generation"]
     generation_id: StrictInt | None = Field(None, ge=1)
-    played_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+    played_ms: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 class NewConversation(_Message):
@@ -91,7 +91,7 @@ class NewConversation(_Message):
 
 class Ping(_Message):
     type: Literal["ping"]
-    timestamp: float | StrictStr | None = None
+    timestamp: StrictFloat | StrictStr | None = None
 
 
 class GetStatus(_Message):
@@ -167,6 +167,7 @@ class TtsSocket:
     async def _receive_loop(self, tasks: TaskGroup) -> bool:
         """Handles client messages until the client leaves (False) or the service drains (True)."""
         limit = self.service.settings.tts.ws_max_message_bytes
+        depth = self.service.settings.security.max_json_depth
         while True:
             received = await self.intake.receive()
             if received is None:
@@ -178,7 +179,8 @@ class TtsSocket:
                 text = received.get("text")
                 if text is None:
                     raise BadMessage("binary frames are not accepted; send JSON text messages")
-                await self._handle(parse_message(text, limit, "tts.ws_max_message_bytes", CLIENT_MESSAGES), tasks)
+                message = parse_message(text, limit, "tts.ws_max_message_bytes", CLIENT_MESSAGES, max_depth=depth)
+                await self._handle(message, tasks)
             except ServiceError as exc:
                 await self.channel.error(exc)
 

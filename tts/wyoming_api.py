@@ -67,7 +67,10 @@ class TtsWyomingHandler(Handler):
     """One Wyoming client: one synthesis at a time, in the order asked."""
 
     def __init__(self, service: TtsService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer, service.settings.tts.wyoming, "tts.wyoming.max_event_bytes")
+        settings = service.settings
+        super().__init__(
+            reader, writer, settings.tts.wyoming, "tts.wyoming.max_event_bytes", settings.security.max_json_depth
+        )
         self.service = service
         self._turn: Turn | None = None
         self._done = anyio.Event()

@@ -38,8 +38,8 @@ def test_config_tells_where_stt_listens_and_hides_secrets(voices_dir: Path) -> N
         "docs_path": "/docs",
     }
     assert body["settings"]["tts"]["groq"]["api_key"] == "**********"
-    assert body["settings"]["llm"]["url"] == "http://***@127.0.0.1:11434"
-    assert body["llm"] == {"provider": "ollama", "url": "http://***@127.0.0.1:11434", "model": "llama3.2:3b"}
+    assert body["settings"]["llm"]["url"] == "http://127.0.0.1:11434"
+    assert body["llm"] == {"provider": "ollama", "url": "http://127.0.0.1:11434", "model": "llama3.2:3b"}
     assert body["settings"]["llm"]["api_key"] == "**********"
     assert "gsk_very_secret" not in response.text and "hunter2" not in response.text and "sk-llm-secret" not in response.text
     assert body["settings"]["stt"]["port"] == 8123 and body["settings"]["tts"]["voice"] == "en_US-test-medium"

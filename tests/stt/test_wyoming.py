@@ -126,6 +126,7 @@ def test_streaming_partials_come_as_transcript_chunks_before_the_transcript(make
         (audio_events(bytes(16000 * 2 * 21), 16000, 2, 1, chunk_s=1.0), "request_too_large", "over 20 s (stt.wyoming.max_audio_seconds)"),
         ([AudioStart(rate=16000, width=3, channels=1).event(), AudioChunk(rate=16000, width=3, channels=1, audio=bytes(30)).event()], "bad_audio", "width 3"),
         ([AudioStart(rate=0, width=2, channels=1).event(), AudioStop().event()], "bad_audio", "rate 0 Hz"),
+        ([AudioStart(rate=16000, width=True, channels=1).event(), AudioStop().event()], "bad_audio", "width True"),
         ([AudioStart(rate=16000, width=2, channels=1).event(), AudioChunk(rate=0, width=2, channels=1, audio=bytes(320)).event()], "bad_audio", "rate 0 Hz"),
         ([AudioStart(rate=16000, width=2, channels=1).event(), Event("audio-chunk", {"rate": 16000}, bytes(320))], "bad_message", "malformed audio-chunk"),
     ],

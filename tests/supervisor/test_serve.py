@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from core.config_security import SecuritySettings
 from core.serve import DrainingServer, build_server, shutdown_budget
 from stt.server import create_app
 from tests.fixtures.speech import make_speech, to_pcm16
@@ -34,7 +35,8 @@ def draining_server(app: FastAPI, grace_s: float) -> Iterator[tuple[DrainingServ
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = build_server(app, "127.0.0.1", port, grace_s=grace_s, ws_ping_interval=None)
+    header_timeout_s = SecuritySettings().header_timeout_s
+    server = build_server(app, "127.0.0.1", port, grace_s=grace_s, header_timeout_s=header_timeout_s, ws_ping_interval=None)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="draining-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

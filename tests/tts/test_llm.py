@@ -122,14 +122,19 @@ async def test_server_errors_are_retried_until_it_recovers(ollama: OllamaDouble)
 
 
 @in_thread
-async def test_persistent_server_error_gives_llm_unavailable_after_all_attempts(ollama: OllamaDouble) -> None:
+async def test_persistent_server_error_gives_llm_error_after_all_attempts(ollama: OllamaDouble) -> None:
+    # Ollama is there and failing: llm_error (502), not llm_unavailable ("start it"), which it would not fix.
     ollama.behaviour.fail_status = 503
     ollama.behaviour.fail_times = -1
     sleeps = Sleeps()
     llm = client(ollama.url, sleeps, retry_attempts=2)
-    with pytest.raises(LlmUnavailable, match="Ollama answered 503: llama runner process has terminated"):
+    with pytest.raises(LlmError) as error:
         await reply(llm, "hello")
     await llm.aclose()
+    assert error.value.code == "llm_error"
+    assert error.value.message.startswith(
+        "Ollama failed: it answered 503 (llama runner process has terminated) after 3 attempts; check the Ollama log"
+    )
     assert sleeps.waits == [1.0, 2.0]
     assert len(ollama.chat_requests) == 3
 
@@ -140,10 +145,11 @@ async def test_an_error_after_text_was_handed_on_ends_the_stream_without_a_retry
     ollama.behaviour.mid_stream_error = "out of memory"
     llm = client(ollama.url, Sleeps(), retry_attempts=1)
     pieces: list[str] = []
-    with pytest.raises(LlmUnavailable, match="out of memory"):
+    with pytest.raises(LlmError, match="Ollama failed: out of memory; check the Ollama log") as error:
         async for piece in llm.stream_reply(messages(llm, "hello")):
             pieces.append(piece)
     await llm.aclose()
+    assert error.value.code == "llm_error"
     assert len(pieces) == 1 and "Hello! I am your assistant.".startswith(pieces[0])
     assert len(ollama.chat_requests) == 1
 

@@ -106,14 +106,15 @@ async def test_server_errors_are_retried_until_it_recovers(chat_server: OpenAiCh
 
 
 @in_thread
-async def test_a_persistent_server_error_gives_llm_unavailable_after_all_attempts(chat_server: OpenAiChatDouble) -> None:
+async def test_a_persistent_server_error_gives_llm_error_after_all_attempts(chat_server: OpenAiChatDouble) -> None:
     chat_server.behaviour.fail_status = 500
     chat_server.behaviour.fail_times = -1
     sleeps = Sleeps()
     llm = client(chat_server.url, sleeps, retry_attempts=2)
-    with pytest.raises(LlmUnavailable, match="answered 500: the model crashed after 3 attempts"):
+    with pytest.raises(LlmError, match=r"server failed: it answered 500 \(the model crashed\) after 3 attempts") as error:
         await reply(llm, "hello")
     await llm.aclose()
+    assert error.value.code == "llm_error"
     assert sleeps.waits == [1.0, 2.0]
 
 
@@ -135,10 +136,11 @@ async def test_an_error_inside_the_stream_ends_it_without_a_retry(chat_server: O
     chat_server.behaviour.mid_stream_error = "out of memory"
     llm = client(chat_server.url, Sleeps(), retry_attempts=2)
     pieces: list[str] = []
-    with pytest.raises(LlmUnavailable, match="out of memory"):
+    with pytest.raises(LlmError, match="out of memory") as error:
         async for piece in llm.stream_reply(chat_messages("", [], "hello")):
             pieces.append(piece)
     await llm.aclose()
+    assert error.value.code == "llm_error"
     assert len(pieces) == 1 and len(chat_server.chat_requests) == 1
 
 

@@ -95,5 +95,5 @@ def test_a_stream_that_fails_after_its_first_audio_is_cut_off_with_one_warning(
     assert [record.getMessage() for record in ours if record.levelno >= logging.ERROR] == []
     aborted = [r.msg for r in ours if isinstance(r.msg, dict) and r.msg.get("event") == "stream_aborted"]
     assert len(aborted) == 1
-    assert aborted[0]["code"] == "llm_unavailable" and "the model crashed" in aborted[0]["reason"]
+    assert aborted[0]["code"] == "llm_error" and "the model crashed" in aborted[0]["reason"]
     assert not any(record.exc_info for record in ours), "an expected failure carries no traceback"

@@ -137,7 +137,7 @@ def test_bad_requests_get_clear_errors(
     [
         (b'{"text": "Hi"', "invalid_json", "not valid JSON"),
         (b"", "invalid_json", "body is empty"),
-        (b'{"text": "Hi", "speed": NaN}', "invalid_speed", "outside the allowed range"),
+        (b'{"text": "Hi", "speed": NaN}', "invalid_json", "NaN, which is not a JSON value"),
         (b"\xff\xfe{", "invalid_json", "not UTF-8"),
     ],
 )
@@ -194,12 +194,16 @@ def test_unknown_model_says_ollama_pull(voices_dir: Path, ollama: OllamaDouble) 
     assert health["ollama"] is True and health["llm_model_available"] is False and health["status"] == "degraded"
 
 
-def test_ollama_server_error_is_retried_then_503(voices_dir: Path, ollama: OllamaDouble) -> None:
+def test_ollama_server_error_is_retried_then_502_llm_error(voices_dir: Path, ollama: OllamaDouble) -> None:
     ollama.behaviour.fail_status = 500
     ollama.behaviour.fail_times = -1
     with serve(make_settings(voices_dir, ollama.url, llm={"retry_attempts": 2})) as (_, client):
         response = client.post("/tts", json={"text": "Hello"})
-    assert response.status_code == 503 and error_of(response)["code"] == "llm_unavailable"
+    assert response.status_code == 502 and error_of(response) == {
+        "code": "llm_error",
+        "message": "Ollama failed: it answered 500 (llama runner process has terminated) after 3 attempts; "
+        "check the Ollama log, and that the model loads (`ollama run llama3.2:3b`)",
+    }
     assert len(ollama.chat_requests) == 3
 
 

@@ -15,6 +15,7 @@ from core.audio import decode_wav
 from core.config import GroqSettings, Settings, TtsSettings
 from core.errors import EngineAuth, EngineBusy, EngineError, VoiceNotFound
 from core.logging import get_logger
+from core.redact import public_url
 from core.text import split_sentences, truncate_at_sentence
 from tts.engines.base import AudioChunk, Engine, EngineStartError, VoiceInfo
 from tts.voices import check_voice_name
@@ -103,7 +104,7 @@ class GroqEngine(Engine):
                 ) from None
             except httpx.HTTPError as exc:
                 raise EngineError(
-                    f"cannot reach Groq at {self.settings.base_url} ({exc.__class__.__name__}); check the network "
+                    f"cannot reach Groq at {public_url(self.settings.base_url)} ({exc.__class__.__name__}); check the network "
                     "and tts.groq.base_url"
                 ) from None
             self._check(response)
