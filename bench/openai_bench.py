@@ -73,7 +73,7 @@ def voice(kind: str, cache: Path) -> tuple[Path, str]:
 
 def bench_speech(rounds: int, voices: Path, name: str) -> dict[str, Any]:
     settings = Settings(
-        logging={"level": "warning"}, tts={"voices_dir": str(voices), "voice": name, "max_concurrent": 1}, llm={"url": down_url()}
+        logging={"level": "warning"}, tts={"voices_dir": str(voices), "voice": name, "max_concurrent": 1, "wyoming": {"enabled": False}}, llm={"url": down_url()}
     )
     app = create_tts_app(settings)
     samples: dict[str, list[float]] = {"pcm": [], "mp3": [], "opus": []}
@@ -101,7 +101,7 @@ def bench_file(rounds: int, shape: str, seconds: float, cache: Path) -> dict[str
     from stt.engine import cpu_threads
 
     model_dir = build_whisper_model(cache / f"whisper-{shape}", shape=shape)  # type: ignore[arg-type]
-    settings = Settings(logging={"level": "warning"}, stt={"model": str(model_dir), "beam_size": 1, "temperatures": [0.0], "language": "en"})
+    settings = Settings(logging={"level": "warning"}, stt={"model": str(model_dir), "beam_size": 1, "temperatures": [0.0], "language": "en", "wyoming": {"enabled": False}})
     stt = settings.stt
     audio = file_audio(seconds)
     upload = wav_bytes(float32_to_pcm16(audio), 16000)

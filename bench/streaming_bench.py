@@ -71,6 +71,7 @@ def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Setti
             "compute_type": "int8",
             "beam_size": 1,
             "temperatures": [0.0],
+            "wyoming": {"enabled": False},  # not measured here; its fixed port would collide with another run
         }
     return Settings(
         logging={"level": "warning"},
@@ -81,6 +82,7 @@ def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Setti
             "max_concurrent": 2,
             "queue_timeout_s": 600,
             "piper": {"download": False},
+            "wyoming": {"enabled": False},
         },
         llm={"url": llm_url, "retry_attempts": 0, "timeout_s": 120},
     )

@@ -412,6 +412,7 @@ def bench_settings(model_dir: Path, threads: int) -> SttSettings:
         cpu_threads=threads,
         beam_size=1,
         temperatures=[0.0],
+        wyoming={"enabled": False},  # not measured here; its fixed port would collide with another run
     )
 
 

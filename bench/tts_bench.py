@@ -94,6 +94,7 @@ def main() -> int:
             "max_concurrent": args.workers,
             "queue_timeout_s": 600,
             "piper": {"download": False, "threads": args.threads},
+            "wyoming": {"enabled": False},  # not measured here; its fixed port would collide with another run
         },
         llm={"url": down_url()},
     )
