@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from core import __version__
@@ -120,6 +121,21 @@ def _encoder(request: Request) -> ErrorEncoder:
     return error_response
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `app` answers at the request's path: a path may have a route per method,
+    and Starlette's own 405 names only the first one's. Asked of each route (routers included in others
+    nest), with a scope of its own per method."""
+    where = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**where, "method": method})[0] is Match.FULL for route in app.router.routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every failure leaves as a ServiceError, in the shape of the protocol the request used."""
 
@@ -133,10 +149,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        kinds: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}
-        fallback = InvalidRequest if exc.status_code < 500 else InternalError
-        error = kinds.get(exc.status_code, fallback)(str(exc.detail))
-        return _encoder(request)(error, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request.app, request.scope)):
+            headers["Allow"] = ", ".join(allowed)
+            error: ServiceError = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+            )
+        else:
+            kinds: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}
+            fallback = InvalidRequest if exc.status_code < 500 else InternalError
+            error = kinds.get(exc.status_code, fallback)(str(exc.detail))
+        return _encoder(request)(error, headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -7,16 +7,21 @@
   sends no CORS headers, and the page (served from the TTS origin) may not read a response from
   another port; asking through its own origin also works behind a reverse proxy.
 
+The page itself (frontend/) answers every path no route answers (`serve_page`).
+
 Routes and protocol only: the services never import each other, they talk HTTP.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from core import __version__
 from core.config import Settings, environment_overrides
@@ -81,3 +86,16 @@ def build_router(settings: Settings) -> APIRouter:
         return JSONResponse(data, status_code=response.status_code)
 
     return router
+
+
+def serve_page(app: FastAPI, directory: Path) -> None:
+    """The dashboard's files answer what no route of `app` does. Mounted at "/", they would match every
+    path before the routes' method check: GET /tts would get their 404 instead of the route's 405, and
+    PUT /tts their `Allow: GET, HEAD`."""
+    files = StaticFiles(directory=directory, html=True)
+    not_found = app.router.default
+
+    async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+        await (files if scope["type"] == "http" else not_found)(scope, receive, send)
+
+    app.router.default = fallback

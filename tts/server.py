@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from core.config import PROJECT_ROOT, Settings, get_settings
 from core.http import add_error_shape, service_app
@@ -90,9 +89,9 @@ def create_app(
     app.include_router(conversations_api.router)
     app.include_router(forward.build_router(forwarder))
     add_error_shape(app, "/v1/", openai_error_response)
-    app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first
+    app.include_router(dashboard.build_router(settings))
     if FRONTEND_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")
+        dashboard.serve_page(app, FRONTEND_DIR)
     return app
 
 
