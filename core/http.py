@@ -22,7 +22,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
@@ -101,24 +101,57 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code (one of core/errors.py).")
+    message: str = Field(description="What is wrong, and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every native error response."""
+
+    error: ErrorDetail
+
+
+def native_status(code: str) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
 def error_response(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The native error response: `{"error": {"code", "message"}}` with the status of HTTP_STATUS."""
     headers = dict(headers or {})
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
-    return JSONResponse(error_body(error.code, error.message), HTTP_STATUS.get(error.code, 500), headers=headers)
+    return JSONResponse(error_body(error.code, error.message), native_status(error.code), headers=headers)
 
 
-def add_error_shape(app: FastAPI, prefix: str, encoder: ErrorEncoder) -> None:
+@dataclass(frozen=True)
+class ErrorShape:
+    """How one protocol's HTTP errors leave: the response, and (for the OpenAPI document, core.openapi)
+    the status each code gets and the model of the body."""
+
+    respond: ErrorEncoder
+    status: Callable[[str], int]
+    body: type[BaseModel]
+
+
+NATIVE_ERRORS = ErrorShape(error_response, native_status, ErrorBody)
+
+
+def add_error_shape(app: FastAPI, prefix: str, shape: ErrorShape) -> None:
     """Errors of requests under `prefix` (e.g. "/v1/") leave in another protocol's shape."""
-    app.state.error_shapes = [*getattr(app.state, "error_shapes", []), (prefix, encoder)]
+    app.state.error_shapes = [*getattr(app.state, "error_shapes", []), (prefix, shape)]
+
+
+def error_shape(app: FastAPI, path: str) -> ErrorShape:
+    """The shape errors of a request to `path` leave in."""
+    for prefix, shape in getattr(app.state, "error_shapes", []):
+        if path.startswith(prefix):
+            return shape  # type: ignore[no-any-return]
+    return NATIVE_ERRORS
 
 
 def _encoder(request: Request) -> ErrorEncoder:
-    for prefix, encoder in getattr(request.app.state, "error_shapes", []):
-        if request.url.path.startswith(prefix):
-            return encoder  # type: ignore[no-any-return]
-    return error_response
+    return error_shape(request.app, request.url.path).respond
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

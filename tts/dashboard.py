@@ -27,6 +27,7 @@ from core import __version__
 from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
 from core.http import error_response, local_url
+from core.openapi import raises
 from core.redact import public_url
 
 STT_WS_PATH = "/ws/stt"
@@ -66,6 +67,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get(
         "/stt/health",
         summary="The STT service's /health, asked by this service (the STT service sends no CORS headers)",
+        openapi_extra=raises(SttUnavailable),
     )
     async def stt_health() -> Any:
         url = f"{stt_base}/health"

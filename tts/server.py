@@ -21,7 +21,8 @@ from core.config import PROJECT_ROOT, Settings, get_settings
 from core.http import add_error_shape, service_app
 from core.llm import LlmClient
 from core.logging import configure_logging
-from core.openai_wire import openai_error_response
+from core.openai_wire import OPENAI_ERRORS
+from core.openapi import document_errors
 from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
@@ -83,15 +84,16 @@ def create_app(
     service.listeners["wyoming"] = wyoming.health
     # Awaited by core.serve on SIGTERM, before uvicorn closes the sockets.
     app.state.drain = drain_all(sockets.drain, wyoming.drain)
-    app.include_router(http_api.router)
+    app.include_router(http_api.build_router(settings))
     app.include_router(ws.build_router(service, sockets))
-    app.include_router(openai_api.router)
+    app.include_router(openai_api.build_router(settings))
     app.include_router(conversations_api.router)
     app.include_router(forward.build_router(forwarder))
-    add_error_shape(app, "/v1/", openai_error_response)
+    add_error_shape(app, "/v1/", OPENAI_ERRORS)
     app.include_router(dashboard.build_router(settings))
     if FRONTEND_DIR.is_dir():
         dashboard.serve_page(app, FRONTEND_DIR)
+    document_errors(app)
     return app
 
 
