@@ -41,11 +41,15 @@ def raises(*errors: type[ServiceError]) -> dict[str, Any]:
 def document_errors(app: FastAPI) -> None:
     """Makes `app`'s OpenAPI document list each operation's errors (see the module's docstring)."""
     generate = app.openapi
+    documented: dict[str, Any] | None = None
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            _document(app, generate())
-        return app.openapi_schema  # type: ignore[return-value]
+        nonlocal documented
+        document = generate()  # FastAPI's cached document, made anew when the routes change
+        if document is not documented:
+            _document(app, document)
+            documented = document
+        return document
 
     app.openapi = openapi  # type: ignore[method-assign]
 
