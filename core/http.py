@@ -21,9 +21,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
+from starlette.routing import Match
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from core import __version__
@@ -111,25 +112,78 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code (one of core/errors.py).")
+    message: str = Field(description="What is wrong, and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every native error response."""
+
+    error: ErrorDetail
+
+
+def native_status(code: str) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
 def error_response(error: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The native error response: `{"error": {"code", "message"}}` with the status of HTTP_STATUS."""
     headers = dict(headers or {})
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
-    return JSONResponse(error_body(error.code, error.message), HTTP_STATUS.get(error.code, 500), headers=headers)
+    return JSONResponse(error_body(error.code, error.message), native_status(error.code), headers=headers)
 
 
-def add_error_shape(app: FastAPI, prefix: str, encoder: ErrorEncoder) -> None:
+@dataclass(frozen=True)
+class ErrorShape:
+    """How one protocol's HTTP errors leave: the response, and (for the OpenAPI document, core.openapi)
+    the status each code gets and the model of the body."""
+
+    respond: ErrorEncoder
+    status: Callable[[str], int]
+    body: type[BaseModel]
+
+
+NATIVE_ERRORS = ErrorShape(error_response, native_status, ErrorBody)
+
+
+def add_error_shape(app: FastAPI, prefix: str, shape: ErrorShape) -> None:
     """Errors of requests under `prefix` (e.g. "/v1/") leave in another protocol's shape."""
-    app.state.error_shapes = [*getattr(app.state, "error_shapes", []), (prefix, encoder)]
+    app.state.error_shapes = [*getattr(app.state, "error_shapes", []), (prefix, shape)]
+
+
+def error_shape(app: FastAPI, path: str) -> ErrorShape:
+    """The shape errors of a request to `path` leave in."""
+    for prefix, shape in getattr(app.state, "error_shapes", []):
+        if path.startswith(prefix):
+            return shape  # type: ignore[no-any-return]
+    return NATIVE_ERRORS
 
 
 def encoder_for(app: Any, path: str) -> ErrorEncoder:
-    """The error encoder of the protocol a request to `path` of `app` speaks."""
-    for prefix, encoder in getattr(getattr(app, "state", None), "error_shapes", []):
-        if path.startswith(prefix):
-            return encoder  # type: ignore[no-any-return]
-    return error_response
+    """The error encoder of the protocol a request to `path` of `app` speaks (`app` may be missing: a
+    request refused before it reached the app)."""
+    return error_shape(app, path).respond if app is not None else error_response
+
+
+def _encoder(request: Request) -> ErrorEncoder:
+    return error_shape(request.app, request.url.path).respond
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `app` answers at the request's path: a path may have a route per method,
+    and Starlette's own 405 names only the first one's. Asked of each route (routers included in others
+    nest), with a scope of its own per method."""
+    where = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**where, "method": method})[0] is Match.FULL for route in app.router.routes)
+    ]
 
 
 def _encoder(request: Request) -> ErrorEncoder:
@@ -149,10 +203,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        kinds: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}
-        fallback = InvalidRequest if exc.status_code < 500 else InternalError
-        error = kinds.get(exc.status_code, fallback)(str(exc.detail))
-        return _encoder(request)(error, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request.app, request.scope)):
+            headers["Allow"] = ", ".join(allowed)
+            error: ServiceError = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+            )
+        else:
+            kinds: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}
+            fallback = InvalidRequest if exc.status_code < 500 else InternalError
+            error = kinds.get(exc.status_code, fallback)(str(exc.detail))
+        return _encoder(request)(error, headers)
 
     # Any other exception is answered by RequestContextMiddleware: a handler registered here for Exception
     # would run in Starlette's outermost middleware, which re-raises it to the server after answering.

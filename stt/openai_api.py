@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from faster_whisper.tokenizer import _LANGUAGE_CODES
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -21,7 +19,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from core.errors import InvalidRequest, RequestTooLarge, ServiceError, UnsupportedMediaType
 from core.http import CLIENT_CLOSED_REQUEST, on_disconnect, validated
 from core.logging import get_logger
-from core.openai_wire import model_list, sse
+from core.openai_wire import TRANSCRIPTION_ERRORS, TRANSCRIPTION_RESPONSES, TranscriptionForm, model_list, sse, transcription_body
+from core.openapi import raises
 from stt import transcript_formats
 from stt.engine import FileRequest
 from stt.files import FileTranscription
@@ -32,29 +31,8 @@ log = get_logger(__name__)
 MODEL_NAME = "whisper-1"
 """What OpenAI clients send; it, and any other name, means the configured model."""
 FORM_OVERHEAD_BYTES = 64 * 1024
-
-
-class TranscriptionForm(BaseModel):
-    """The form fields besides `file`, as OpenAI defines them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="whisper-1, or any name: the configured model transcribes.")
-    language: str | None = None
-    prompt: str | None = Field(None, max_length=4_000)
-    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
-    temperature: float | None = Field(None, ge=0.0, le=1.0)
-    timestamp_granularities: list[Literal["word", "segment"]] = Field(default_factory=list)
-    stream: bool = False
-
-    @field_validator("language")
-    @classmethod
-    def _known_language(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        if value not in _LANGUAGE_CODES:
-            raise ValueError(f"unknown language {value!r}; use an ISO-639-1 code such as en, de, fr")
-        return value
+MAX_FORM_FIELDS = 16
+"""OpenAI's form has eight fields (timestamp_granularities[] may repeat); more is not a transcription request."""
 
 
 def stt_service(request: Request) -> SttService:
@@ -63,24 +41,8 @@ def stt_service(request: Request) -> SttService:
 
 Service = Annotated[SttService, Depends(stt_service)]
 router = APIRouter(prefix="/v1", tags=["openai"])
-_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "model"],
-                    "properties": {"file": {"type": "string", "format": "binary"}, **TranscriptionForm.model_json_schema()["properties"]},
-                }
-            }
-        },
-    }
-}
+_FORM = {**transcription_body(), **raises(*TRANSCRIPTION_ERRORS)}
 
-
-MAX_FORM_FIELDS = 16
-"""OpenAI's form has eight fields (timestamp_granularities[] may repeat); more is not a transcription request."""
 
 async def _read_form(request: Request, limit: int) -> tuple[bytes, TranscriptionForm]:
     """The uploaded file and the other fields, the body bounded by `limit` bytes while it is read, and held
@@ -203,12 +165,12 @@ async def _stream(transcription: FileTranscription, stack: AsyncExitStack) -> As
     yield sse({"type": "transcript.text.done", "text": transcription.text})
 
 
-@router.post("/audio/transcriptions", openapi_extra=_FORM, response_class=Response)
+@router.post("/audio/transcriptions", openapi_extra=_FORM, response_class=Response, responses=TRANSCRIPTION_RESPONSES)
 async def transcriptions(request: Request, service: Service) -> Response:
     return await _transcribe(request, service, "transcribe")
 
 
-@router.post("/audio/translations", openapi_extra=_FORM, response_class=Response)
+@router.post("/audio/translations", openapi_extra=_FORM, response_class=Response, responses=TRANSCRIPTION_RESPONSES)
 async def translations(request: Request, service: Service) -> Response:
     return await _transcribe(request, service, "translate")
 

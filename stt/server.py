@@ -18,7 +18,8 @@ from core.config import Settings, get_settings
 from core.guard import Rule, door, ticket_router
 from core.http import add_error_shape, service_app
 from core.logging import configure_logging
-from core.openai_wire import openai_error_response
+from core.openai_wire import OPENAI_ERRORS
+from core.openapi import document_errors
 from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
@@ -88,7 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.router)
     app.include_router(ticket_router(service.access))
-    add_error_shape(app, "/v1/", openai_error_response)
+    add_error_shape(app, "/v1/", OPENAI_ERRORS)
+    document_errors(app)
     return app
 
 

@@ -137,7 +137,10 @@ class _SttSocket:
                     "language": session.language,
                     "model": self.service.model_name,
                 }
-                await self.channel.send(ready)
+                try:
+                    await self.channel.send(ready)
+                except ClientGone:
+                    return  # caught inside the session's task group: outside it would arrive wrapped in a group
                 drained = await self._run(session)
                 log.info("session_summary", utterances=session.utterances, drained=drained)
         except ClientGone:

@@ -13,6 +13,8 @@ own response headers.
 - `DashboardFiles`: the page and its assets, with a Content-Security-Policy (no inline code, sockets
   only to the hosts the page accepts), never framed, no referrer.
 
+The page itself (frontend/) answers every path no route answers (`serve_page`).
+
 Routes and protocol only: the services never import each other, they talk HTTP.
 """
 
@@ -24,17 +26,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from core import __version__
 from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
 from core.http import error_response, local_url
+from core.openapi import raises
 from core.redact import public_url
 from core.tls import client_verify
 
@@ -91,6 +94,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get(
         "/stt/health",
         summary="The STT service's /health, asked by this service (the STT service sends no CORS headers)",
+        openapi_extra=raises(SttUnavailable),
     )
     async def stt_health() -> Any:
         url = f"{stt_base}/health"
@@ -163,3 +167,16 @@ def _hostname(url: str) -> str:
         return urlsplit(url).hostname or ""
     except ValueError:  # a malformed IPv6 literal
         return ""
+
+
+def serve_page(app: FastAPI, directory: Path, settings: Settings) -> None:
+    """The dashboard's files answer what no route of `app` does. Mounted at "/", they would match every
+    path before the routes' method check: GET /tts would get their 404 instead of the route's 405, and
+    PUT /tts their `Allow: GET, HEAD`."""
+    files = DashboardFiles(directory, settings)
+    not_found = app.router.default
+
+    async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+        await (files if scope["type"] == "http" else not_found)(scope, receive, send)
+
+    app.router.default = fallback

@@ -20,6 +20,8 @@ from core.config import Settings
 from core.errors import RequestTooLarge, SttTimeout, SttUnavailable
 from core.http import REQUEST_ID_HEADER, local_url
 from core.logging import get_logger
+from core.openai_wire import TRANSCRIPTION_ERRORS, TRANSCRIPTION_RESPONSES, transcription_body
+from core.openapi import raises
 from core.tls import client_verify
 
 log = get_logger(__name__)
@@ -89,12 +91,18 @@ def _too_large(limit: int) -> RequestTooLarge:
 
 def build_router(forwarder: Forwarder) -> APIRouter:
     router = APIRouter(prefix="/v1/audio", tags=["openai"])
+    # The STT service's answers (and errors) come back as they are, besides the forwarding's own.
+    documented = {
+        "response_class": Response,
+        "responses": TRANSCRIPTION_RESPONSES,
+        "openapi_extra": {**transcription_body(), **raises(*TRANSCRIPTION_ERRORS, SttUnavailable, SttTimeout)},
+    }
 
-    @router.post("/transcriptions", summary="Forwarded to the STT service's /v1/audio/transcriptions")
+    @router.post("/transcriptions", summary="Forwarded to the STT service's /v1/audio/transcriptions", **documented)
     async def transcriptions(request: Request) -> Response:
         return await forwarder.forward(request, "/v1/audio/transcriptions")
 
-    @router.post("/translations", summary="Forwarded to the STT service's /v1/audio/translations")
+    @router.post("/translations", summary="Forwarded to the STT service's /v1/audio/translations", **documented)
     async def translations(request: Request) -> Response:
         return await forwarder.forward(request, "/v1/audio/translations")
 

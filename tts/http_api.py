@@ -17,21 +17,36 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 from starlette.background import BackgroundTask
 
 from core.audio import streaming_wav_header, wav_bytes
-from core.errors import ServiceError, ShuttingDown
+from core.config import Settings
+from core.errors import EngineLoading, EngineUnavailable, ServiceError, ShuttingDown
 from core.http import abort_response, error_body, on_disconnect, read_json_body, validated
 from core.logging import get_logger
-from tts.runner import EMPTY_RATE
+from core.openapi import raises
+from tts.http_docs import (
+    BODY_ERRORS,
+    CHECK_ERRORS,
+    CONVERSATION_FIELD_SCHEMA,
+    CONVERSATION_LINKS,
+    REPLY_ERRORS,
+    SPEECH_ERRORS,
+    VOICE_SCHEMA,
+    headers,
+    speed_schema,
+    text_schema,
+    tts_request_body,
+)
 from tts.http_turns import abandoned, first_event, tts_service
+from tts.runner import EMPTY_RATE
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent, TurnRequest, TurnTimings
 
@@ -61,9 +76,6 @@ class TtsRequest(BaseModel):
         description="Continue this conversation (the X-Conversation-Id of an earlier reply); reply true only. "
         "Without it a reply starts a new conversation.",
     )
-
-
-_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": TtsRequest.model_json_schema()}}}}
 
 
 def reply_text_headers(text: str) -> dict[str, str]:
@@ -124,15 +136,55 @@ def conversation_headers(turn: Turn) -> dict[str, str]:
 
 
 Service = Annotated[TtsService, Depends(tts_service)]
-router = APIRouter()
+_TURN_ERRORS = raises(*BODY_ERRORS, *CHECK_ERRORS, *REPLY_ERRORS, *SPEECH_ERRORS)
+_WAV = {
+    "description": "Mono PCM16 WAV; X-Reply-Text holds the words",
+    "content": {"audio/wav": {}},
+    "headers": headers(
+        "X-Reply-Text", "X-Reply-Text-Truncated", "X-Voice", "X-Engine", "X-Audio-Duration", "Server-Timing",
+        "X-Conversation-Id",
+    ),
+    "links": CONVERSATION_LINKS,
+}
+_STREAM = {
+    "description": "Chunked mono PCM16: a WAV header for a stream of unknown length, then the audio of each "
+    "sentence as soon as it is synthesized. With `Accept: audio/pcm`, raw PCM16 (little-endian) and the rate "
+    "in X-Sample-Rate.",
+    "content": {"audio/wav": {}, "audio/pcm": {}},
+    "headers": headers(
+        "X-Sample-Rate", "X-Channels", "X-Sample-Format", "X-Voice", "X-Engine", "Server-Timing", "X-Conversation-Id"
+    ),
+    "links": CONVERSATION_LINKS,
+}
+_SSE = {
+    "description": "Events reply_text, audio (base64 PCM16), metrics and done; error if the turn fails after its start",
+    "content": {"text/event-stream": {}},
+    "headers": headers("X-Conversation-Id"),
+    "links": CONVERSATION_LINKS,
+}
 
 
-@router.post(
-    "/tts",
-    response_class=Response,
-    responses={200: {"content": {"audio/wav": {}}, "description": "Mono PCM16 WAV; X-Reply-Text holds the words"}},
-    openapi_extra=_BODY,
-)
+def build_router(settings: Settings) -> APIRouter:
+    """The routes; their OpenAPI document holds the request limits of `settings`."""
+    router = APIRouter()
+    body = {**tts_request_body(TtsRequest, settings), **_TURN_ERRORS}
+    posted = {"methods": ["POST"], "response_class": Response, "openapi_extra": body}
+    router.add_api_route("/tts", tts, responses={200: _WAV}, **posted)
+    router.add_api_route("/tts/stream", tts_stream, responses={200: _STREAM}, **posted)
+    reconnect = {"description": "The answer to a reconnecting EventSource (Last-Event-ID): the turn is not repeated"}
+    router.add_api_route(
+        "/tts/sse", _sse_get(settings), methods=["GET"], response_class=Response,
+        responses={200: _SSE, 204: reconnect}, openapi_extra=_TURN_ERRORS,
+    )
+    router.add_api_route("/tts/sse", tts_sse_post, responses={200: _SSE}, **posted)
+    router.add_api_route(
+        "/metrics", metrics, methods=["GET"], response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+    )
+    router.add_api_route("/voices", voices, methods=["GET"], openapi_extra=raises(EngineLoading, EngineUnavailable))
+    router.add_api_route("/health", health, methods=["GET"])
+    return router
+
+
 async def tts(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     turn = service.start_turn(await _checked(service, request), "tts", started)
@@ -162,19 +214,6 @@ async def tts(request: Request, service: Service) -> Response:
     )
 
 
-@router.post(
-    "/tts/stream",
-    response_class=Response,
-    responses={
-        200: {
-            "content": {"audio/wav": {}, "audio/pcm": {}},
-            "description": "Chunked mono PCM16: a WAV header for a stream of unknown length, then the audio "
-            "of each sentence as soon as it is synthesized. With `Accept: audio/pcm`, raw PCM16 (little-endian) "
-            "and the rate in X-Sample-Rate.",
-        }
-    },
-    openapi_extra=_BODY,
-)
 async def tts_stream(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     turn = service.start_turn(await _checked(service, request), "stream", started)
@@ -204,28 +243,37 @@ async def tts_stream(request: Request, service: Service) -> Response:
     return StreamingResponse(body, media_type=media, headers=headers, background=BackgroundTask(turn.aclose))
 
 
-@router.get("/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})
-async def tts_sse_get(
-    request: Request,
-    service: Service,
-    text: str = Query(..., description="The user's words (reply true) or the words to speak (reply false)."),
-    voice: str | None = Query(None, description="Voice name from GET /voices."),
-    reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
-    speed: float | None = Query(None, description="Speaking speed, 1.0 normal."),
-    conversation_id: str | None = Query(None, description="Continue this conversation (reply true)."),
-) -> Response:
-    if "last-event-id" in request.headers:
-        # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
-        # repeated, and 204 is how the SSE standard tells it to stop.
-        return Response(status_code=204)
-    started = time.perf_counter()
-    checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id)
-    return await _event_stream(service, request, checked, started)
+def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
+    """GET /tts/sse, its parameters documented with the limits of `settings`."""
+
+    async def tts_sse_get(
+        request: Request,
+        service: Service,
+        text: str = Query(
+            ...,
+            description="The user's words (reply true) or the words to speak (reply false).",
+            json_schema_extra=text_schema(settings),
+        ),
+        voice: str | None = Query(None, description="Voice name from GET /voices.", json_schema_extra=VOICE_SCHEMA),
+        reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
+        speed: float | None = Query(None, description="Speaking speed, 1.0 normal.", json_schema_extra=speed_schema(settings)),
+        conversation_id: str | None = Query(
+            None, description="Continue this conversation (reply true only).", json_schema_extra=CONVERSATION_FIELD_SCHEMA
+        ),
+        last_event_id: str | None = Header(None, alias="Last-Event-ID", description="Sent by a reconnecting EventSource."),
+    ) -> Response:
+        started = time.perf_counter()
+        checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id)
+        if last_event_id is not None:
+            # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
+            # repeated, and 204 is how the SSE standard tells it to stop. (Checked first all the same:
+            # a request is answered by what its parameters are, whatever its headers.)
+            return Response(status_code=204)
+        return await _event_stream(service, request, checked, started)
+
+    return tts_sse_get
 
 
-@router.post(
-    "/tts/sse", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}}, openapi_extra=_BODY
-)
 async def tts_sse_post(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     return await _event_stream(service, request, await _checked(service, request), started)
@@ -243,19 +291,16 @@ async def _event_stream(service: TtsService, request: Request, checked: TurnRequ
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(service: Service) -> Response:
     content, content_type = service.metrics.render()
     return Response(content, media_type=content_type)
 
 
-@router.get("/voices")
 async def voices(service: Service) -> dict[str, Any]:
     listing = await service.voices()
     return {"voices": listing.voices, "default": listing.default, "engine": listing.engine}
 
 
-@router.get("/health")
 async def health(service: Service) -> dict[str, Any]:
     return service.health()
 

@@ -12,7 +12,7 @@ import base64
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
@@ -20,12 +20,24 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
 from starlette.background import BackgroundTask
 
-from core.config import OPENAI_VOICES
+from core.config import OPENAI_VOICES, Settings, TtsSettings
 from core.encode import FORMATS, StreamEncoder
-from core.errors import ServiceError, ShuttingDown, UnknownModel
+from core.errors import EngineLoading, EngineUnavailable, ServiceError, ShuttingDown, UnknownModel
 from core.http import abort_response, read_json_body, validated
 from core.logging import get_logger
 from core.openai_wire import model_list, sse
+from core.openapi import raises
+from tts.http_docs import (
+    BODY_ERRORS,
+    CHECK_ERRORS,
+    SPEECH_ERRORS,
+    VOICE_SCHEMA,
+    constrain,
+    headers,
+    json_body,
+    speed_schema,
+    text_schema,
+)
 from tts.http_turns import abandoned, first_event, tts_service
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, Turn
@@ -42,6 +54,8 @@ HD_MODEL = "tts-1-hd"
 TRANSCRIPTION_MODEL = "whisper-1"
 """Listed here too: this base URL also answers transcriptions (forwarded to the STT service)."""
 BODY_EXAMPLE = '{"model": "tts-1", "input": "Hello", "voice": "alloy"}'
+OPENAI_SPEEDS = (0.25, 4.0)
+"""The speeds OpenAI's API takes."""
 
 
 class VoiceId(BaseModel):
@@ -49,23 +63,66 @@ class VoiceId(BaseModel):
     id: StrictStr
 
 
+ENGINE_MODELS = get_args(TtsSettings.model_fields["engine"].annotation)
+"""The engine names a `model` may also be."""
+
+
 class SpeechRequest(BaseModel):
     """Body of POST /v1/audio/speech, as OpenAI defines it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: StrictStr = Field(description="tts-1 or gpt-4o-mini-tts (the default engine), tts-1-hd, or an engine name.")
+    model: StrictStr = Field(
+        description="tts-1 or gpt-4o-mini-tts (the default engine), tts-1-hd (tts.openai.hd_model_engine), or an "
+        "engine name; any of them is refused (model_not_found) unless its engine is the one serving.",
+        json_schema_extra={"enum": [*DEFAULT_MODELS, HD_MODEL, *ENGINE_MODELS], "examples": [DEFAULT_MODELS[0]]},
+    )
     input: StrictStr = Field(description="The text to speak (spoken as it is; no LLM reply).")
     voice: StrictStr | VoiceId = Field(description="An OpenAI voice name (mapped by tts.openai.voices) or one of ours.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: StrictFloat = Field(1.0, ge=0.25, le=4.0, description="Also within tts.min_speed..tts.max_speed.")
+    speed: StrictFloat = Field(
+        1.0, ge=OPENAI_SPEEDS[0], le=OPENAI_SPEEDS[1], description="Also within tts.min_speed..tts.max_speed."
+    )
     instructions: StrictStr | None = Field(None, description="Accepted; no engine here can follow it yet.")
     stream_format: Literal["audio", "sse"] = "audio"
 
 
-_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}}}}
 Service = Annotated[TtsService, Depends(tts_service)]
-router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _request_body(settings: Settings) -> dict[str, Any]:
+    """The requestBody of POST /v1/audio/speech, with the limits TtsService.check_request applies."""
+    schema = SpeechRequest.model_json_schema()
+    voice_id = schema.pop("$defs")["VoiceId"]  # inline: a `$defs` reference means nothing inside the OpenAPI document
+    constrain(voice_id, "id", VOICE_SCHEMA)
+    ours = {"type": "string", **VOICE_SCHEMA, "examples": list(OPENAI_VOICES)}
+    schema["properties"]["voice"]["anyOf"] = [ours, voice_id]
+    constrain(schema, "input", text_schema(settings))
+    constrain(schema, "speed", speed_schema(settings, *OPENAI_SPEEDS))
+    return json_body(schema)
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The routes; their OpenAPI document holds the request limits of `settings`."""
+    router = APIRouter(prefix="/v1", tags=["openai"])
+    audio = {
+        "description": "The speech in response_format, encoded as it is synthesized (stream_format sse: events "
+        "speech.audio.delta with base64 audio, then speech.audio.done)",
+        "content": {fmt.content_type: {} for fmt in FORMATS.values()} | {"text/event-stream": {}},
+        "headers": headers("X-Voice", "X-Engine", "X-Sample-Rate"),
+    }
+    router.add_api_route(
+        "/audio/speech",
+        speech,
+        methods=["POST"],
+        response_class=Response,
+        responses={200: audio},
+        openapi_extra={**_request_body(settings), **raises(*BODY_ERRORS, *CHECK_ERRORS, *SPEECH_ERRORS, UnknownModel)},
+    )
+    router.add_api_route("/models", models, methods=["GET"])
+    router.add_api_route("/audio/models", audio_models, methods=["GET"])
+    router.add_api_route("/audio/voices", audio_voices, methods=["GET"], openapi_extra=raises(EngineLoading, EngineUnavailable))
+    return router
 
 
 def speech_models(service: TtsService) -> list[str]:
@@ -95,12 +152,6 @@ def _voice(service: TtsService, voice: str | VoiceId) -> str | None:
     return name
 
 
-@router.post(
-    "/audio/speech",
-    response_class=Response,
-    responses={200: {"content": {fmt.content_type: {} for fmt in FORMATS.values()} | {"text/event-stream": {}}}},
-    openapi_extra=_BODY,
-)
 async def speech(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     limit = service.settings.tts.max_text_length * 12 + 4096
@@ -194,17 +245,14 @@ async def _sse_body(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder
     yield sse({"type": "speech.audio.done", "usage": usage})
 
 
-@router.get("/models")
 async def models(service: Service) -> dict[str, Any]:
     return model_list([*speech_models(service), TRANSCRIPTION_MODEL])
 
 
-@router.get("/audio/models")
 async def audio_models(service: Service) -> dict[str, Any]:
     return {"models": [{"id": name, "name": name} for name in speech_models(service)]}
 
 
-@router.get("/audio/voices")
 async def audio_voices(service: Service) -> dict[str, Any]:
     listing = await service.voices()
     mapped = service.settings.tts.openai.voices

@@ -22,7 +22,8 @@ from core.guard import Rule, door, ticket_router
 from core.http import add_error_shape, service_app
 from core.llm import LlmClient
 from core.logging import configure_logging
-from core.openai_wire import openai_error_response
+from core.openai_wire import OPENAI_ERRORS
+from core.openapi import document_errors
 from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
@@ -110,16 +111,17 @@ def create_app(
     service.listeners["wyoming"] = wyoming.health
     # Awaited by core.serve on SIGTERM, before uvicorn closes the sockets.
     app.state.drain = drain_all(sockets.drain, wyoming.drain)
-    app.include_router(http_api.router)
+    app.include_router(http_api.build_router(settings))
     app.include_router(ws.build_router(service, sockets))
-    app.include_router(openai_api.router)
+    app.include_router(openai_api.build_router(settings))
     app.include_router(conversations_api.router)
     app.include_router(forward.build_router(forwarder))
     app.include_router(ticket_router(service.access))
-    add_error_shape(app, "/v1/", openai_error_response)
-    app.include_router(dashboard.build_router(settings))  # before the "/" mount, which would answer first
+    add_error_shape(app, "/v1/", OPENAI_ERRORS)
+    app.include_router(dashboard.build_router(settings))
     if FRONTEND_DIR.is_dir():
-        app.mount("/", dashboard.DashboardFiles(FRONTEND_DIR, settings), name="frontend")
+        dashboard.serve_page(app, FRONTEND_DIR, settings)
+    document_errors(app)
     return app
 
 

@@ -12,6 +12,7 @@ One instance per process, shared by every client of every protocol. It knows no 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
+
+SPEAKABLE = re.compile(r"\S")
+"""What a text must hold to be spoken or answered: more than white space (its OpenAPI `pattern` too)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class TtsService:
         A reply continues `conversation_id` (which must exist), else starts `new_conversation` (default: a
         new id); text spoken as it is (reply false) belongs to no conversation."""
         tts = self.settings.tts
-        if not text or not text.strip():
+        if not SPEAKABLE.search(text):
             raise EmptyText("text is empty; send the words to speak (or to answer) in 'text'")
         if len(text) > tts.max_text_length:
             raise TextTooLong(f"text has {len(text)} characters; the limit is {tts.max_text_length} (tts.max_text_length)")

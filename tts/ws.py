@@ -56,7 +56,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from core.errors import BadMessage, Busy, InternalError, NothingToCancel, ServiceError
 from core.logging import get_logger
-from core.websocket import CLOSE_GOING_AWAY, SHUTDOWN_REASON, Channel, ClientGone, Connections, Intake, parse_message
+from core.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    SHUTDOWN_REASON,
+    Channel,
+    ClientGone,
+    Connections,
+    Intake,
+    parse_message,
+)
 from tts.conversations import new_conversation_id
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent
@@ -131,6 +140,7 @@ class TtsSocket:
         """The socket's conversation: its replies continue it (a text_input may switch to another)."""
 
     async def serve(self) -> None:
+        failed = False
         try:
             await self.channel.send(await self._connection())
             async with anyio.create_task_group() as tasks:
@@ -145,7 +155,14 @@ class TtsSocket:
                     tasks.cancel_scope.cancel()
         except ClientGone:
             return
-        if self.intake.draining:
+        except Exception:
+            # A bug must not drop the socket silently: the client hears why before the close.
+            log.exception("session_failed")
+            failed = True
+        if failed:
+            error = InternalError()
+            await self.channel.close(CLOSE_INTERNAL_ERROR, error.message, error)
+        elif self.intake.draining:
             await self.channel.close(CLOSE_GOING_AWAY, SHUTDOWN_REASON)
 
     async def _connection(self) -> dict[str, Any]:

@@ -159,6 +159,8 @@ def test_the_other_model_list(server: RunningServer, whisper_model_dir: Any) -> 
         ({"file": ("x.wav", WAV)}, {"model": "whisper-1", "response_format": "json", "timestamp_granularities[]": "word"}, 400, "invalid_request", "timestamp_granularities", "needs response_format verbose_json"),
         ({"file": ("x.wav", WAV)}, {"model": "whisper-1", "temperature": "2"}, 400, "invalid_request", "temperature", "less than or equal to 1"),
         ({"file": ("x.wav", WAV)}, {"model": "whisper-1", "colour": "red"}, 400, "invalid_request", "colour", "unknown field 'colour'"),
+        # A form's boolean is the text true or false (what its OpenAPI document says), not 0 or "off".
+        ({"file": ("x.wav", WAV)}, {"model": "whisper-1", "stream": "0"}, 400, "invalid_request", "stream", "send true or false"),
         ({"file": ("big.wav", bytes(2_100_000))}, {"model": "whisper-1"}, 413, "request_too_large", "file", "2000000-byte limit (stt.max_upload_bytes)"),
         ({"file": ("long.wav", wav_bytes(bytes(16000 * 2 * 31), 16000))}, {"model": "whisper-1"}, 413, "request_too_large", None, "30 s (stt.max_upload_seconds)"),
     ],

@@ -161,8 +161,32 @@ def test_unknown_route_and_method_keep_the_error_shape(voices_dir: Path, ollama:
     with serve(make_settings(voices_dir, ollama.url)) as (_, client):
         assert error_of(client.post("/voices"))["code"] == "method_not_allowed"
         assert error_of(client.get("/nope.json"))["code"] == "not_found"
-        # GET /tts falls through to the dashboard mount at /, which has no such file.
-        assert error_of(client.get("/tts"))["code"] == "not_found"
+        assert client.get("/").headers["content-type"].startswith("text/html")  # the dashboard
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        # The dashboard's files answer only what no route does: GET /tts is the route's 405, not their 404.
+        ("GET", "/tts", "POST"),
+        ("PUT", "/tts", "POST"),
+        ("GET", "/tts/stream", "POST"),
+        # A path with a route per method names them all.
+        ("PUT", "/tts/sse", "GET, POST"),
+        ("POST", "/v1/conversations/abcdefgh12", "GET, DELETE"),
+        ("DELETE", "/voices", "GET"),
+        ("GET", "/v1/audio/speech", "POST"),
+    ],
+)
+def test_a_wrong_method_is_405_naming_every_allowed_method(
+    voices_dir: Path, ollama: OllamaDouble, method: str, path: str, allowed: str
+) -> None:
+    with serve(make_settings(voices_dir, ollama.url)) as (_, client):
+        response = client.request(method, path)
+    assert (response.status_code, response.headers["allow"]) == (405, allowed)
+    body = response.json()["error"]
+    assert body["code"] == "method_not_allowed"
+    assert body["message"] == f"{method} is not allowed on {path}; use {allowed.replace(', ', ' or ')}"
 
 
 # -- the LLM -----------------------------------------------------------------------------------------

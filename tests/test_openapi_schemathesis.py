@@ -1,0 +1,164 @@
+"""Schemathesis against each real service, over its own /openapi.json: every operation, every check
+(`--checks all`), each service on a real uvicorn with its real engines (the toy Whisper model, the
+synthetic Piper voice, the Ollama double as the LLM; the TTS service forwards transcriptions to a real
+STT service). Any failure is a server error, or a place where the document and the code disagree.
+
+Reproducible on every clean clone: a fixed seed, derandomized generation, no example database, and a
+bounded number of examples per operation, so the module runs in about a minute on two cores.
+
+No operation is excluded: the streamed audio of /tts/stream, /tts/sse and /v1/audio/speech is read to
+its end and checked like any other body. Two checks are relaxed, each for one reason given in CONFIG.
+The WebSocket routes are not in the document (tests/test_ws_fuzz.py). For a deeper run:
+`FUZZ_MAX_EXAMPLES=200 .venv/bin/python -m pytest tests/test_openapi_schemathesis.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import wave
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.engine import events, from_schema
+from schemathesis.specs.openapi import unregister_string_format
+
+from core.config import Settings
+from stt.server import create_app as create_stt_app
+from tests.fixtures.ollama_double import OllamaDouble
+from tests.fixtures.piper_voice import build_piper_voice
+from tests.fixtures.server import RunningServer, run_server
+from tests.stt.test_server import wait_until_settled
+from tests.tts.conftest import VOICE, serve
+from tests.tts.conftest import make_settings as tts_settings
+
+MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))
+"""Per operation and generation phase: enough to reach every field's edges, few enough for CI."""
+
+CONFIG: dict[str, Any] = {
+    "seed": 20240611,
+    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+    "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+    # Every check schemathesis has is on by default, as with `--checks all` (max_response_time only
+    # with a limit: timing claims belong in bench/).
+    "checks": {
+        # text_too_long answers 413 (core.http.HTTP_STATUS), which schemathesis does not count as a refusal.
+        "negative_data_rejection": {"expected-statuses": ["400", "404", "405", "409", "413", "415", "422", "429", "5xx"]},
+    },
+    "operations": [
+        {
+            # Query parameters are independent in OpenAPI: the one rule across them (conversation_id only
+            # with reply true) cannot be written into the document, so a schema-valid query may get 422.
+            "include-name": "GET /tts/sse",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+                }
+            },
+        },
+        {
+            # Schemathesis cannot re-validate a multipart body that holds a file (its validator takes no
+            # bytes), so it cannot see that a type mutation of a text field is valid once sent as text
+            # (model: true arrives as the model name "true"). The form's refusals have their own tests
+            # (tests/stt/test_openai_transcription.py).
+            "include-path-regex": "^/v1/audio/(transcriptions|translations)$",
+            "checks": {"negative_data_rejection": {"enabled": False}},
+        },
+    ],
+}
+
+
+@dataclass
+class Findings:
+    operations: set[str]
+    """Every operation of the document."""
+    problems: list[str] = field(default_factory=list)
+    """Every failed check and error, with a curl line that reproduces it."""
+    statuses: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+    """The statuses each operation answered."""
+
+
+def fuzz(url: str) -> Findings:
+    """Schemathesis' run over the service whose document is at `url`."""
+    schema = schemathesis.openapi.from_url(url, config=schemathesis.Config.from_dict(CONFIG))
+    found = Findings(operations={result.ok().label for result in schema.get_all_operations()})
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            _record(event.recorder, found)
+        elif isinstance(event, (events.NonFatalError, events.FatalError)):
+            found.problems.append(f"{type(event).__name__}: {getattr(event, 'value', getattr(event, 'exception', ''))!r}")
+    return found
+
+
+def _record(recorder: Any, found: Findings) -> None:
+    for case_id, interaction in recorder.interactions.items():
+        if interaction.response is not None:
+            found.statuses[recorder.cases[case_id].value.operation.label][interaction.response.status_code] += 1
+    for checks in recorder.checks.values():
+        for check in checks:
+            if check.failure_info is not None:
+                failure = check.failure_info.failure
+                found.problems.append(
+                    f"{recorder.label} [{check.name}] {failure.title}: {failure.message}\n    {check.failure_info.code_sample}"
+                )
+
+
+def assert_agrees(found: Findings) -> None:
+    """No failure, and every operation was reached and answered some request with success."""
+    assert found.problems == [], "\n".join(found.problems)
+    assert set(found.statuses) == found.operations
+    unanswered = {name for name, statuses in found.statuses.items() if not any(200 <= s < 300 for s in statuses)}
+    assert unanswered == set(), dict(found.statuses)
+
+
+def _wav(rate: int, seconds: float, seed: int) -> bytes:
+    samples = np.random.default_rng(seed).normal(0, 3000, int(rate * seconds)).clip(-32768, 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def audio_uploads() -> Iterator[None]:
+    """Every `format: binary` field the fuzzer fills holds a real WAV (noise of some length and rate), so
+    schema-valid uploads reach the model: the document can say "a file", not "a file a decoder reads".
+    Undecodable files are the STT tests' own (tests/stt/test_openai_transcription.py)."""
+    files = st.builds(_wav, st.sampled_from([8_000, 16_000, 44_100]), st.sampled_from([0.1, 0.5, 1.0]), st.integers(0, 9))
+    schemathesis.openapi.format("binary", files)
+    yield
+    unregister_string_format("binary")  # back to schemathesis' own
+
+
+@pytest.fixture
+def stt_server(make_settings: Any) -> Iterator[RunningServer]:
+    with run_server(create_stt_app(make_settings(logging={"level": "warning"}))) as server:
+        wait_until_settled(server)
+        yield server
+
+
+def test_the_stt_service_agrees_with_its_openapi_document(stt_server: RunningServer, audio_uploads: None) -> None:
+    found = fuzz(f"{stt_server.http_url}/openapi.json")
+    assert_agrees(found)
+
+
+def test_the_tts_service_agrees_with_its_openapi_document(
+    tmp_path: Path, ollama: OllamaDouble, stt_server: RunningServer, audio_uploads: None
+) -> None:
+    build_piper_voice(tmp_path / "voices", VOICE)
+    # A small text limit keeps the over-long texts the fuzzer sends (and their refusals) cheap.
+    base = tts_settings(tmp_path / "voices", ollama.url, max_text_length=200, data_dir=str(tmp_path / "data"))
+    settings = Settings(**{**base.model_dump(), "stt": {"host": stt_server.host, "port": stt_server.port}})
+    with serve(settings) as (server, _):
+        found = fuzz(f"{server.http_url}/openapi.json")
+    assert_agrees(found)
