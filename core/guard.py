@@ -9,7 +9,7 @@ handshake gets the same status and body as an HTTP answer where the server suppo
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.access import Access, Principal, current_principal
 from core.config_security import Scope as KeyScope
 from core.config_security import SecuritySettings, is_loopback
-from core.errors import Forbidden, HostNotAllowed, OriginNotAllowed, ServiceError, Unauthorized
+from core.errors import Forbidden, HostNotAllowed, OriginNotAllowed, RateLimited, ServiceError, Unauthorized
 from core.http import encoder_for
 from core.logging import get_logger
 
@@ -192,6 +192,21 @@ class Guard:
             await send({"type": "websocket.http.response.body", "body": response.body})
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": error.code})
+
+
+def door_errors(rules: Sequence[Rule], access: Access) -> Callable[[str, str], list[str]]:
+    """What the Guard may answer a (path, method) with, for the OpenAPI document (core.openapi)."""
+    probe = Guard(lambda scope, receive, send: None, access=access, security=SecuritySettings(), bound_host="", rules=rules)  # type: ignore[arg-type, return-value]
+
+    def errors(path: str, method: str) -> list[str]:
+        codes = [HostNotAllowed.code]
+        if method not in SAFE_METHODS:
+            codes.append(OriginNotAllowed.code)
+        if access.keys.enabled and probe._need({"path": path, "method": method}) != "open":  # noqa: SLF001
+            codes += [Unauthorized.code, Forbidden.code, RateLimited.code]
+        return codes
+
+    return errors
 
 
 def door(security: SecuritySettings, access: Access, bound_host: str, rules: Sequence[Rule]) -> list[Middleware]:

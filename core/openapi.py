@@ -12,7 +12,7 @@ invalid_request.
 from __future__ import annotations
 
 import http
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -38,8 +38,13 @@ def raises(*errors: type[ServiceError]) -> dict[str, Any]:
     return {RAISES: sorted({error.code for error in errors})}
 
 
-def document_errors(app: FastAPI) -> None:
-    """Makes `app`'s OpenAPI document list each operation's errors (see the module's docstring)."""
+DoorErrors = Callable[[str, str], Iterable[str]]
+"""The codes the service's door (core.guard) may answer a (path, method) with, before any route."""
+
+
+def document_errors(app: FastAPI, door: DoorErrors = lambda path, method: ()) -> None:
+    """Makes `app`'s OpenAPI document list each operation's errors (see the module's docstring), those of
+    its door (`door`: API keys, origins, hosts) included."""
     generate = app.openapi
     documented: dict[str, Any] | None = None
 
@@ -47,20 +52,20 @@ def document_errors(app: FastAPI) -> None:
         nonlocal documented
         document = generate()  # FastAPI's cached document, made anew when the routes change
         if document is not documented:
-            _document(app, document)
+            _document(app, document, door)
             documented = document
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _document(app: FastAPI, document: dict[str, Any]) -> None:
+def _document(app: FastAPI, document: dict[str, Any], door: DoorErrors) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     bodies: set[type[Any]] = set()
     for path, operations in document.get("paths", {}).items():
         shape = error_shape(app, path)
-        for operation in operations.values():
-            codes = {InternalError.code, *operation.pop(RAISES, [])}
+        for method, operation in operations.items():
+            codes = {InternalError.code, *operation.pop(RAISES, []), *door(path, method.upper())}
             responses = operation.setdefault("responses", {})
             if _is_fastapi_validation(responses.get("422")):
                 del responses["422"]

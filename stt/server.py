@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from core.config import Settings, get_settings
-from core.guard import Rule, door, ticket_router
+from core.guard import Rule, door, door_errors, ticket_router
 from core.http import add_error_shape, service_app
 from core.logging import configure_logging
 from core.openai_wire import OPENAI_ERRORS
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_api.router)
     app.include_router(ticket_router(service.access))
     add_error_shape(app, "/v1/", OPENAI_ERRORS)
-    document_errors(app)
+    document_errors(app, door_errors(RULES, service.access))
     return app
 
 

@@ -243,3 +243,13 @@ def test_every_route_is_named_by_a_rule(service: str, make_settings: Any, voices
         path = getattr(route, "path", "")
         if path and path != "":
             assert any(rule.matches(path) for rule in named), path
+
+
+def test_the_openapi_document_lists_what_the_door_answers(tts: tuple[RunningServer, httpx.Client]) -> None:
+    _, client = tts
+    paths = client.get("/openapi.json").json()["paths"]
+    speak = paths["/tts"]["post"]["responses"]
+    assert {"401", "403", "429"} <= set(speak)
+    assert "`origin_not_allowed`" in speak["403"]["description"] and "`forbidden`" in speak["403"]["description"]
+    health = paths["/health"]["get"]["responses"]
+    assert "401" not in health and "429" not in health  # open: no key is asked for

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from core.config import PROJECT_ROOT, Settings, get_settings
-from core.guard import Rule, door, ticket_router
+from core.guard import Rule, door, door_errors, ticket_router
 from core.http import add_error_shape, service_app
 from core.llm import LlmClient
 from core.logging import configure_logging
@@ -121,7 +121,7 @@ def create_app(
     app.include_router(dashboard.build_router(settings))
     if FRONTEND_DIR.is_dir():
         dashboard.serve_page(app, FRONTEND_DIR, settings)
-    document_errors(app)
+    document_errors(app, door_errors(RULES, service.access))
     return app
 
 
