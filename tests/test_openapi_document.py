@@ -52,17 +52,18 @@ def test_every_error_response_has_the_body_of_its_protocol(tts_document: dict, s
 
 @pytest.mark.parametrize(
     ("operation", "statuses"),
+    # 403: the door (core.guard) answers every operation host_not_allowed, and unsafe ones origin_not_allowed.
     [
-        ("POST /tts", {200, 404, 409, 413, 422, 500, 502, 503, 504}),
-        ("GET /tts/sse", {200, 204, 404, 409, 413, 422, 500, 502, 503, 504}),
-        ("GET /voices", {200, 500, 503}),
-        ("GET /health", {200, 500}),
-        ("POST /v1/audio/speech", {200, 400, 404, 413, 500, 502, 503}),
-        ("GET /v1/conversations/{conversation_id}", {200, 400, 404, 500}),
-        ("DELETE /v1/conversations/{conversation_id}", {204, 400, 404, 500}),
+        ("POST /tts", {200, 403, 404, 409, 413, 415, 422, 500, 502, 503, 504}),
+        ("GET /tts/sse", {200, 403, 204, 404, 409, 413, 415, 422, 500, 502, 503, 504}),
+        ("GET /voices", {200, 403, 500, 503}),
+        ("GET /health", {200, 403, 500}),
+        ("POST /v1/audio/speech", {200, 403, 400, 404, 413, 500, 502, 503}),
+        ("GET /v1/conversations/{conversation_id}", {200, 403, 400, 404, 500}),
+        ("DELETE /v1/conversations/{conversation_id}", {204, 403, 400, 404, 500}),
         # Forwarded: the STT service's answers, and the forwarding's own 503 and 504.
-        ("POST /v1/audio/transcriptions", {200, 400, 413, 429, 500, 503, 504}),
-        ("GET /api/stt/health", {200, 500, 503}),
+        ("POST /v1/audio/transcriptions", {200, 403, 400, 413, 429, 500, 503, 504}),
+        ("GET /api/stt/health", {200, 403, 500, 503}),
     ],
 )
 def test_the_tts_service_documents_every_status_of_an_operation(tts_document: dict, operation: str, statuses: set[int]) -> None:
@@ -72,11 +73,12 @@ def test_the_tts_service_documents_every_status_of_an_operation(tts_document: di
 def test_the_stt_service_documents_every_status_of_an_operation(stt_document: dict) -> None:
     found = {name: {int(status) for status in op["responses"]} for name, op in operations(stt_document).items()}
     assert found == {
-        "GET /health": {200, 500},
-        "GET /metrics": {200, 500},
-        "GET /v1/models": {200, 500},
-        "POST /v1/audio/transcriptions": {200, 400, 413, 429, 500, 503},
-        "POST /v1/audio/translations": {200, 400, 413, 429, 500, 503},
+        "GET /health": {200, 403, 500},
+        "GET /metrics": {200, 403, 500},
+        "GET /v1/models": {200, 403, 500},
+        "POST /v1/audio/transcriptions": {200, 400, 403, 413, 429, 500, 503},
+        "POST /v1/audio/translations": {200, 400, 403, 413, 429, 500, 503},
+        "POST /v1/auth/ticket": {200, 403, 500},
     }
 
 
@@ -90,7 +92,7 @@ def test_each_error_status_lists_its_codes(tts_document: dict) -> None:
 
 def test_every_code_has_a_status_in_both_shapes() -> None:
     assert set(HTTP_STATUS) == error_codes()
-    assert {openai_status(code) for code in error_codes()} <= {400, 404, 405, 409, 413, 429, 500, 502, 503, 504}
+    assert {openai_status(code) for code in error_codes()} <= {400, 401, 403, 404, 405, 409, 413, 429, 500, 502, 503, 504}
 
 
 def body_schema(document: dict, operation: str) -> dict[str, Any]:

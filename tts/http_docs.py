@@ -31,13 +31,14 @@ from core.errors import (
     RequestTooLarge,
     ShuttingDown,
     TextTooLong,
+    UnsupportedMediaType,
     VoiceNotFound,
 )
 from tts.conversations import ID_PATTERN
 from tts.service import SPEAKABLE
 from tts.voices import MAX_VOICE_NAME_LENGTH
 
-BODY_ERRORS = (RequestTooLarge, InvalidJson, InvalidRequest)
+BODY_ERRORS = (RequestTooLarge, UnsupportedMediaType, InvalidJson, InvalidRequest)
 """What reading and validating a JSON body may raise (core.http.read_json_body, validated)."""
 CHECK_ERRORS = (
     EmptyText, TextTooLong, InvalidSpeed, InvalidVoiceName, VoiceNotFound, InvalidRequest, EngineLoading, EngineUnavailable
