@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -24,13 +24,14 @@ from core.config import SttSettings
 from core.errors import BadAudio, ModelUnavailable, TooManyPending, TranscriptionFailed
 from core.logging import get_logger
 from stt.chain import AudioChain
-from stt.engine import WhisperEngine
+from stt.engine import Transcript, WhisperEngine
 from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, SessionEvent, Transcribed
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer
 from stt.pools import TranscriptionPool
 from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
+from stt.turns import TurnModelHolder, TurnTaker
 
 log = get_logger(__name__)
 
@@ -55,6 +56,8 @@ class _Job:
     speech_end: float
     language: str | None
     word_timestamps: bool
+    turn: dict[str, float | bool]
+    """The transcript's timings of turn detection."""
 
 
 class SttSession:
@@ -64,6 +67,7 @@ class SttSession:
         model: ModelHolder,
         pools: Pools,
         metrics: SttMetrics,
+        turn_models: TurnModelHolder,
         *,
         sample_rate: int | None = None,
         endpointing: bool = True,
@@ -96,6 +100,7 @@ class SttSession:
         self._holding: Utterance | None = None
         self._epoch = 0
         self._stopping = threading.Event()
+        self._turns = TurnTaker(settings, turn_models, endpointing=endpointing)
         self._worker_done = anyio.Event()
         self._stack = AsyncExitStack()
         self._tasks: TaskGroup | None = None
@@ -134,12 +139,13 @@ class SttSession:
         result = await anyio.to_thread.run_sync(self.chain.score, limiter=self._pools.vad)
         if self.chain.heard_speech(result):
             self._last_speech_at = time.perf_counter()
-        await self._dispatch(self.chain.segment(result))
+        await self._segmented(self.chain.segment(result))
+        await self._judge_turn()
         self._maybe_partial()
 
     async def end(self) -> None:
         self._last_speech_at = time.perf_counter()  # push-to-talk: speech ends when the client says so
-        await self._dispatch(self.chain.end())
+        await self._segmented(self.chain.end())
 
     async def reset(self) -> None:
         self._epoch += 1
@@ -198,6 +204,26 @@ class SttSession:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session is closing: nobody is listening any more
 
+    async def _segmented(self, events: list[Event]) -> None:
+        """What the segmenter made of the audio, each SpeechEnded with the end-of-turn model's verdict."""
+        await self._dispatch(self._turns.annotate(events))
+
+    async def _judge_turn(self) -> None:
+        """With smart_turn, ask the end-of-turn model once per pause; a complete turn ends here and now."""
+        model = self._turns.model_due(self.segmenter)
+        if model is None:
+            return
+        mark = self.segmenter.speech_mark
+        # The VAD pool: short onnxruntime calls, bounded apart from the transcription workers.
+        verdict = await anyio.to_thread.run_sync(model.judge, self.segmenter.current_audio(), limiter=self._pools.vad)
+        self._turns.judged(mark, verdict)
+        self._metrics.turns.labels("complete" if verdict.complete else "incomplete").inc()
+        log.info(
+            "turn_judged", complete=verdict.complete, probability=verdict.probability, model_seconds=round(verdict.seconds, 3)
+        )
+        if verdict.complete:
+            await self._segmented(self.segmenter.end_turn())
+
     async def _dispatch(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, BufferLimitReached):
@@ -220,7 +246,9 @@ class SttSession:
             if item.reason == "silence":
                 speech_end = self._last_speech_at
         # Options are taken now: a config sent later applies to later utterances only.
-        job = _Job(self._epoch, item, speech_end, self.language, self.word_timestamps)
+        job = _Job(self._epoch, item, speech_end, self.language, self.word_timestamps, {})
+        if isinstance(item, Utterance):
+            job = replace(job, turn=self._turns.timings(item))
         try:
             self._queue_in.send_nowait(job)
         except anyio.WouldBlock:
@@ -261,16 +289,10 @@ class SttSession:
         utterance = job.item
         assert isinstance(utterance, Utterance)
         queued_at = time.perf_counter()
-        engine = await self._model.wait()
-        async with self._pools.transcribe.final():
-            if not self._current(job):
-                return  # reset or closed while it waited: the worker goes to someone who needs it
-            self._holding = None
-            waited = time.perf_counter() - queued_at
-            with self._metrics.workers_busy.track_inprogress():
-                result = await anyio.to_thread.run_sync(
-                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
-                )
+        final, waited = await self._run_final(job, utterance, queued_at)
+        if final is None:
+            return
+        result = final
         self.utterances += 1
         latency = time.perf_counter() - job.speech_end
         self._metrics.observe_utterance(result, utterance.reason, waited)
@@ -293,13 +315,28 @@ class SttSession:
             await self._emit(Heard(NoSpeech(utterance.duration), job.epoch))
             return
         self._metrics.final_latency.observe(latency)
-        timings = {
+        timings: dict[str, float | bool] = {
             "speech_end_to_transcript_s": round(latency, 3),
             "queue_wait_s": round(waited, 3),
             "transcribe_s": round(result.transcribe_seconds, 3),
             "real_time_factor": round(result.real_time_factor, 3),
+            **job.turn,
         }
         await self._emit(Transcribed(result, utterance, timings, job.epoch))
+
+    async def _run_final(self, job: _Job, utterance: Utterance, queued_at: float) -> tuple[Transcript | None, float]:
+        """The utterance transcribed on a worker taken in turn; None if it was reset or closed meanwhile."""
+        engine = await self._model.wait()
+        async with self._pools.transcribe.final():
+            if not self._current(job):
+                return None, 0.0  # reset or closed while it waited: the worker goes to someone who needs it
+            self._holding = None
+            waited = time.perf_counter() - queued_at
+            with self._metrics.workers_busy.track_inprogress():
+                result = await anyio.to_thread.run_sync(
+                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
+                )
+        return result, waited
 
     def _new_utterance(self) -> None:
         """Partials in flight belong to the utterance just closed: they are dropped, not sent."""

@@ -1,0 +1,174 @@
+"""End-of-turn detection in a live session: the service core (no protocol), the toy
+Whisper model, real Silero VAD on espeak-ng speech; the wire form over a real WebSocket at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from core.config import Settings
+from stt.events import SessionEvent, Transcribed
+from stt.service import SttService
+from stt.smart_turn import TurnVerdict
+from stt.stream import SpeechEnded
+from tests.fixtures.speech import make_speech, to_pcm16
+from tests.stt.test_server import receive, receive_until, send_json, session, stream, stt_server, wait_until_settled
+
+FRAME_SAMPLES = 320  # 20 ms frames, as a microphone client sends them
+SENTENCE = "Please turn on the lights in the kitchen."
+TURN = {"partial_interval_ms": 0, "speculative_finals": False, "turn_min_silence_ms": 200}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class ScriptedTurnModel:
+    """A double of stt.smart_turn.SmartTurnModel that answers as told. Why a double: the session's two branches
+    need the model to say "complete" and "incomplete" on demand, and the real model's verdict on espeak-ng
+    speech cannot be steered (its prosody is flat: tests/stt/test_smart_turn.py tests the real model)."""
+
+    def __init__(self, complete: bool, probability: float) -> None:
+        self.verdict = TurnVerdict(complete, probability, 0.01)
+        self.heard: list[int] = []
+        """Samples of audio of each call."""
+
+    def judge(self, audio: np.ndarray) -> TurnVerdict:
+        self.heard.append(len(audio))
+        return self.verdict
+
+
+async def run_session(service: SttService, audio: np.ndarray, *, end: bool = False) -> list[SessionEvent]:
+    """Feed `audio` in 20 ms frames (and `end` after it when asked); every event of the session, in order."""
+    await service.model.load()
+    async with service.open_session() as live:
+        pcm = to_pcm16(audio)
+        for offset in range(0, len(pcm), FRAME_SAMPLES * 2):
+            await live.feed_audio(pcm[offset : offset + FRAME_SAMPLES * 2])
+        if end:
+            await live.end()
+        await live.drain()  # every result of what was fed is out before the events end
+        return [event async for event in live.events()]
+
+
+def smart_turn_service(make_settings: Callable[..., Settings], model: ScriptedTurnModel, **stt: Any) -> SttService:
+    settings = make_settings(stt={**TURN, "turn_detection": "smart_turn", "endpoint_silence_ms": 2000, **stt})
+    service = SttService(settings)
+    service.turn_models.model = model  # type: ignore[assignment]  # in place of the real one (see ScriptedTurnModel)
+    return service
+
+
+def transcripts(events: list[SessionEvent]) -> list[Transcribed]:
+    return [event for event in events if isinstance(event, Transcribed)]
+
+
+def counter(service: SttService, name: str, **labels: str) -> float:
+    return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.anyio
+async def test_a_turn_the_model_calls_complete_ends_at_once(make_settings: Callable[..., Settings]) -> None:
+    model = ScriptedTurnModel(complete=True, probability=0.91)
+    service = smart_turn_service(make_settings, model)
+    # 0.5 s of pause, far below the 2 s upper bound: only the model can end this turn before the client's `end`.
+    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=0.5), end=True)
+
+    (ended,) = [event for event in events if isinstance(event, SpeechEnded)]
+    assert (ended.reason, ended.turn_complete, ended.turn_probability) == ("silence", True, 0.91)
+    (final,) = transcripts(events)
+    assert final.utterance.reason == "silence"
+    assert {k: final.timings[k] for k in ("turn_complete", "turn_probability", "turn_model_s")} == {
+        "turn_complete": True, "turn_probability": 0.91, "turn_model_s": 0.01,
+    }  # fmt: skip
+    assert len(model.heard) == 1, "one judgement per pause, however many windows it lasts"
+    # The model heard the utterance up to the pause's 6th silent VAD window: pre-roll, speech and that silence.
+    assert model.heard[0] == pytest.approx(len(final.utterance.audio), abs=512)
+    assert counter(service, "stt_turn_judgements_total", verdict="complete") == 1
+
+
+@pytest.mark.anyio
+async def test_a_turn_the_model_calls_incomplete_stays_open(make_settings: Callable[..., Settings]) -> None:
+    model = ScriptedTurnModel(complete=False, probability=0.12)
+    service = smart_turn_service(make_settings, model)
+    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=0.5), end=True)
+    # Still open after the pause: the client's `end` is what closed it.
+    (ended,) = [event for event in events if isinstance(event, SpeechEnded)]
+    assert (ended.reason, ended.turn_complete, ended.turn_probability) == ("end", False, 0.12)
+    (final,) = transcripts(events)
+    assert final.utterance.reason == "end" and final.timings["turn_complete"] is False
+    assert len(model.heard) == 1
+
+
+@pytest.mark.anyio
+async def test_endpoint_silence_still_ends_a_turn_the_model_calls_incomplete(make_settings: Callable[..., Settings]) -> None:
+    model = ScriptedTurnModel(complete=False, probability=0.12)
+    service = smart_turn_service(make_settings, model, endpoint_silence_ms=800)
+    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.5))
+    (ended,) = [event for event in events if isinstance(event, SpeechEnded)]
+    assert (ended.reason, ended.turn_complete, ended.turn_probability) == ("silence", False, 0.12)
+    (final,) = transcripts(events)
+    assert (final.timings["turn_complete"], final.timings["turn_probability"]) == (False, 0.12)
+    assert len(model.heard) == 1
+
+
+@pytest.mark.anyio
+async def test_each_pause_is_judged_once_and_a_resumed_turn_goes_on(make_settings: Callable[..., Settings]) -> None:
+    model = ScriptedTurnModel(complete=False, probability=0.2)
+    service = smart_turn_service(make_settings, model, endpoint_silence_ms=1000)
+    first = make_speech("I would like to", lead_silence_s=0.5, trail_silence_s=0.6)
+    second = make_speech("order a pizza.", lead_silence_s=0.0)
+    events = await run_session(service, np.concatenate([first, second]))
+    (final,) = transcripts(events)
+    assert len(model.heard) == 2, "the pause in the middle and the one at the end"
+    assert final.utterance.duration > (len(first) + len(second)) / 16000 - 0.5 - 1.0, "one utterance holds both parts"
+
+
+@pytest.mark.anyio
+async def test_silence_detection_never_asks_a_model(make_settings: Callable[..., Settings]) -> None:
+    model = ScriptedTurnModel(complete=True, probability=0.99)
+    service = SttService(make_settings(stt=TURN))
+    service.turn_models.model = model  # type: ignore[assignment]  # present, yet turn_detection is silence
+    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
+    assert model.heard == []
+    (ended,) = [event for event in events if isinstance(event, SpeechEnded)]
+    assert (ended.reason, ended.turn_complete, ended.turn_probability) == ("silence", None, None)
+
+
+def test_the_wire_and_health_carry_the_real_models_verdict(make_settings: Callable[..., Settings], smart_turn_model: Path) -> None:
+    settings = make_settings(stt={**TURN, "turn_detection": "smart_turn", "smart_turn_model": str(smart_turn_model)})
+    with stt_server(settings) as server:
+        wait_until_settled(server)
+        health = httpx.get(f"{server.http_url}/health").json()
+        assert health["turn_detection"] == {"mode": "smart_turn", "model_loaded": True, "error": None}
+        with session(server) as ws:
+            stream(ws, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
+            send_json(ws, {"type": "end"})
+            messages = receive_until(ws, "transcript")
+            receive(ws)  # the end's no_speech (or nothing more to wait for)
+    ended = next(m for m in messages if m["type"] == "speech_ended")
+    final = messages[-1]
+    assert isinstance(ended["turn_complete"], bool) and 0.0 <= ended["turn_probability"] <= 1.0
+    timings = final["timings"]
+    assert (timings["turn_complete"], timings["turn_probability"]) == (ended["turn_complete"], ended["turn_probability"])
+
+
+def test_without_its_model_smart_turn_ends_turns_at_the_upper_bound(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = make_settings(stt={**TURN, "turn_detection": "smart_turn", "smart_turn_model": str(blocker / "m.onnx")})
+    with stt_server(settings) as server:
+        wait_until_settled(server)
+        health = httpx.get(f"{server.http_url}/health").json()
+        assert health["turn_detection"]["model_loaded"] is False
+        assert "could not write the Smart Turn model" in health["turn_detection"]["error"]
+        with session(server) as ws:
+            stream(ws, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
+            messages = receive_until(ws, "transcript")
+    ended = next(m for m in messages if m["type"] == "speech_ended")
+    assert ended["reason"] == "silence" and "turn_complete" not in ended
