@@ -30,6 +30,7 @@ from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer
 from stt.pools import TranscriptionPool
+from stt.speculation import Speculation, Speculator
 from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
 from stt.turns import TurnModelHolder, TurnTaker
 
@@ -58,6 +59,8 @@ class _Job:
     word_timestamps: bool
     turn: dict[str, float | bool]
     """The transcript's timings of turn detection."""
+    speculation: Speculation | None = None
+    """A transcription of this utterance already started in its pause (stt/speculation.py)."""
 
 
 class SttSession:
@@ -101,6 +104,7 @@ class SttSession:
         self._epoch = 0
         self._stopping = threading.Event()
         self._turns = TurnTaker(settings, turn_models, endpointing=endpointing)
+        self._speculator = Speculator(settings, pools.transcribe, metrics, self._stopping.is_set, endpointing=endpointing)
         self._worker_done = anyio.Event()
         self._stack = AsyncExitStack()
         self._tasks: TaskGroup | None = None
@@ -150,6 +154,7 @@ class SttSession:
     async def reset(self) -> None:
         self._epoch += 1
         dropped = self.chain.reset()
+        self._speculator.drop("reset")
         while True:
             try:
                 job = self._queue_out.receive_nowait()
@@ -205,8 +210,11 @@ class SttSession:
             pass  # the session is closing: nobody is listening any more
 
     async def _segmented(self, events: list[Event]) -> None:
-        """What the segmenter made of the audio, each SpeechEnded with the end-of-turn model's verdict."""
+        """What the segmenter made of the audio, then the speculative final of the pause being heard, if any."""
         await self._dispatch(self._turns.annotate(events))
+        self._speculator.prune(self.segmenter)
+        assert self._tasks is not None, "audio is fed only inside `async with session`"
+        self._speculator.maybe_start(self.segmenter, self._model.engine, self._tasks, self.language, self.word_timestamps)
 
     async def _judge_turn(self) -> None:
         """With smart_turn, ask the end-of-turn model once per pause; a complete turn ends here and now."""
@@ -248,7 +256,8 @@ class SttSession:
         # Options are taken now: a config sent later applies to later utterances only.
         job = _Job(self._epoch, item, speech_end, self.language, self.word_timestamps, {})
         if isinstance(item, Utterance):
-            job = replace(job, turn=self._turns.timings(item))
+            speculation = self._speculator.claim(item, self.language, self.word_timestamps)
+            job = replace(job, turn=self._turns.timings(item), speculation=speculation)
         try:
             self._queue_in.send_nowait(job)
         except anyio.WouldBlock:
@@ -289,10 +298,15 @@ class SttSession:
         utterance = job.item
         assert isinstance(utterance, Utterance)
         queued_at = time.perf_counter()
-        final, waited = await self._run_final(job, utterance, queued_at)
-        if final is None:
-            return
-        result = final
+        speculated = await job.speculation.outcome() if job.speculation is not None else None
+        if speculated is not None:
+            # Its audio is the utterance's, at most less trailing silence: it is reported as the utterance.
+            result, waited = replace(speculated, duration=utterance.duration), 0.0
+        else:
+            final, waited = await self._run_final(job, utterance, queued_at)
+            if final is None:
+                return
+            result = final
         self.utterances += 1
         latency = time.perf_counter() - job.speech_end
         self._metrics.observe_utterance(result, utterance.reason, waited)
@@ -320,6 +334,7 @@ class SttSession:
             "queue_wait_s": round(waited, 3),
             "transcribe_s": round(result.transcribe_seconds, 3),
             "real_time_factor": round(result.real_time_factor, 3),
+            "speculative": speculated is not None,
             **job.turn,
         }
         await self._emit(Transcribed(result, utterance, timings, job.epoch))

@@ -1,4 +1,4 @@
-"""End-of-turn detection in a live session: the service core (no protocol), the toy
+"""End-of-turn detection and speculative finals in a live session: the service core (no protocol), the toy
 Whisper model, real Silero VAD on espeak-ng speech; the wire form over a real WebSocket at the end."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.stt.test_server import receive, receive_until, send_json, session, st
 FRAME_SAMPLES = 320  # 20 ms frames, as a microphone client sends them
 SENTENCE = "Please turn on the lights in the kitchen."
 TURN = {"partial_interval_ms": 0, "speculative_finals": False, "turn_min_silence_ms": 200}
+"""Partials off: a partial holding a worker would decide whether a speculation finds a free one."""
 
 
 @pytest.fixture
@@ -138,6 +139,42 @@ async def test_silence_detection_never_asks_a_model(make_settings: Callable[...,
     assert model.heard == []
     (ended,) = [event for event in events if isinstance(event, SpeechEnded)]
     assert (ended.reason, ended.turn_complete, ended.turn_probability) == ("silence", None, None)
+
+
+@pytest.mark.anyio
+async def test_a_speculative_final_is_the_transcript_when_the_turn_ends_in_its_pause(make_settings: Callable[..., Settings]) -> None:
+    service = SttService(make_settings(stt={**TURN, "speculative_finals": True, "endpoint_silence_ms": 800}))
+    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.2))
+    (final,) = transcripts(events)
+    assert final.timings["speculative"] is True and final.timings["queue_wait_s"] == 0.0
+    assert final.result.duration == final.utterance.duration, "reported as the utterance it transcribed"
+    assert counter(service, "stt_speculative_finals_total", outcome="used") == 1
+    assert counter(service, "stt_speculative_finals_total", outcome="dropped") == 0
+
+
+@pytest.mark.anyio
+async def test_a_speculative_final_is_dropped_when_speech_resumes(make_settings: Callable[..., Settings]) -> None:
+    # Three workers: the dropped transcription may still hold one when the last pause wants another.
+    stt = {**TURN, "speculative_finals": True, "endpoint_silence_ms": 800, "max_concurrent": 3}
+    service = SttService(make_settings(stt=stt))
+    first = make_speech("I would like to", lead_silence_s=0.5, trail_silence_s=0.5)
+    second = make_speech("order a pizza.", lead_silence_s=0.0, trail_silence_s=1.2)
+    events = await run_session(service, np.concatenate([first, second]))
+
+    (final,) = transcripts(events)  # nothing was sent for the words before the pause on their own
+    assert final.utterance.start < 0.5 and final.utterance.duration > (len(first) + len(second)) / 16000 - 0.5 - 1.2
+    assert final.timings["speculative"] is True, "the speculation of the last pause is the final"
+    assert counter(service, "stt_speculative_finals_total", outcome="dropped") == 1
+    assert counter(service, "stt_speculative_finals_total", outcome="used") == 1
+
+
+@pytest.mark.anyio
+async def test_no_speculation_takes_the_last_free_worker(make_settings: Callable[..., Settings]) -> None:
+    service = SttService(make_settings(stt={**TURN, "speculative_finals": True, "max_concurrent": 1}))
+    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
+    (final,) = transcripts(events)
+    assert final.timings["speculative"] is False
+    assert counter(service, "stt_speculative_finals_total", outcome="skipped") >= 1
 
 
 def test_the_wire_and_health_carry_the_real_models_verdict(make_settings: Callable[..., Settings], smart_turn_model: Path) -> None:
