@@ -44,9 +44,10 @@ class TurnModelHolder:
         self.threshold = stt.smart_turn_threshold
         self.model: SmartTurnModel | None = None
         self.error: str | None = None
+        self.loading = self.enabled
 
     async def load(self) -> None:
-        """Never raises: without the model, sessions end turns at endpoint_silence_ms (the upper bound)."""
+        """Never raises: without the model (also while it loads), sessions end turns at endpoint_silence_ms."""
         if not self.enabled:
             return
         try:
@@ -54,15 +55,17 @@ class TurnModelHolder:
         except SmartTurnError as exc:
             self.error = str(exc)
             log.error("smart_turn_unavailable", reason=self.error, fallback="endpoint_silence_ms")
-            return
-        log.info("smart_turn_loaded", path=str(self.path))
+        else:
+            log.info("smart_turn_loaded", path=str(self.path))
+        finally:
+            self.loading = False
 
     def _load(self) -> SmartTurnModel:
         return SmartTurnModel(fetch(self.path), self.threshold)
 
     def health(self) -> dict[str, Any]:
         mode = "smart_turn" if self.enabled else "silence"
-        return {"mode": mode, "model_loaded": self.model is not None, "error": self.error}
+        return {"mode": mode, "loading": self.loading, "model_loaded": self.model is not None, "error": self.error}
 
 
 class TurnTaker:

@@ -4,8 +4,9 @@ Whisper model, real Silero VAD on espeak-ng speech; the wire form over a real We
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -16,6 +17,7 @@ from stt.events import SessionEvent, Transcribed
 from stt.service import SttService
 from stt.smart_turn import TurnVerdict
 from stt.stream import SpeechEnded
+from tests.fixtures.server import RunningServer
 from tests.fixtures.speech import make_speech, to_pcm16
 from tests.stt.test_server import receive, receive_until, send_json, session, stream, stt_server, wait_until_settled
 
@@ -45,13 +47,30 @@ class ScriptedTurnModel:
         return self.verdict
 
 
-async def run_session(service: SttService, audio: np.ndarray, *, end: bool = False) -> list[SessionEvent]:
-    """Feed `audio` in 20 ms frames (and `end` after it when asked); every event of the session, in order."""
+class Whole(NamedTuple):
+    """Audio sent as one frame. A pause that arrives whole is speculated on at once; one sent in 20 ms frames
+    as fast as the test can is not (it arrives faster than real time: stt/speculation.py), and pacing frames
+    by the clock would make the tests depend on timing."""
+
+    audio: np.ndarray
+
+
+def spoken_then_paused(text: str, pause_s: float, lead_s: float = 0.0) -> list[np.ndarray | Whole]:
+    """`text` in 20 ms frames, then its last 0.3 s and a pause of `pause_s` as one frame (the pause begins in it)."""
+    speech = make_speech(text, lead_silence_s=lead_s, trail_silence_s=0.0)
+    return [speech[:-4800], Whole(np.concatenate([speech[-4800:], np.zeros(round(pause_s * 16000), np.float32)]))]
+
+
+async def run_session(service: SttService, *parts: np.ndarray | Whole, end: bool = False) -> list[SessionEvent]:
+    """Feed the parts (arrays in 20 ms frames, `Whole` ones as one frame) and `end` after them when asked;
+    every event of the session, in order."""
     await service.model.load()
     async with service.open_session() as live:
-        pcm = to_pcm16(audio)
-        for offset in range(0, len(pcm), FRAME_SAMPLES * 2):
-            await live.feed_audio(pcm[offset : offset + FRAME_SAMPLES * 2])
+        for part in parts:
+            pcm = to_pcm16(part.audio if isinstance(part, Whole) else part)
+            step = len(pcm) if isinstance(part, Whole) else FRAME_SAMPLES * 2
+            for offset in range(0, len(pcm), step):
+                await live.feed_audio(pcm[offset : offset + step])
         if end:
             await live.end()
         await live.drain()  # every result of what was fed is out before the events end
@@ -144,7 +163,7 @@ async def test_silence_detection_never_asks_a_model(make_settings: Callable[...,
 @pytest.mark.anyio
 async def test_a_speculative_final_is_the_transcript_when_the_turn_ends_in_its_pause(make_settings: Callable[..., Settings]) -> None:
     service = SttService(make_settings(stt={**TURN, "speculative_finals": True, "endpoint_silence_ms": 800}))
-    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.2))
+    events = await run_session(service, *spoken_then_paused(SENTENCE, 0.4, lead_s=0.5), np.zeros(16000, np.float32))
     (final,) = transcripts(events)
     assert final.timings["speculative"] is True and final.timings["queue_wait_s"] == 0.0
     assert final.result.duration == final.utterance.duration, "reported as the utterance it transcribed"
@@ -157,12 +176,13 @@ async def test_a_speculative_final_is_dropped_when_speech_resumes(make_settings:
     # Three workers: the dropped transcription may still hold one when the last pause wants another.
     stt = {**TURN, "speculative_finals": True, "endpoint_silence_ms": 800, "max_concurrent": 3}
     service = SttService(make_settings(stt=stt))
-    first = make_speech("I would like to", lead_silence_s=0.5, trail_silence_s=0.5)
-    second = make_speech("order a pizza.", lead_silence_s=0.0, trail_silence_s=1.2)
-    events = await run_session(service, np.concatenate([first, second]))
+    first = spoken_then_paused("I would like to", 0.5, lead_s=0.5)
+    second = spoken_then_paused("order a pizza.", 0.4)
+    events = await run_session(service, *first, *second, np.zeros(16000, np.float32))
 
     (final,) = transcripts(events)  # nothing was sent for the words before the pause on their own
-    assert final.utterance.start < 0.5 and final.utterance.duration > (len(first) + len(second)) / 16000 - 0.5 - 1.2
+    spoken = sum(len(p.audio if isinstance(p, Whole) else p) for p in (*first, *second)) / 16000
+    assert final.utterance.start < 0.5 and final.utterance.duration > spoken - 0.5 - 0.4
     assert final.timings["speculative"] is True, "the speculation of the last pause is the final"
     assert counter(service, "stt_speculative_finals_total", outcome="dropped") == 1
     assert counter(service, "stt_speculative_finals_total", outcome="used") == 1
@@ -171,18 +191,27 @@ async def test_a_speculative_final_is_dropped_when_speech_resumes(make_settings:
 @pytest.mark.anyio
 async def test_no_speculation_takes_the_last_free_worker(make_settings: Callable[..., Settings]) -> None:
     service = SttService(make_settings(stt={**TURN, "speculative_finals": True, "max_concurrent": 1}))
-    events = await run_session(service, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
+    events = await run_session(service, *spoken_then_paused(SENTENCE, 0.4, lead_s=0.5), np.zeros(16000, np.float32))
     (final,) = transcripts(events)
     assert final.timings["speculative"] is False
     assert counter(service, "stt_speculative_finals_total", outcome="skipped") >= 1
 
 
+def wait_for_turn_model(server: RunningServer) -> dict[str, Any]:
+    """/health's turn_detection once the Smart Turn model has loaded or failed to (it loads beside Whisper)."""
+    wait_until_settled(server)
+    for _ in range(3000):
+        report = httpx.get(f"{server.http_url}/health").json()["turn_detection"]
+        if not report["loading"]:
+            return report
+        time.sleep(0.01)
+    raise AssertionError("the Smart Turn model never finished loading")
+
+
 def test_the_wire_and_health_carry_the_real_models_verdict(make_settings: Callable[..., Settings], smart_turn_model: Path) -> None:
     settings = make_settings(stt={**TURN, "turn_detection": "smart_turn", "smart_turn_model": str(smart_turn_model)})
     with stt_server(settings) as server:
-        wait_until_settled(server)
-        health = httpx.get(f"{server.http_url}/health").json()
-        assert health["turn_detection"] == {"mode": "smart_turn", "model_loaded": True, "error": None}
+        assert wait_for_turn_model(server) == {"mode": "smart_turn", "loading": False, "model_loaded": True, "error": None}
         with session(server) as ws:
             stream(ws, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
             send_json(ws, {"type": "end"})
@@ -200,10 +229,8 @@ def test_without_its_model_smart_turn_ends_turns_at_the_upper_bound(make_setting
     blocker.write_text("")
     settings = make_settings(stt={**TURN, "turn_detection": "smart_turn", "smart_turn_model": str(blocker / "m.onnx")})
     with stt_server(settings) as server:
-        wait_until_settled(server)
-        health = httpx.get(f"{server.http_url}/health").json()
-        assert health["turn_detection"]["model_loaded"] is False
-        assert "could not write the Smart Turn model" in health["turn_detection"]["error"]
+        report = wait_for_turn_model(server)
+        assert report["model_loaded"] is False and "could not write the Smart Turn model" in report["error"]
         with session(server) as ws:
             stream(ws, make_speech(SENTENCE, lead_silence_s=0.5, trail_silence_s=1.0))
             messages = receive_until(ws, "transcript")
