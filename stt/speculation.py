@@ -11,11 +11,15 @@ silence, which holds no words. A pause is recognised by the utterance's `speech_
 as a window of speech arrives, however the audio is framed.
 
 It never delays another session's final: like a partial it takes a worker only when one is free and never
-the last (TranscriptionPool.try_partial); with stt.max_concurrent 1 there is no speculation.
+the last (TranscriptionPool.try_partial); with stt.max_concurrent 1 there is no speculation. Nor does it run on
+a pause whose audio arrives faster than real time (a recording sent at once): the rest of the endpoint silence
+is then already on its way, so a head start gains nothing, and a dropped speculation would only take CPU from
+the final (on two cores it nearly doubled the final's transcription time in bench/stt_bench.py's fast stream).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +36,9 @@ from stt.stream import Utterance, UtteranceSegmenter
 from stt.turns import pause_windows, paused_long_enough
 
 log = get_logger(__name__)
+
+MAX_PACE = 2.0
+"""Audio seconds per wall-clock second above which a pause arrives too fast to be worth a head start."""
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Speculator:
         self._metrics = metrics
         self._stopping = stopping
         self._current: Speculation | None = None
+        self._pause: tuple[tuple[float, float], float, float] | None = None
+        """(speech_mark, trailing silence, perf_counter) when the current pause was first heard."""
 
     def maybe_start(
         self,
@@ -73,7 +82,9 @@ class Speculator:
         word_timestamps: bool,
     ) -> None:
         """Start transcribing the pause being heard, once it is long enough and a worker is free."""
-        if not self._enabled or engine is None or not paused_long_enough(segmenter, self._windows):
+        if not self._enabled or engine is None or not segmenter.in_trailing_silence:
+            return
+        if not self._in_real_time(segmenter) or not paused_long_enough(segmenter, self._windows):
             return
         if self._current is not None and self._current.mark == segmenter.speech_mark:
             return  # this pause is being transcribed already
@@ -84,6 +95,14 @@ class Speculator:
         speculation = Speculation(segmenter.speech_mark, segmenter.closing_audio(), language, word_timestamps)
         self._current = speculation
         tasks.start_soon(self._run, engine, speculation, token)
+
+    def _in_real_time(self, segmenter: UtteranceSegmenter) -> bool:
+        """Whether the pause is arriving at most MAX_PACE times faster than it is spoken."""
+        now, mark, silence = time.perf_counter(), segmenter.speech_mark, segmenter.trailing_silence_seconds
+        if self._pause is None or self._pause[0] != mark:
+            self._pause = (mark, silence, now)
+        _, first_heard, heard_at = self._pause
+        return now - heard_at >= (silence - first_heard) / MAX_PACE
 
     async def _run(self, engine: WhisperEngine, speculation: Speculation, token: object) -> None:
         def stop() -> bool:
