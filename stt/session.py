@@ -3,7 +3,8 @@
 `async with service.open_session() as session:` owns the session's tasks (its transcription worker
 and partials). A protocol feeds it (`feed_audio`, `end`, `reset`, `configure`) and forwards
 `session.events()`. One worker per session keeps results in speaking order; transcriptions run in
-the service's shared pool. `drain` (shutdown) transcribes what the session holds and ends the events.
+the service's shared pool. Pauses may end a turn early (stt/turns.py, smart_turn) and start its final
+before the turn ends (stt/speculation.py). `drain` (shutdown) transcribes what the session holds and ends the events.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class SttSession:
         (when it holds speech; silence is dropped without a message), and end the events once every
         pending result is out. The caller bounds the wait."""
         if self.segmenter.in_speech:
-            await self._dispatch(self.chain.end())
+            await self._segmented(self.chain.end())
         self._queue_in.close()
         await self._worker_done.wait()
         self._events_in.close()
