@@ -404,7 +404,7 @@ def _load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def bench_settings(model_dir: Path, threads: int) -> SttSettings:
+def bench_settings(model_dir: Path, threads: int, speculative: bool = True) -> SttSettings:
     return SttSettings(
         model=str(model_dir),
         device="cpu",
@@ -412,6 +412,7 @@ def bench_settings(model_dir: Path, threads: int) -> SttSettings:
         cpu_threads=threads,
         beam_size=1,
         temperatures=[0.0],
+        speculative_finals=speculative,
         wyoming={"enabled": False},  # not measured here; its fixed port would collide with another run
     )
 
@@ -426,6 +427,7 @@ def run_bench(
     text: str = DEFAULT_TEXT,
     realtime: bool = True,
     partials: bool = True,
+    speculative: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Measure everything; returns the machine-readable result (see the module docstring)."""
@@ -440,7 +442,7 @@ def run_bench(
     load_before = _load_average()
     model_dir = build_whisper_model(cache_dir / f"whisper-{shape}", shape=shape)  # type: ignore[arg-type]
     say(f"model: {model_dir} ({time.perf_counter() - started:.1f} s)")
-    stt = bench_settings(model_dir, threads)
+    stt = bench_settings(model_dir, threads, speculative)
     recording = make_recording(text, stt.sample_rate)
     cut = cut_like_the_server(stt, recording)
     endpoint_delay_s = (cut.endpoint_frame - recording.speech_end_frame) * FRAME_MS / 1000
@@ -509,6 +511,7 @@ def run_bench(
             "partial_interval_ms": getattr(stt, "partial_interval_ms", None),
             "partials_fast_stream": False,
             "partials_realtime_stream": partials,
+            "speculative_finals": stt.speculative_finals,
             "frame_ms": FRAME_MS,
             "runs": runs,
             "warmup": warmup,
@@ -702,6 +705,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="ask for no partial transcripts in the real-time stream too (the fast stream never asks for them)",
     )
+    parser.add_argument(
+        "--no-speculative",
+        dest="speculative",
+        action="store_false",
+        help="stt.speculative_finals off on the server: the final starts at the endpoint, not in the pause",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.threads < 0:
         parser.error("--runs must be at least 1, --warmup and --threads at least 0")
@@ -719,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text=args.text,
         realtime=args.realtime,
         partials=args.partials,
+        speculative=args.speculative,
         progress=not args.json,
     )
     print(json.dumps(result, indent=2) if args.json else format_table(result), flush=True)

@@ -89,6 +89,17 @@ class SttSettings(Section):
 
     wyoming: SttWyomingSettings = Field(default_factory=lambda: SttWyomingSettings())
     """The Wyoming listener (speech to text for Home Assistant)."""
+    turn_detection: Literal["silence", "smart_turn"] = "silence"
+    """What ends a turn: silence (endpoint_silence_ms of it) or smart_turn (after turn_min_silence_ms the Smart Turn
+    model judges whether the utterance is complete; endpoint_silence_ms is then the upper bound)."""
+    turn_min_silence_ms: int = Field(200, ge=32, le=5_000)
+    """Silence after speech at which the end-of-turn model is asked (smart_turn) and a speculative final may start."""
+    smart_turn_model: Path = Path("models/smart-turn/smart-turn-v3.2-cpu.onnx")
+    """The Smart Turn v3 ONNX file; fetched from the pipecat-ai wheel on PyPI when missing (python -m stt.smart_turn fetch)."""
+    smart_turn_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Smart Turn probability above which a turn counts as complete (pipecat's own threshold is 0.5)."""
+    speculative_finals: bool = True
+    """Start the final transcription at turn_min_silence_ms of silence, on a free worker only; dropped if speech resumes."""
 
     @field_validator("language")
     @classmethod
@@ -109,6 +120,15 @@ class SttSettings(Section):
         if not value or any(not 0.0 <= t <= 1.0 for t in value):
             raise ValueError("must be a non-empty list of numbers between 0.0 and 1.0")
         return value
+
+    @model_validator(mode="after")
+    def _turn_asked_before_the_endpoint(self) -> SttSettings:
+        if self.turn_detection == "smart_turn" and self.turn_min_silence_ms >= self.endpoint_silence_ms:
+            raise ValueError(
+                f"turn_min_silence_ms ({self.turn_min_silence_ms}) must be below endpoint_silence_ms "
+                f"({self.endpoint_silence_ms}), the upper bound of a turn with smart_turn"
+            )
+        return self
 
     @model_validator(mode="after")
     def _buffer_holds_an_utterance(self) -> SttSettings:

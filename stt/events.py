@@ -20,8 +20,9 @@ class Transcribed:
 
     result: Transcript
     utterance: Utterance
-    timings: dict[str, float]
-    """speech_end_to_transcript_s, queue_wait_s, transcribe_s, real_time_factor."""
+    timings: dict[str, float | bool]
+    """speech_end_to_transcript_s, queue_wait_s, transcribe_s, real_time_factor, speculative; with smart_turn,
+    turn_complete, turn_probability and turn_model_s when the model judged the pause that ended the utterance."""
     epoch: int
 
 

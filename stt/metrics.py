@@ -42,6 +42,15 @@ class SttMetrics:
             "stt_partials_total", "Partial transcripts sent, or skipped because every worker was busy.", ["outcome"],
             registry=r,
         )
+        self.speculative = Counter(
+            "stt_speculative_finals_total",
+            "Speculative finals by outcome: used as the final, dropped (speech resumed), skipped (no free worker).",
+            ["outcome"],
+            registry=r,
+        )
+        self.turns = Counter(
+            "stt_turn_judgements_total", "End-of-turn model verdicts (smart_turn) on pauses.", ["verdict"], registry=r
+        )
         self.audio_received = Counter(
             "stt_audio_received_seconds_total", "Seconds of audio received from clients.", registry=r
         )

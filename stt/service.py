@@ -28,6 +28,7 @@ from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.pools import TranscriptionPool
 from stt.session import Pools, SttSession
+from stt.turns import TurnModelHolder
 
 log = get_logger(__name__)
 
@@ -37,6 +38,7 @@ class SttService:
         self.settings = settings
         stt = settings.stt
         self.model = ModelHolder(settings)
+        self.turn_models = TurnModelHolder(settings)
         self.pools = Pools(TranscriptionPool(stt.max_concurrent), anyio.CapacityLimiter(stt.vad_workers))
         self.metrics = SttMetrics(connections)
         self.access = Access(settings.auth)
@@ -58,6 +60,7 @@ class SttService:
         await anyio.to_thread.run_sync(get_vad_model)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._load_model)
+            tasks.start_soon(self.turn_models.load)
             try:
                 yield self
             finally:
@@ -77,6 +80,7 @@ class SttService:
             self.model,
             self.pools,
             self.metrics,
+            self.turn_models,
             sample_rate=sample_rate,
             endpointing=endpointing,
             charge=self.access.quotas.charge_audio,
@@ -111,6 +115,7 @@ class SttService:
             "connections": self._connections(),
             "max_connections": stt.max_connections,
             "uploads": {"running": self.files.running, "max_uploads": stt.max_uploads},
+            "turn_detection": self.turn_models.health(),
             **{name: report() for name, report in self.listeners.items()},
             "version": __version__,
         }

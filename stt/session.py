@@ -3,7 +3,8 @@
 `async with service.open_session() as session:` owns the session's tasks (its transcription worker
 and partials). A protocol feeds it (`feed_audio`, `end`, `reset`, `configure`) and forwards
 `session.events()`. One worker per session keeps results in speaking order; transcriptions run in
-the service's shared pool. `drain` (shutdown) transcribes what the session holds and ends the events.
+the service's shared pool. Pauses may end a turn early (stt/turns.py, smart_turn) and start its final
+before the turn ends (stt/speculation.py). `drain` (shutdown) transcribes what the session holds and ends the events.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -24,13 +25,15 @@ from core.config import SttSettings
 from core.errors import BadAudio, ModelUnavailable, TooManyPending, TranscriptionFailed
 from core.logging import get_logger
 from stt.chain import AudioChain
-from stt.engine import WhisperEngine
+from stt.engine import Transcript, WhisperEngine
 from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, SessionEvent, Transcribed
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer
 from stt.pools import TranscriptionPool
+from stt.speculation import Speculation, Speculator
 from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
+from stt.turns import TurnModelHolder, TurnTaker
 
 log = get_logger(__name__)
 
@@ -55,6 +58,10 @@ class _Job:
     speech_end: float
     language: str | None
     word_timestamps: bool
+    turn: dict[str, float | bool]
+    """The transcript's timings of turn detection."""
+    speculation: Speculation | None = None
+    """A transcription of this utterance already started in its pause (stt/speculation.py)."""
 
 
 class SttSession:
@@ -64,6 +71,7 @@ class SttSession:
         model: ModelHolder,
         pools: Pools,
         metrics: SttMetrics,
+        turn_models: TurnModelHolder,
         *,
         sample_rate: int | None = None,
         endpointing: bool = True,
@@ -96,6 +104,8 @@ class SttSession:
         self._holding: Utterance | None = None
         self._epoch = 0
         self._stopping = threading.Event()
+        self._turns = TurnTaker(settings, turn_models, endpointing=endpointing)
+        self._speculator = Speculator(settings, pools.transcribe, metrics, self._stopping.is_set, endpointing=endpointing)
         self._worker_done = anyio.Event()
         self._stack = AsyncExitStack()
         self._tasks: TaskGroup | None = None
@@ -134,16 +144,18 @@ class SttSession:
         result = await anyio.to_thread.run_sync(self.chain.score, limiter=self._pools.vad)
         if self.chain.heard_speech(result):
             self._last_speech_at = time.perf_counter()
-        await self._dispatch(self.chain.segment(result))
+        await self._segmented(self.chain.segment(result))
+        await self._judge_turn()
         self._maybe_partial()
 
     async def end(self) -> None:
         self._last_speech_at = time.perf_counter()  # push-to-talk: speech ends when the client says so
-        await self._dispatch(self.chain.end())
+        await self._segmented(self.chain.end())
 
     async def reset(self) -> None:
         self._epoch += 1
         dropped = self.chain.reset()
+        self._speculator.drop("reset")
         while True:
             try:
                 job = self._queue_out.receive_nowait()
@@ -174,7 +186,7 @@ class SttSession:
         (when it holds speech; silence is dropped without a message), and end the events once every
         pending result is out. The caller bounds the wait."""
         if self.segmenter.in_speech:
-            await self._dispatch(self.chain.end())
+            await self._segmented(self.chain.end())
         self._queue_in.close()
         await self._worker_done.wait()
         self._events_in.close()
@@ -198,6 +210,29 @@ class SttSession:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session is closing: nobody is listening any more
 
+    async def _segmented(self, events: list[Event]) -> None:
+        """What the segmenter made of the audio, then the speculative final of the pause being heard, if any."""
+        await self._dispatch(self._turns.annotate(events))
+        self._speculator.prune(self.segmenter)
+        assert self._tasks is not None, "audio is fed only inside `async with session`"
+        self._speculator.maybe_start(self.segmenter, self._model.engine, self._tasks, self.language, self.word_timestamps)
+
+    async def _judge_turn(self) -> None:
+        """With smart_turn, ask the end-of-turn model once per pause; a complete turn ends here and now."""
+        model = self._turns.model_due(self.segmenter)
+        if model is None:
+            return
+        mark = self.segmenter.speech_mark
+        # The VAD pool: short onnxruntime calls, bounded apart from the transcription workers.
+        verdict = await anyio.to_thread.run_sync(model.judge, self.segmenter.current_audio(), limiter=self._pools.vad)
+        self._turns.judged(mark, verdict)
+        self._metrics.turns.labels("complete" if verdict.complete else "incomplete").inc()
+        log.info(
+            "turn_judged", complete=verdict.complete, probability=verdict.probability, model_seconds=round(verdict.seconds, 3)
+        )
+        if verdict.complete:
+            await self._segmented(self.segmenter.end_turn())
+
     async def _dispatch(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, BufferLimitReached):
@@ -220,7 +255,10 @@ class SttSession:
             if item.reason == "silence":
                 speech_end = self._last_speech_at
         # Options are taken now: a config sent later applies to later utterances only.
-        job = _Job(self._epoch, item, speech_end, self.language, self.word_timestamps)
+        job = _Job(self._epoch, item, speech_end, self.language, self.word_timestamps, {})
+        if isinstance(item, Utterance):
+            speculation = self._speculator.claim(item, self.language, self.word_timestamps)
+            job = replace(job, turn=self._turns.timings(item), speculation=speculation)
         try:
             self._queue_in.send_nowait(job)
         except anyio.WouldBlock:
@@ -261,16 +299,15 @@ class SttSession:
         utterance = job.item
         assert isinstance(utterance, Utterance)
         queued_at = time.perf_counter()
-        engine = await self._model.wait()
-        async with self._pools.transcribe.final():
-            if not self._current(job):
-                return  # reset or closed while it waited: the worker goes to someone who needs it
-            self._holding = None
-            waited = time.perf_counter() - queued_at
-            with self._metrics.workers_busy.track_inprogress():
-                result = await anyio.to_thread.run_sync(
-                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
-                )
+        speculated = await job.speculation.outcome() if job.speculation is not None else None
+        if speculated is not None:
+            # Its audio is the utterance's, at most less trailing silence: it is reported as the utterance.
+            result, waited = replace(speculated, duration=utterance.duration), 0.0
+        else:
+            final, waited = await self._run_final(job, utterance, queued_at)
+            if final is None:
+                return
+            result = final
         self.utterances += 1
         latency = time.perf_counter() - job.speech_end
         self._metrics.observe_utterance(result, utterance.reason, waited)
@@ -293,13 +330,29 @@ class SttSession:
             await self._emit(Heard(NoSpeech(utterance.duration), job.epoch))
             return
         self._metrics.final_latency.observe(latency)
-        timings = {
+        timings: dict[str, float | bool] = {
             "speech_end_to_transcript_s": round(latency, 3),
             "queue_wait_s": round(waited, 3),
             "transcribe_s": round(result.transcribe_seconds, 3),
             "real_time_factor": round(result.real_time_factor, 3),
+            "speculative": speculated is not None,
+            **job.turn,
         }
         await self._emit(Transcribed(result, utterance, timings, job.epoch))
+
+    async def _run_final(self, job: _Job, utterance: Utterance, queued_at: float) -> tuple[Transcript | None, float]:
+        """The utterance transcribed on a worker taken in turn; None if it was reset or closed meanwhile."""
+        engine = await self._model.wait()
+        async with self._pools.transcribe.final():
+            if not self._current(job):
+                return None, 0.0  # reset or closed while it waited: the worker goes to someone who needs it
+            self._holding = None
+            waited = time.perf_counter() - queued_at
+            with self._metrics.workers_busy.track_inprogress():
+                result = await anyio.to_thread.run_sync(
+                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
+                )
+        return result, waited
 
     def _new_utterance(self) -> None:
         """Partials in flight belong to the utterance just closed: they are dropped, not sent."""

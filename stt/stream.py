@@ -62,6 +62,10 @@ class SpeechEnded:
     at: float
     """Seconds from the start of the stream to the end of the last speech window."""
     reason: EndReason
+    turn_complete: bool | None = None
+    """With stt.turn_detection smart_turn: the end-of-turn model's last verdict on this utterance (None: not asked)."""
+    turn_probability: float | None = None
+    """The model's probability that the turn was complete, with that verdict."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,17 @@ class UtteranceSegmenter:
         return self._silence_run > 0
 
     @property
+    def trailing_silence_seconds(self) -> float:
+        """How long speech has paused (0 while speaking)."""
+        return self._silence_run * WINDOW_SECONDS
+
+    @property
+    def speech_mark(self) -> tuple[float, float]:
+        """(start, speech_seconds) of the utterance being collected, as its Utterance will carry them. It stays
+        the same while only silence follows, so it tells a pause apart from the speech that ends it."""
+        return round(self._utterance_start / SAMPLE_RATE, 3), round(self._speech_windows * WINDOW_SECONDS, 3)
+
+    @property
     def speech_confirmed(self) -> bool:
         """The utterance being collected holds enough speech to be transcribed."""
         return self._in_speech and self._announced
@@ -164,6 +179,19 @@ class UtteranceSegmenter:
     def current_audio(self) -> np.ndarray:
         """A copy of the utterance collected so far (for partial transcripts)."""
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+
+    def closing_audio(self) -> np.ndarray:
+        """The audio the utterance would hold if it closed now: trailing silence cut to speech_pad, as `_close` cuts it."""
+        trailing = self._silence_run - self.limits.pad_windows
+        chunks = self._chunks[:-trailing] if trailing > 0 else self._chunks
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def end_turn(self) -> list[Event]:
+        """End the utterance in the pause it is in, before endpoint_silence_ms (the end-of-turn model said the turn
+        is complete): closed as that silence would close it. Nothing while speaking or between utterances."""
+        if not (self._in_speech and self._silence_run):
+            return []
+        return self._close("silence")
 
     def transcribed(self, utterance: Utterance) -> None:
         """A worker is done with an utterance: its audio no longer counts against the buffer."""

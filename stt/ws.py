@@ -101,7 +101,10 @@ def encode(event: SessionEvent) -> dict[str, Any]:
     if isinstance(event, SpeechStarted):
         return {"type": "speech_started", "at": event.at}
     if isinstance(event, SpeechEnded):
-        return {"type": "speech_ended", "at": event.at, "reason": event.reason}
+        ended: dict[str, Any] = {"type": "speech_ended", "at": event.at, "reason": event.reason}
+        if event.turn_complete is not None:
+            ended |= {"turn_complete": event.turn_complete, "turn_probability": event.turn_probability}
+        return ended
     if isinstance(event, Heard):
         return {"type": "no_speech", "duration": event.result.duration}
     if isinstance(event, BufferLimitReached):

@@ -226,3 +226,33 @@ def test_current_audio_is_the_utterance_so_far() -> None:
 
 def window_ids_of(audio: np.ndarray) -> list[int]:
     return [int(audio[i]) for i in range(0, len(audio), WINDOW_SAMPLES)]
+
+
+def test_end_turn_closes_the_utterance_in_its_pause_as_the_endpoint_would() -> None:
+    segmenter = UtteranceSegmenter(limits())
+    assert feed_all(segmenter, [(SILENCE, 20), (SPEECH, 30)])[0] == SpeechStarted(20 * WINDOW_SAMPLES / SAMPLE_RATE)
+    assert segmenter.end_turn() == [], "not while speaking"
+    feed(segmenter, [(SILENCE, 6)])  # a pause of 6 windows, below the endpoint's 10
+    assert segmenter.trailing_silence_seconds == pytest.approx(6 * 0.032)
+    closing = segmenter.closing_audio()
+    ended, utterance = segmenter.end_turn()
+    assert ended == SpeechEnded(round(50 * WINDOW_SAMPLES / SAMPLE_RATE, 3), "silence")
+    assert isinstance(utterance, Utterance) and utterance.reason == "silence"
+    # Trailing silence is cut to the 4-window pad, as at the endpoint; the other 2 windows seed the next pre-roll.
+    assert window_ids(utterance) == list(range(16, 54))
+    np.testing.assert_array_equal(closing, utterance.audio)
+    assert segmenter.end_turn() == [], "nothing between utterances"
+
+
+def test_the_speech_mark_holds_through_a_pause_and_moves_when_speech_resumes() -> None:
+    segmenter = UtteranceSegmenter(limits())
+    feed(segmenter, [(SILENCE, 20), (SPEECH, 30), (SILENCE, 3)])
+    mark = segmenter.speech_mark
+    assert mark == (round(16 * WINDOW_SAMPLES / SAMPLE_RATE, 3), round(30 * 0.032, 3))
+    feed(segmenter, [(UNSURE, 2), (SILENCE, 2)])  # within Silero's hysteresis: still the same pause
+    assert segmenter.speech_mark == mark and segmenter.trailing_silence_seconds == pytest.approx(7 * 0.032)
+    feed(segmenter, [(SPEECH, 1), (SILENCE, 1)])
+    resumed = segmenter.speech_mark
+    assert resumed == (mark[0], round(31 * 0.032, 3)) and segmenter.trailing_silence_seconds == pytest.approx(0.032)
+    (utterance,) = feed(segmenter, [(SILENCE, 9)])
+    assert (utterance.start, utterance.speech_seconds) == resumed, "the Utterance carries the mark of its last pause"
