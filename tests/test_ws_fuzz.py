@@ -144,7 +144,10 @@ class Dropped(Exception):
 
 def drop(ws: ClientConnection) -> None:
     """Vanish without a closing handshake, as a client whose network went away."""
-    ws.socket.shutdown(socket.SHUT_RDWR)
+    try:
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # ENOTCONN: the service had closed it already (the race is the client's, not a defect)
     ws.socket.close()
     raise Dropped()
 
