@@ -51,8 +51,21 @@ class Rule:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
 
-def _hostname(authority: str) -> str:
-    return (urlsplit(f"//{authority}").hostname or "").lower()
+def url_hostname(url: str) -> str:
+    """The host name of a URL (`//host:port` for a bare Host header), lower case; "" for one that does
+    not parse (a client's malformed IPv6 literal is a refusal, not a crash)."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def need_of(rules: Sequence[Rule], path: str, method: str) -> Need:
+    """What the first rule naming (path, method) asks; admin when none does."""
+    for rule in rules:
+        if rule.matches(path) and (rule.methods is None or method in rule.methods):
+            return rule.need
+    return "admin"
 
 
 class Guard:
@@ -82,7 +95,7 @@ class Guard:
             return
         token = current_principal.set(principal)
         try:
-            await self.app(scope, receive, self._choosing_subprotocol(scope, send))
+            await self.app(scope, receive, self._choosing_subprotocol(scope, headers, send))
         finally:
             current_principal.reset(token)
 
@@ -91,7 +104,7 @@ class Guard:
     def _check_host(self, host: str | None) -> None:
         if self._any_host or host is None:
             return  # HTTP/1.0 clients send none; a browser always does
-        name = _hostname(host)
+        name = url_hostname(f"//{host}")
         if not (is_loopback(name) or name in self._hosts):
             raise HostNotAllowed(
                 f"this service does not answer to Host {name!r}; add it to security.allowed_hosts to serve it"
@@ -101,9 +114,9 @@ class Guard:
         origin = origin.lower()
         if origin in self._origins:
             return True
-        name = (urlsplit(origin).hostname or "") if origin != "null" else ""
+        name = url_hostname(origin) if origin != "null" else ""
         # The other service of this machine is a port away: the dashboard on :8000 opens /ws/stt on :8010.
-        return bool(name) and (is_loopback(name) or (host is not None and name == _hostname(host)))
+        return bool(name) and (is_loopback(name) or (host is not None and name == url_hostname(f"//{host}")))
 
     def _check_origin(self, scope: Scope, headers: dict[str, str]) -> None:
         origin = headers.get("origin")
@@ -114,15 +127,8 @@ class Guard:
                 f"requests from pages of {origin} are refused; add the origin to security.allowed_origins to allow it"
             )
 
-    def _need(self, scope: Scope) -> Need:
-        path, method = scope["path"], scope.get("method", "GET")
-        for rule in self.rules:
-            if rule.matches(path) and (rule.methods is None or method in rule.methods):
-                return rule.need
-        return "admin"
-
     def _admit(self, scope: Scope, headers: dict[str, str]) -> Principal | None:
-        need = self._need(scope)
+        need = need_of(self.rules, scope["path"], scope.get("method", "GET"))
         if need == "open" or not self.access.keys.enabled or scope.get("method") == "OPTIONS":
             return None
         principal = self._principal(scope, headers)
@@ -157,13 +163,12 @@ class Guard:
 
     # -- answers ---------------------------------------------------------------------------------
 
-    def _choosing_subprotocol(self, scope: Scope, send: Send) -> Send:
+    def _choosing_subprotocol(self, scope: Scope, headers: dict[str, str], send: Send) -> Send:
         """A browser fails a handshake whose answer names none of the subprotocols it offered: accept one
         that carries no credential (the client offers e.g. "voice-assistant" beside "bearer.KEY")."""
         if scope["type"] != "websocket":
             return send
-        offered = _subprotocols({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []})
-        plain = [name for name in offered if not name.startswith((SUBPROTOCOL_KEY, SUBPROTOCOL_TICKET))]
+        plain = [name for name in _subprotocols(headers) if not name.startswith((SUBPROTOCOL_KEY, SUBPROTOCOL_TICKET))]
         if not plain:
             return send
 
@@ -196,13 +201,11 @@ class Guard:
 
 def door_errors(rules: Sequence[Rule], access: Access) -> Callable[[str, str], list[str]]:
     """What the Guard may answer a (path, method) with, for the OpenAPI document (core.openapi)."""
-    probe = Guard(lambda scope, receive, send: None, access=access, security=SecuritySettings(), bound_host="", rules=rules)  # type: ignore[arg-type, return-value]
-
     def errors(path: str, method: str) -> list[str]:
         codes = [HostNotAllowed.code]
         if method not in SAFE_METHODS:
             codes.append(OriginNotAllowed.code)
-        if access.keys.enabled and probe._need({"path": path, "method": method}) != "open":  # noqa: SLF001
+        if access.keys.enabled and need_of(rules, path, method) != "open":
             codes += [Unauthorized.code, Forbidden.code, RateLimited.code]
         return codes
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, FastAPI
@@ -36,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from core import __version__
 from core.config import Settings, environment_overrides
 from core.errors import SttUnavailable
+from core.guard import url_hostname
 from core.http import error_response, local_url
 from core.openapi import raises
 from core.redact import public_url
@@ -138,7 +138,7 @@ def content_security_policy(host: str, allowed_origins: list[str]) -> str:
     wherever a ?stt= link points), and to the hosts of security.allowed_origins: the addresses settings.js
     accepts for the microphone."""
     sockets: list[str] = []
-    for name in [_hostname(f"//{host}"), *(_hostname(origin) for origin in allowed_origins)]:
+    for name in [url_hostname(f"//{host}"), *(url_hostname(origin) for origin in allowed_origins)]:
         if _CSP_HOST.fullmatch(name):
             sockets += [f"ws://{name}:*", f"wss://{name}:*"]
         else:
@@ -160,13 +160,6 @@ def content_security_policy(host: str, allowed_origins: list[str]) -> str:
             "frame-ancestors 'none'",
         ]
     )
-
-
-def _hostname(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or ""
-    except ValueError:  # a malformed IPv6 literal
-        return ""
 
 
 def serve_page(app: FastAPI, directory: Path, settings: Settings) -> None:
