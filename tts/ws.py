@@ -359,8 +359,7 @@ class TtsSocket:
 
     async def _stop_running(self, played_ms: float | None) -> None:
         generation = await self._stop_generation(played_ms)
-        if generation is None:
-            raise NothingToCancel("no generation is running; nothing to cancel")
+        assert generation is not None  # _cancel saw it running, with no await since
         if played_ms is not None:
             # It may have been recorded just before the cancel arrived (its last audio already sent).
             await self.service.cut_short(generation.turn, played_ms / 1000)
