@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import av
@@ -194,39 +195,34 @@ def test_a_json_body_is_refused_as_the_wrong_media_type(server: RunningServer) -
         client_for(server).audio.transcriptions.create(file=("x.wav", b"nonsense" * 100), model="whisper-1")
 
 
-def test_uploads_over_the_limit_of_files_at_once_get_429_with_retry_after(make_settings) -> None:
+@contextmanager
+def the_one_upload_slot_taken(make_settings) -> Iterator[tuple[RunningServer, dict[str, Any]]]:
+    """A service with stt.max_uploads 1, its slot held by a long upload being transcribed; that upload's
+    response is in the dict (`r`) once the block has ended."""
     long_speech = wav_bytes(float32_to_pcm16(np.tile(SPEECH, 12)), 16000)
     with run_server(create_app(make_settings(stt={"max_uploads": 1, "max_concurrent": 1}))) as server:
         wait_until_settled(server)
-        service = server.app.state.service
         first: dict[str, Any] = {}
         thread = threading.Thread(
             target=lambda: first.update(r=httpx.post(f"{server.http_url}/v1/audio/transcriptions", files={"file": ("a.wav", long_speech)}, data={"model": "m"}, timeout=60)),
             daemon=True,
         )
         thread.start()
-        while service.files.running == 0:
-            time.sleep(0.005)
-        second = httpx.post(f"{server.http_url}/v1/audio/transcriptions", files={"file": ("b.wav", WAV)}, data={"model": "m"})
+        wait_for(lambda: server.app.state.service.files.running == 1)
+        yield server, first
         thread.join(60)
+
+
+def test_uploads_over_the_limit_of_files_at_once_get_429_with_retry_after(make_settings) -> None:
+    with the_one_upload_slot_taken(make_settings) as (server, first):
+        second = httpx.post(f"{server.http_url}/v1/audio/transcriptions", files={"file": ("b.wav", WAV)}, data={"model": "m"})
     assert (second.status_code, second.headers["retry-after"]) == (429, "5")
     assert second.json()["error"]["code"] == "too_many_pending" and "stt.max_uploads" in second.json()["error"]["message"]
     assert first["r"].status_code == 200
 
 
-
 def test_an_upload_over_the_limit_of_files_at_once_is_refused_before_its_body_is_read(make_settings) -> None:
-    long_speech = wav_bytes(float32_to_pcm16(np.tile(SPEECH, 12)), 16000)
-    with run_server(create_app(make_settings(stt={"max_uploads": 1, "max_concurrent": 1}))) as server:
-        wait_until_settled(server)
-        service = server.app.state.service
-        first: dict[str, Any] = {}
-        thread = threading.Thread(
-            target=lambda: first.update(r=httpx.post(f"{server.http_url}/v1/audio/transcriptions", files={"file": ("a.wav", long_speech)}, data={"model": "m"}, timeout=60)),
-            daemon=True,
-        )
-        thread.start()
-        wait_for(lambda: service.files.running == 1)
+    with the_one_upload_slot_taken(make_settings) as (server, first):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
             # Announces 20 MB, sends none of it: the answer must not wait for the body.
             raw.sendall(
@@ -234,9 +230,9 @@ def test_an_upload_over_the_limit_of_files_at_once_is_refused_before_its_body_is
                 b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
             )
             answer = raw.recv(4096).decode("latin-1")
-        thread.join(60)
     assert answer.startswith("HTTP/1.1 429") and "too_many_pending" in answer
     assert first["r"].status_code == 200
+
 
 def test_a_live_final_is_not_held_up_by_a_long_upload(make_settings, caplog: pytest.LogCaptureFixture) -> None:
     # One worker. A 4-minute file decodes window by window; a live utterance ending meanwhile is
