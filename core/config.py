@@ -37,6 +37,7 @@ from core.config_tts import (
     TtsSettings,
     XttsSettings,
 )
+from core.redact import public_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
@@ -205,7 +206,14 @@ def _describe(error: dict[str, Any], settings_cls: type[BaseModel], source: str)
     message = error["msg"].removeprefix("Value error, ")
     if not location:  # a rule across sections: its message names the keys
         return f"{message} (set by {source})"
-    return f"{key}: {message} (got {error.get('input')!r}; set by {origin})"
+    return f"{key}: {message} (got {_shown(error.get('input'))}; set by {origin})"
+
+
+def _shown(value: Any) -> str:
+    # A URL's userinfo is a password (llm.url, a Redis or S3 URL): the message is printed and logged.
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return repr(public_url(value)) + " (credentials not shown)"
+    return repr(value)
 
 
 def _allowed_keys(model: type[BaseModel], section: list[str]) -> list[str]:

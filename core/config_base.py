@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -57,6 +58,23 @@ class LlmSettings(Section):
     """Timeout of the LLM reachability check behind /health."""
     health_cache_s: float = Field(5.0, ge=0.0, le=3_600.0)
     """How old /health's view of the LLM may get: it is probed in the background every half of this (at most twice a second)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_parses(cls, url: str) -> str:
+        # Checked here, not where the client is made: a password holding "/" or "#" ends the host early,
+        # and the TTS service would die at start-up on "port could not be cast to integer".
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1:
+            raise ValueError(
+                "not a URL of the form http://[user:password@]host[:port][/path]; "
+                "a password holding '/', '#', '?' or '@' must be percent-encoded (%2F, %23, %3F, %40)"
+            )
+        return url
 
 
 class SupervisorSettings(Section):

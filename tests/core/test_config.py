@@ -511,3 +511,26 @@ def test_bad_keys_are_refused_with_what_is_allowed(tmp_path: Path, keys: str, pr
 def test_origins_must_be_origins(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an origin"):
         load_settings(_write(tmp_path, "security: {allowed_origins: ['https://example.com/app']}\n"))
+
+
+@pytest.mark.parametrize("url", ["http://user:s3cr/et@127.0.0.1:11434", "http://user:s3cr#et@127.0.0.1:11434", "http://:11434"])
+def test_an_llm_url_that_does_not_parse_is_refused_at_load_without_showing_its_password(
+    tmp_path: Path, url: str
+) -> None:
+    # A password with "/" or "#" ends the host early: the TTS service used to die at start-up on
+    # "port could not be cast to integer", long after the configuration was read.
+    path = write_yaml(tmp_path, f"llm:\n  url: '{url}'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: llm.url: not a URL of the form http://[user:password@]host[:port][/path]")
+    assert "must be percent-encoded (%2F, %23, %3F, %40)" in message
+    assert "s3cr" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:pa%2Fss@127.0.0.1:11434", "admin:pw@ollama.internal:11434", "http://[::1]:8080/v1", "localhost:11434"]
+)
+def test_llm_urls_with_encoded_passwords_schemeless_or_ipv6_load(tmp_path: Path, url: str) -> None:
+    path = write_yaml(tmp_path, f"llm:\n  url: '{url}'\n")
+    assert load_settings(path).llm.url == url
