@@ -137,6 +137,8 @@ def conversation_headers(turn: Turn) -> dict[str, str]:
 
 Service = Annotated[TtsService, Depends(tts_service)]
 _TURN_ERRORS = raises(*BODY_ERRORS, *CHECK_ERRORS, *REPLY_ERRORS, *SPEECH_ERRORS)
+_QUERY_TURN_ERRORS = raises(*CHECK_ERRORS, *REPLY_ERRORS, *SPEECH_ERRORS)
+"""GET /tts/sse has no body: nothing to be too large, of the wrong type or bad JSON."""
 _WAV = {
     "description": "Mono PCM16 WAV; X-Reply-Text holds the words",
     "content": {"audio/wav": {}},
@@ -174,7 +176,7 @@ def build_router(settings: Settings) -> APIRouter:
     reconnect = {"description": "The answer to a reconnecting EventSource (Last-Event-ID): the turn is not repeated"}
     router.add_api_route(
         "/tts/sse", _sse_get(settings), methods=["GET"], response_class=Response,
-        responses={200: _SSE, 204: reconnect}, openapi_extra=_TURN_ERRORS,
+        responses={200: _SSE, 204: reconnect}, openapi_extra=_QUERY_TURN_ERRORS,
     )
     router.add_api_route("/tts/sse", tts_sse_post, responses={200: _SSE}, **posted)
     router.add_api_route(
