@@ -76,6 +76,10 @@ class SttSettings(Section):
     """Least time between two partial transcripts of an utterance being spoken; 0 turns partials off."""
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
+    vad_batch_max_size: int = Field(64, ge=1, le=1_024)
+    """Most sessions whose voice activity one model call scores (the sessions waiting for a VAD worker go together)."""
+    max_backlog_seconds: float = Field(30.0, ge=1.0, le=3_600.0)
+    """Speech of all sessions waiting for (or in) transcription past which a new WebSocket session is refused with 1013 (overloaded)."""
 
     model_retry_s: float = Field(30.0, ge=0.0, le=3_600.0)
     """After a failed model load (no network for the first download, a model not in place yet), wait this long

@@ -7,14 +7,21 @@ Three kinds of work share stt.max_concurrent transcription workers:
   worker only when no final is waiting. A final therefore waits for at most one window of an upload,
   however long the file: live users are never starved by a file, and the file still uses every worker
   left idle by them.
+
+The backlog (speech of all live sessions waiting for or in transcription) is what admission looks at:
+past stt.max_backlog_seconds a new session is refused (1013) instead of joining a queue that is behind.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import anyio
+
+from stt.stream import SAMPLE_RATE, UtteranceSegmenter
+from stt.vad_batch import VadBatcher
 
 
 class TranscriptionPool:
@@ -85,3 +92,23 @@ class TranscriptionPool:
         finally:
             self._limiter.release_on_behalf_of(token)
             self._notify()
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The service's shared worker pools, and the sessions that use them."""
+
+    transcribe: TranscriptionPool
+    vad: anyio.CapacityLimiter
+    vad_batch: VadBatcher
+    live: set[UtteranceSegmenter] = field(default_factory=set)
+    """The segmenter of every open session: each knows the audio it holds for transcription."""
+
+    @classmethod
+    def sized(cls, max_concurrent: int, vad_workers: int, vad_batch_max_size: int) -> Pools:
+        vad = anyio.CapacityLimiter(vad_workers)
+        return cls(TranscriptionPool(max_concurrent), vad, VadBatcher(vad, vad_batch_max_size))
+
+    def backlog_seconds(self) -> float:
+        """Seconds of speech cut into utterances and not transcribed yet, over all open sessions."""
+        return sum(segmenter.queued_samples for segmenter in self.live) / SAMPLE_RATE

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
-from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 
 from core.config import SttSettings
@@ -30,7 +29,7 @@ from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, Sessio
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer
-from stt.pools import TranscriptionPool
+from stt.pools import Pools
 from stt.speculation import Speculation, Speculator
 from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
 from stt.turns import TurnModelHolder, TurnTaker
@@ -39,14 +38,6 @@ log = get_logger(__name__)
 
 EVENT_BUFFER = 64
 """Events a session may hold for a slow client; then its audio intake waits (backpressure)."""
-
-
-@dataclass(frozen=True)
-class Pools:
-    """The service's shared worker pools."""
-
-    transcribe: TranscriptionPool
-    vad: CapacityLimiter
 
 
 @dataclass(frozen=True)
@@ -113,11 +104,13 @@ class SttSession:
     async def __aenter__(self) -> SttSession:
         self._tasks = await self._stack.enter_async_context(anyio.create_task_group())
         self._tasks.start_soon(self._run_worker)
+        self._pools.live.add(self.segmenter)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         """Stop work in progress at its next segment boundary; drop everything queued."""
         self._stopping.set()
+        self._pools.live.discard(self.segmenter)
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
         try:
@@ -141,7 +134,8 @@ class SttSession:
         self._metrics.audio_received.inc(len(pcm16) / 2 / self.sample_rate)
         if not self.chain.accept(pcm16):
             return  # not a whole window yet: only buffered, no model call, no thread hop
-        result = await anyio.to_thread.run_sync(self.chain.score, limiter=self._pools.vad)
+        # Scored in one batch with every other session waiting now (stt/vad_batch.py).
+        result = await self._pools.vad_batch.score(self.chain.vad, self.chain.take_accepted())
         if self.chain.heard_speech(result):
             self._last_speech_at = time.perf_counter()
         await self._segmented(self.chain.segment(result))
@@ -364,6 +358,9 @@ class SttSession:
             return
         if self.segmenter.in_trailing_silence:
             return  # the final may be due any moment: a partial now would only compete with it for the CPU
+        if self._pools.transcribe.finals_waiting:
+            self._metrics.partials.labels("skipped").inc()
+            return  # finals are behind: partials are shed first
         now = time.perf_counter()
         if now - self._last_partial_at < self._settings.partial_interval_ms / 1000:
             return
