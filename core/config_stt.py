@@ -78,6 +78,10 @@ class SttSettings(Section):
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
     vad_batch_max_size: int = Field(64, ge=1, le=1_024)
     """Most sessions whose voice activity one model call scores (the sessions waiting for a VAD worker go together)."""
+    batch_max_size: int = Field(1, ge=1, le=64)
+    """Most finals of different sessions decoded together in one batch on one worker; 1 (each alone) suits a small CPU, 8-16 a GPU."""
+    batch_window_ms: int = Field(20, ge=0, le=1_000)
+    """How long a final that found a free worker waits for other sessions' finals to join its batch."""
     max_backlog_seconds: float = Field(30.0, ge=1.0, le=3_600.0)
     """Speech of all sessions waiting for (or in) transcription past which a new WebSocket session is refused with 1013 (overloaded)."""
 

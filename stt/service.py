@@ -41,8 +41,8 @@ class SttService:
         stt = settings.stt
         self.model = ModelHolder(settings)
         self.turn_models = TurnModelHolder(settings)
-        self.pools = Pools.sized(stt.max_concurrent, stt.vad_workers, stt.vad_batch_max_size)
         self.metrics = SttMetrics(connections)
+        self.pools = Pools.sized(stt, self.metrics.workers_busy)
         self.access = Access(settings.auth)
         self.files = FileTranscriber(stt, self.pools.transcribe, self.metrics, self.access.quotas.charge_audio)
         self._connections = connections

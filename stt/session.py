@@ -24,7 +24,9 @@ from core.config import SttSettings
 from core.errors import BadAudio, ModelUnavailable, TooManyPending, TranscriptionFailed
 from core.logging import get_logger
 from stt.chain import AudioChain
-from stt.engine import Transcript, WhisperEngine
+from stt.batch_decode import FinalRequest
+from stt.engine import WhisperEngine
+from stt.finals import Final
 from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, SessionEvent, Transcribed
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
@@ -296,12 +298,12 @@ class SttSession:
         speculated = await job.speculation.outcome() if job.speculation is not None else None
         if speculated is not None:
             # Its audio is the utterance's, at most less trailing silence: it is reported as the utterance.
-            result, waited = replace(speculated, duration=utterance.duration), 0.0
+            result, waited, batch_size = replace(speculated, duration=utterance.duration), 0.0, 1
         else:
-            final, waited = await self._run_final(job, utterance, queued_at)
+            final = await self._run_final(job, utterance, queued_at)
             if final is None:
                 return
-            result = final
+            result, waited, batch_size = final.transcript, final.started - queued_at, final.batch_size
         self.utterances += 1
         latency = time.perf_counter() - job.speech_end
         self._metrics.observe_utterance(result, utterance.reason, waited)
@@ -330,23 +332,19 @@ class SttSession:
             "transcribe_s": round(result.transcribe_seconds, 3),
             "real_time_factor": round(result.real_time_factor, 3),
             "speculative": speculated is not None,
+            "batch_size": batch_size,
             **job.turn,
         }
         await self._emit(Transcribed(result, utterance, timings, job.epoch))
 
-    async def _run_final(self, job: _Job, utterance: Utterance, queued_at: float) -> tuple[Transcript | None, float]:
-        """The utterance transcribed on a worker taken in turn; None if it was reset or closed meanwhile."""
+    async def _run_final(self, job: _Job, utterance: Utterance, queued_at: float) -> Final | None:
+        """The utterance transcribed in turn, alone or batched with other sessions' finals (stt/finals.py); None
+        if it was reset or closed meanwhile (the worker goes to someone who needs it)."""
         engine = await self._model.wait()
-        async with self._pools.transcribe.final():
-            if not self._current(job):
-                return None, 0.0  # reset or closed while it waited: the worker goes to someone who needs it
-            self._holding = None
-            waited = time.perf_counter() - queued_at
-            with self._metrics.workers_busy.track_inprogress():
-                result = await anyio.to_thread.run_sync(
-                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
-                )
-        return result, waited
+        request = FinalRequest(utterance.audio, job.language, job.word_timestamps, self._stopping.is_set)
+        final = await self._pools.finals.transcribe(engine, request, lambda: self._current(job))
+        self._holding = None
+        return final
 
     def _new_utterance(self) -> None:
         """Partials in flight belong to the utterance just closed: they are dropped, not sent."""
