@@ -87,9 +87,20 @@ def _languages(model: Any, features: list[np.ndarray], requests: Sequence[FinalR
     return found
 
 
-def transcribe_batch(engine: WhisperEngine, requests: Sequence[FinalRequest]) -> list[Transcript]:
-    """Each request's transcript, in order, as `engine.transcribe` would give it. Blocking."""
-    import ctranslate2
+@dataclass(frozen=True)
+class Encoded:
+    """One request of a batch after the shared stages: its features, language and row of the encoder output."""
+
+    request: FinalRequest
+    features: np.ndarray
+    language: str
+    language_probability: float
+    encoder_output: np.ndarray
+    started: float
+
+
+def encode_batch(engine: WhisperEngine, requests: Sequence[FinalRequest]) -> list[Encoded]:
+    """The stages shared by the batch: features, language detection (where asked) and one encoder call. Blocking."""
     from faster_whisper.audio import pad_or_trim
 
     model: Any = engine.whisper
@@ -99,15 +110,32 @@ def transcribe_batch(engine: WhisperEngine, requests: Sequence[FinalRequest]) ->
     frames = model.feature_extractor.nb_max_frames
     # The first window of each, cut as generate_segments cuts it (the extractor's last frame is not content).
     encoded = _encode(model, [pad_or_trim(f[:, : min(frames, f.shape[-1] - 1)]) for f in features])
-    transcripts: list[Transcript] = []
-    for i, request in enumerate(requests):
-        language, probability = languages[i]
-        tokenizer, options = _options(model, language, request, engine)
-        own = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[i : i + 1]))
-        segments = model.generate_segments(features[i], tokenizer, options, False, own)
-        transcripts.append(
-            collect_transcript(
-                segments, language, probability, request.audio, started, request.should_stop, request.word_timestamps
-            )
-        )
-    return transcripts
+    return [
+        Encoded(request, features[i], *languages[i], encoded[i : i + 1], started) for i, request in enumerate(requests)
+    ]
+
+
+def decode(engine: WhisperEngine, encoded: Encoded) -> Transcript:
+    """One request decoded from its row, as `engine.transcribe` decodes it; its time counts from the batch's start.
+    Blocking."""
+    import ctranslate2
+
+    model: Any = engine.whisper
+    request = encoded.request
+    tokenizer, options = _options(model, encoded.language, request, engine)
+    own = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded.encoder_output))
+    segments = model.generate_segments(encoded.features, tokenizer, options, False, own)
+    return collect_transcript(
+        segments,
+        encoded.language,
+        encoded.language_probability,
+        request.audio,
+        encoded.started,
+        request.should_stop,
+        request.word_timestamps,
+    )
+
+
+def transcribe_batch(engine: WhisperEngine, requests: Sequence[FinalRequest]) -> list[Transcript]:
+    """Each request's transcript, in order, as `engine.transcribe` would give it. Blocking."""
+    return [decode(engine, encoded) for encoded in encode_batch(engine, requests)]

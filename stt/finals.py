@@ -3,7 +3,8 @@
 A session's final joins the queue here (in the order utterances ended). When a transcription worker
 is free (stt/pools.py: finals first), the final at the head takes it, waits up to stt.batch_window_ms
 for more finals to join, and takes up to stt.batch_max_size of the queue, oldest first, to that one
-worker: one batched encoder pass for all (stt/batch_decode.py), then each decoded from its own row.
+worker (no more than its share when other workers are free): one batched encoder pass for all
+(stt/batch_decode.py), then each decoded from its own row, its session told as soon as it is done.
 Finals that arrive while every worker is busy simply wait together, so under load the batches form
 without any window. A batch of one is the plain unbatched call. A final whose session was reset or
 closed while it waited is dropped when its batch forms.
@@ -11,6 +12,7 @@ closed while it waited is dropped when its batch forms.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 import anyio
 from prometheus_client import Gauge
 
-from stt.batch_decode import FinalRequest, transcribe_batch
+from stt.batch_decode import FinalRequest, decode, encode_batch
 from stt.engine import Transcript, WhisperEngine
 
 if TYPE_CHECKING:
@@ -125,8 +127,11 @@ class FinalBatcher:
                 await changed.wait()
 
     def _take(self) -> list[_Entry]:
+        """The oldest finals, up to batch_max_size, and no more than this worker's share of the queue: the other
+        free workers take the rest in parallel."""
+        share = math.ceil(len(self._queue) / (1 + self._pool.size - self._pool.busy))
         batch: list[_Entry] = []
-        while self._queue and len(batch) < self._max_size:
+        while self._queue and len(batch) < min(self._max_size, share):
             entry = self._queue.pop(0)
             entry.taken = True
             if entry.current():
@@ -141,14 +146,20 @@ class FinalBatcher:
         try:
             if len(batch) == 1:
                 r = requests[0]
-                results = [await anyio.to_thread.run_sync(engine.transcribe, r.audio, r.language, r.should_stop, r.word_timestamps)]
-            else:
-                results = await anyio.to_thread.run_sync(transcribe_batch, engine, requests)
-        except Exception as exc:  # a CTranslate2 error: every utterance of the batch is lost, not the sessions
+                transcript = await anyio.to_thread.run_sync(engine.transcribe, r.audio, r.language, r.should_stop, r.word_timestamps)
+                self._finish(batch[0], Final(transcript, started, 1))
+                return
+            encoded = await anyio.to_thread.run_sync(encode_batch, engine, requests)
+            for entry, own in zip(batch, encoded, strict=True):
+                # Each session hears its result as soon as its own decoding is done, not at the end of the batch.
+                self._finish(entry, Final(await anyio.to_thread.run_sync(decode, engine, own), started, len(batch)))
+        except Exception as exc:  # a CTranslate2 error: the utterances of the batch not done yet are lost, not the sessions
             for entry in batch:
-                entry.error = exc
-                entry.done.set()
-            return
-        for entry, transcript in zip(batch, results, strict=True):
-            entry.final = Final(transcript, started, len(batch))
-            entry.done.set()
+                if not entry.done.is_set():
+                    entry.error = exc
+                    entry.done.set()
+
+    @staticmethod
+    def _finish(entry: _Entry, final: Final) -> None:
+        entry.final = final
+        entry.done.set()
