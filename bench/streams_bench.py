@@ -1,7 +1,7 @@
 """Many STT streams at once: finals ending together (batching on and off), and 64 real-time streams.
 
     python -m bench.streams_bench [--sizes 1,8,32] [--rounds 2] [--streams 64] [--seconds 20]
-                                  [--batch 16] [--json] [--cache-dir DIR]
+                                  [--batch 16] [--json] [--cache-dir DIR] [--shape tiny|toy]
 
 What runs
 ---------
@@ -270,10 +270,16 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _settings(model_dir: Path, batch: int) -> SttSettings:
-    base = bench_settings(model_dir, threads=0)
+def _settings(model_dir: Path, batch: int, threads: int, workers: int) -> SttSettings:
+    base = bench_settings(model_dir, threads=threads)
     return base.model_copy(
-        update={"language": "en", "max_connections": 128, "batch_max_size": batch, "batch_window_ms": 20}
+        update={
+            "language": "en",
+            "max_connections": 128,
+            "batch_max_size": batch,
+            "batch_window_ms": 20,
+            "max_concurrent": workers,
+        }
     )
 
 
@@ -284,11 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="stt.cpu_threads (0: one per core)")
+    parser.add_argument("--workers", type=int, default=2, help="stt.max_concurrent")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--shape", choices=("tiny", "toy"), default="tiny", help="toy: the 1 MB test model (smoke test)")
     args = parser.parse_args(argv)
     cache = args.cache_dir or default_cache_dir()
-    model_dir = build_whisper_model(cache / "whisper-tiny", shape="tiny")
+    model_dir = build_whisper_model(cache / f"whisper-{args.shape}", shape=args.shape)
     say = (lambda message: None) if args.json else print
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
@@ -296,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mode, batch in (("off", 1), ("on", args.batch)):
             folder = Path(work) / mode
             folder.mkdir()
-            urls[mode] = stack.enter_context(stt_server(_settings(model_dir, batch), folder, folder / "server.log"))
+            settings = _settings(model_dir, batch, args.threads, args.workers)
+            urls[mode] = stack.enter_context(stt_server(settings, folder, folder / "server.log"))
         sizes = [int(size) for size in args.sizes.split(",") if size]
         result["ending"] = run_ending(urls, sizes, args.rounds, say)
         result["realtime"] = run_realtime(urls["off"], args.streams, args.seconds, say) if args.streams else []

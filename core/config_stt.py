@@ -76,6 +76,8 @@ class SttSettings(Section):
     """Least time between two partial transcripts of an utterance being spoken; 0 turns partials off."""
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
+    transcribe_nice: int = Field(10, ge=0, le=19)
+    """How much lower the CPU priority of the transcription threads is (Linux nice), so the audio intake keeps pace under load; 0: the same."""
     vad_batch_max_size: int = Field(64, ge=1, le=1_024)
     """Most sessions whose voice activity one model call scores (the sessions waiting for a VAD worker go together)."""
     batch_max_size: int = Field(1, ge=1, le=64)

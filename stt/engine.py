@@ -20,6 +20,7 @@ import numpy as np
 
 from core.config import SttSettings
 from core.logging import get_logger
+from core.priority import build_at_nice
 
 log = get_logger(__name__)
 
@@ -254,13 +255,18 @@ class WhisperEngine:
                 compute_type = choose_compute_type(
                     settings.compute_type, attempt, set(ctranslate2.get_supported_compute_types(attempt))
                 )
-                model = WhisperModel(
-                    str(path),
-                    device=attempt,
-                    compute_type=compute_type,
-                    cpu_threads=threads,
-                    # One CTranslate2 worker per pool slot, so concurrent transcriptions run in parallel.
-                    num_workers=settings.max_concurrent,
+                # Built at a lower priority: CTranslate2's worker threads inherit it (core/priority.py), so the
+                # audio intake of every session goes first when transcription has more work than the CPU.
+                model = build_at_nice(
+                    lambda: WhisperModel(
+                        str(path),
+                        device=attempt,
+                        compute_type=compute_type,
+                        cpu_threads=threads,
+                        # One CTranslate2 worker per pool slot, so concurrent transcriptions run in parallel.
+                        num_workers=settings.max_concurrent,
+                    ),
+                    settings.transcribe_nice,
                 )
             except ModelLoadError:
                 raise
