@@ -25,7 +25,9 @@ What runs
    once every frame before it went through the VAD). Also: sessions the server closed (must be 0),
    the client's own worst lateness in sending (if it is large, the client, not the server, fell
    behind), transcripts, `buffer_limit_reached`, and `/health` p50/p99 polled every 100 ms from a
-   thread of this process.
+   thread of this process, with the largest `backlog_seconds` it saw; once that passes
+   stt.max_backlog_seconds (30 s by default) one more session tries to join, and what it was told
+   first is shown (`error overloaded`, then close code 1013, is the design).
 
 The machine is shared (2 cores, other work running): absolute numbers are noisy; read the ratios
 measured in the same run. A benchmark, not a test: it exits 0 whatever it finds.
@@ -153,14 +155,21 @@ def run_ending(urls: dict[str, str], sizes: Sequence[int], rounds: int, say: Any
 # --------------------------------------------------------------------------- 2. real time
 
 
-def _poll_health(base: str, stop: threading.Event, out: list[float]) -> None:
+def _poll_health(base: str, stop: threading.Event, out: list[float], probe: dict[str, Any]) -> None:
+    """/health every 100 ms; once the backlog passes stt.max_backlog_seconds, one new session tries to join."""
     import httpx
+    from websockets.sync.client import connect
 
     with httpx.Client(timeout=30) as client:
         while not stop.wait(0.1):
             started = time.perf_counter()
-            client.get(f"{base}/health").raise_for_status()
+            health = client.get(f"{base}/health").json()
             out.append(time.perf_counter() - started)
+            probe["backlog_max_s"] = max(probe.get("backlog_max_s", 0.0), health["backlog_seconds"])
+            if "refused" not in probe and health["backlog_seconds"] >= probe["bound_s"]:
+                with connect(base.replace("http://", "ws://") + "/ws/stt") as ws:
+                    first = json.loads(ws.recv(timeout=30))
+                    probe["refused"] = f"{first['type']} {first.get('code', '')}".strip()
 
 
 async def _realtime_stream(url: str, i: int, content: bytes, seconds: float, stats: dict[str, Any]) -> None:
@@ -206,14 +215,15 @@ async def _realtime(url: str, n: int, content: bytes, seconds: float) -> dict[st
     return stats
 
 
-def run_realtime(url: str, n: int, seconds: float, say: Any) -> list[dict[str, Any]]:
+def run_realtime(url: str, n: int, seconds: float, bound_s: float, say: Any) -> list[dict[str, Any]]:
     base = url.replace("ws://", "http://").removesuffix("/ws/stt")
     speech = _speech_pcm() + bytes(int(PAUSE_S * 16000) * 2)
     rows = []
     for kind, content in (("silence", bytes(FRAME_BYTES * 50)), ("speech", speech)):
         health: list[float] = []
+        probe: dict[str, Any] = {"bound_s": bound_s}
         stop = threading.Event()
-        poller = threading.Thread(target=_poll_health, args=(base, stop, health), daemon=True)
+        poller = threading.Thread(target=_poll_health, args=(base, stop, health, probe), daemon=True)
         poller.start()
         stats = asyncio.run(_realtime(url, n, content, seconds))
         stop.set()
@@ -232,6 +242,8 @@ def run_realtime(url: str, n: int, seconds: float, say: Any) -> list[dict[str, A
             "buffer_limit_reached": messages["buffer_limit_reached"],
             "health_p50_ms": round(_pct(health, 50) * 1000, 1),
             "health_p99_ms": round(_pct(health, 99) * 1000, 1),
+            "backlog_max_s": round(probe.get("backlog_max_s", 0.0), 1),
+            "new_session_at_bound": probe.get("refused", "not reached"),
         }
         say(f"real time, {kind}: {row}")
         rows.append(row)
@@ -258,14 +270,15 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         "Real time: intake lag at the end, sessions dropped, /health",
         "| audio | streams | seconds | lag p50 (s) | lag max (s) | client late max (s) | dropped | transcripts "
-        "| buffer_limit_reached | /health p50 (ms) | /health p99 (ms) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| buffer_limit_reached | /health p50 (ms) | /health p99 (ms) | backlog max (s) | new session at the bound |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["realtime"]:
         lines.append(
             f"| {row['kind']} | {row['streams']} | {row['seconds']:g} | {row['intake_lag_p50_s']:.3f} "
             f"| {row['intake_lag_max_s']:.3f} | {row['client_lateness_max_s']:.3f} | {row['dropped']} "
-            f"| {row['transcripts']} | {row['buffer_limit_reached']} | {row['health_p50_ms']:.1f} | {row['health_p99_ms']:.1f} |"
+            f"| {row['transcripts']} | {row['buffer_limit_reached']} | {row['health_p50_ms']:.1f} | {row['health_p99_ms']:.1f} "
+            f"| {row['backlog_max_s']:.1f} | {row['new_session_at_bound']} |"
         )
     return "\n".join(lines)
 
@@ -309,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls[mode] = stack.enter_context(stt_server(settings, folder, folder / "server.log"))
         sizes = [int(size) for size in args.sizes.split(",") if size]
         result["ending"] = run_ending(urls, sizes, args.rounds, say)
-        result["realtime"] = run_realtime(urls["off"], args.streams, args.seconds, say) if args.streams else []
+        bound = SttSettings().max_backlog_seconds
+        result["realtime"] = run_realtime(urls["off"], args.streams, args.seconds, bound, say) if args.streams else []
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -300,7 +300,7 @@ class SttSession:
             # Its audio is the utterance's, at most less trailing silence: it is reported as the utterance.
             result, waited, batch_size = replace(speculated, duration=utterance.duration), 0.0, 1
         else:
-            final = await self._run_final(job, utterance, queued_at)
+            final = await self._run_final(job, utterance)
             if final is None:
                 return
             result, waited, batch_size = final.transcript, final.started - queued_at, final.batch_size
@@ -337,7 +337,7 @@ class SttSession:
         }
         await self._emit(Transcribed(result, utterance, timings, job.epoch))
 
-    async def _run_final(self, job: _Job, utterance: Utterance, queued_at: float) -> Final | None:
+    async def _run_final(self, job: _Job, utterance: Utterance) -> Final | None:
         """The utterance transcribed in turn, alone or batched with other sessions' finals (stt/finals.py); None
         if it was reset or closed meanwhile (the worker goes to someone who needs it)."""
         engine = await self._model.wait()

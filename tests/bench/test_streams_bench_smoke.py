@@ -30,5 +30,6 @@ def test_streams_bench_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
     for row in result["realtime"]:
         assert (row["streams"], row["dropped"], row["unanswered"]) == (2, 0, 0)
         assert row["health_p99_ms"] > 0
+        assert row["new_session_at_bound"] == "not reached"  # two short streams never build 30 s of backlog
     silence, speech = result["realtime"]
     assert silence["transcripts"] == 0 and speech["transcripts"] >= 2  # 3 s of the looped sentence per stream
