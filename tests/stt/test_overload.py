@@ -1,5 +1,6 @@
 """Overload is explicit: past stt.max_backlog_seconds of speech waiting for transcription, a new WebSocket
-session is refused with 1013 (`overloaded`); the sessions already open are still served, in order."""
+session is refused with 1013 (`overloaded`); the sessions already open are still served, in order; partials
+are shed first."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from stt.events import Partial, Transcribed
 from stt.server import SttService
 from tests.fixtures.speech import make_speech
 from tests.stt.test_server import PHRASE, receive, send_json, session, stream, stt_server
+from tests.stt.test_turns import counter, run_session
 
 
 def test_a_backlog_past_the_bound_refuses_new_sessions_with_1013(make_settings) -> None:
@@ -65,3 +68,21 @@ def test_a_backlog_past_the_bound_refuses_new_sessions_with_1013(make_settings) 
             assert "stt_connections_refused_total 1.0" in metrics
     finally:
         gate.set()
+
+
+@pytest.mark.anyio
+async def test_partials_are_shed_while_a_final_waits(make_settings) -> None:
+    # Three workers: a partial may take one (never the last) unless another session's final is queued.
+    settings = make_settings(stt={"max_concurrent": 3, "partial_interval_ms": 1, "speculative_finals": False})
+    speech = make_speech(PHRASE, lead_silence_s=0.3, trail_silence_s=1.0)
+    free = SttService(settings)
+    await run_session(free, speech)
+    assert counter(free, "stt_partials_total", outcome="skipped") == 0  # nothing waits: partials are never shed
+
+    behind = SttService(settings)
+    with behind.pools.transcribe.final_queued():  # what stt/finals.py holds while a final waits for its batch
+        events = await run_session(behind, speech)
+    assert not [event for event in events if isinstance(event, Partial)]
+    assert [type(event) for event in events if isinstance(event, Transcribed)] == [Transcribed]  # the final is served
+    assert counter(behind, "stt_partials_total", outcome="sent") == 0
+    assert counter(behind, "stt_partials_total", outcome="skipped") >= 1
