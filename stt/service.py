@@ -23,13 +23,13 @@ from core.access import Access
 from core.config import Settings
 from core.errors import Overloaded, ServiceError
 from core.logging import get_logger
+from stt import vad
 from stt.engine import FileRequest
 from stt.files import FileTranscriber, FileTranscription
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.pools import Pools
 from stt.session import SttSession
-from stt import vad
 from stt.turns import TurnModelHolder
 
 log = get_logger(__name__)
