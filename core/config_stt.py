@@ -76,6 +76,16 @@ class SttSettings(Section):
     """Least time between two partial transcripts of an utterance being spoken; 0 turns partials off."""
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
+    transcribe_nice: int = Field(10, ge=0, le=19)
+    """How much lower the CPU priority of the transcription threads is (Linux nice), so the audio intake keeps pace under load; 0: the same."""
+    vad_batch_max_size: int = Field(64, ge=1, le=1_024)
+    """Most sessions whose voice activity one model call scores (the sessions waiting for a VAD worker go together)."""
+    batch_max_size: int = Field(1, ge=1, le=64)
+    """Most finals of different sessions decoded together in one batch on one worker; 1 (each alone) suits a small CPU, 8-16 a GPU."""
+    batch_window_ms: int = Field(20, ge=0, le=1_000)
+    """How long a final that found a free worker waits for other sessions' finals to join its batch."""
+    max_backlog_seconds: float = Field(30.0, ge=1.0, le=3_600.0)
+    """Speech of all sessions waiting for (or in) transcription past which a new WebSocket session is refused with 1013 (overloaded)."""
 
     model_retry_s: float = Field(30.0, ge=0.0, le=3_600.0)
     """After a failed model load (no network for the first download, a model not in place yet), wait this long

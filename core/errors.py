@@ -151,6 +151,12 @@ class TooManyPending(ServiceError):
     code = "too_many_pending"
 
 
+class Overloaded(ServiceError):
+    """Work already accepted is behind (the transcription backlog): a new session is refused rather than served late."""
+
+    code = "overloaded"
+
+
 class ConversationNotFound(ServiceError):
     code = "conversation_not_found"
 

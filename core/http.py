@@ -73,6 +73,7 @@ HTTP_STATUS: dict[str, int] = {
     "bad_audio": 422,
     "too_many_connections": 503,
     "too_many_pending": 503,
+    "overloaded": 503,
     "busy": 409,
     "conversation_not_found": 404,
     "conversation_busy": 409,

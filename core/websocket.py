@@ -185,10 +185,13 @@ class Connections:
         self.draining = False
         self.on_refused: Callable[[], None] = lambda: None
         """Called for each connection refused because the limit was reached (a metric)."""
+        self.admit: Callable[[], ServiceError | None] = lambda: None
+        """The service's say on a new connection: an error (1013 with it) when it is overloaded, else None."""
         self._intakes: set[Intake] = set()
 
     async def serve(self, websocket: WebSocket, handler: Handler) -> None:
-        """Refuse (draining: 1001; full: 1013 with `too_many_connections`) or accept and run `handler`."""
+        """Refuse (draining: 1001; full: 1013 with `too_many_connections`; overloaded: 1013 with the error
+        `admit` gave) or accept and run `handler`."""
         if self.draining:
             await websocket.accept()
             await websocket.close(CLOSE_GOING_AWAY, SHUTDOWN_REASON)
@@ -202,6 +205,13 @@ class Connections:
             )
             await Channel(websocket).close(CLOSE_TRY_AGAIN_LATER, "too many connections", error)
             log.warning("connection_refused", reason="max_connections", limit=self.limit)
+            return
+        overloaded = self.admit()
+        if overloaded is not None:
+            self.on_refused()
+            await websocket.accept()
+            await Channel(websocket).close(CLOSE_TRY_AGAIN_LATER, overloaded.code, overloaded)
+            log.warning("connection_refused", reason=overloaded.code, detail=overloaded.message)
             return
         self.count += 1
         session_id = uuid.uuid4().hex[:12]

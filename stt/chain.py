@@ -1,7 +1,7 @@
 """The audio chain of one stream: PCM16 at the client's rate -> 16 kHz float32 -> Silero VAD -> utterances.
 
-One reusable component: the live session runs it with the model call in the VAD worker pool and the
-segmenter on the event loop (`accept`, `score`, `segment`); a benchmark or a file pipeline runs it
+One reusable component: the live session runs it with the model call batched with other sessions in the
+VAD worker pool and the segmenter on the event loop (`accept`, `take_accepted`, `segment`); a benchmark or a file pipeline runs it
 synchronously (`push`) and gets exactly the utterances the server cuts.
 """
 
@@ -33,10 +33,14 @@ class AudioChain:
         self._pending = np.concatenate([self._pending, samples]) if len(self._pending) else samples
         return self.vad.pending_samples + len(self._pending) >= WINDOW_SAMPLES
 
+    def take_accepted(self) -> np.ndarray:
+        """The audio accepted since the last call, for `self.vad` to score (alone or in a batch of sessions)."""
+        pending, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        return pending
+
     def score(self) -> VadResult:
         """The speech probability of every whole window accepted so far. Blocking (onnxruntime)."""
-        pending, self._pending = self._pending, np.zeros(0, dtype=np.float32)
-        return self.vad.process(pending)
+        return self.vad.process(self.take_accepted())
 
     def heard_speech(self, result: VadResult) -> bool:
         return bool(len(result.probabilities)) and float(result.probabilities.max()) >= self.threshold

@@ -20,6 +20,7 @@ import numpy as np
 
 from core.config import SttSettings
 from core.logging import get_logger
+from core.priority import build_at_nice
 
 log = get_logger(__name__)
 
@@ -254,13 +255,18 @@ class WhisperEngine:
                 compute_type = choose_compute_type(
                     settings.compute_type, attempt, set(ctranslate2.get_supported_compute_types(attempt))
                 )
-                model = WhisperModel(
-                    str(path),
-                    device=attempt,
-                    compute_type=compute_type,
-                    cpu_threads=threads,
-                    # One CTranslate2 worker per pool slot, so concurrent transcriptions run in parallel.
-                    num_workers=settings.max_concurrent,
+                # Built at a lower priority: CTranslate2's worker threads inherit it (core/priority.py), so the
+                # audio intake of every session goes first when transcription has more work than the CPU.
+                model = build_at_nice(
+                    lambda: WhisperModel(
+                        str(path),
+                        device=attempt,
+                        compute_type=compute_type,
+                        cpu_threads=threads,
+                        # One CTranslate2 worker per pool slot, so concurrent transcriptions run in parallel.
+                        num_workers=settings.max_concurrent,
+                    ),
+                    settings.transcribe_nice,
                 )
             except ModelLoadError:
                 raise
@@ -282,6 +288,15 @@ class WhisperEngine:
             return cls(model, loaded, settings)
         raise ModelLoadError(f"could not load Whisper model from {path} on {attempts[-1]}: {failure}") from failure
 
+    @property
+    def settings(self) -> SttSettings:
+        return self._settings
+
+    @property
+    def whisper(self) -> object:
+        """The faster-whisper WhisperModel (stt/batch_decode.py drives its stages for a batch)."""
+        return self._model
+
     def transcribe(
         self,
         audio: np.ndarray,
@@ -301,18 +316,8 @@ class WhisperEngine:
             condition_on_previous_text=False,
             word_timestamps=word_timestamps,
         )
-        segments: list[Segment] = []
-        for segment in segments_iter:
-            segments.append(_segment(segment, word_timestamps))
-            if should_stop():
-                break
-        return Transcript(
-            text=" ".join(s.text for s in segments if s.text).strip(),
-            language=info.language,
-            language_probability=round(float(info.language_probability), 4),
-            duration=round(len(audio) / WHISPER_SAMPLE_RATE, 3),
-            transcribe_seconds=time.perf_counter() - started,
-            segments=segments,
+        return collect_transcript(
+            segments_iter, info.language, info.language_probability, audio, started, should_stop, word_timestamps
         )
 
     def transcribe_file(self, audio: np.ndarray, request: FileRequest) -> tuple[Iterator[Segment], FileInfo]:
@@ -349,6 +354,31 @@ class WhisperEngine:
             without_timestamps=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+def collect_transcript(
+    segments_iter: Iterable[object],
+    language: str,
+    language_probability: float,
+    audio: np.ndarray,
+    started: float,
+    should_stop: Callable[[], bool],
+    word_timestamps: bool,
+) -> Transcript:
+    """faster-whisper's lazy segments decoded into our Transcript; stops between segments once should_stop() is true."""
+    segments: list[Segment] = []
+    for segment in segments_iter:
+        segments.append(_segment(segment, word_timestamps))
+        if should_stop():
+            break
+    return Transcript(
+        text=" ".join(s.text for s in segments if s.text).strip(),
+        language=language,
+        language_probability=round(float(language_probability), 4),
+        duration=round(len(audio) / WHISPER_SAMPLE_RATE, 3),
+        transcribe_seconds=time.perf_counter() - started,
+        segments=segments,
+    )
 
 
 def _segment(segment: object, word_timestamps: bool) -> Segment:

@@ -60,7 +60,7 @@ class SttMetrics:
         self.connections = Gauge("stt_connections", "Open /ws/stt sessions.", registry=r)
         self.connections.set_function(connections)
         self.connections_refused = Counter(
-            "stt_connections_refused_total", "Sessions refused because stt.max_connections were open.", registry=r
+            "stt_connections_refused_total", "Sessions refused: stt.max_connections were open, or the backlog passed stt.max_backlog_seconds.", registry=r
         )
         self.workers_busy = Gauge("stt_workers_busy", "Transcriptions running now (finals and partials).", registry=r)
         self.model_loaded = Gauge("stt_model_loaded", "1 once the Whisper model is loaded.", registry=r)

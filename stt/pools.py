@@ -1,20 +1,31 @@
 """The STT service's shared worker pools, and who goes first in the transcription pool.
 
 Three kinds of work share stt.max_concurrent transcription workers:
-- a live session's final transcript: waits its turn (first come, first served among finals);
+- a live session's final transcript: waits its turn (first come, first served among finals), and finals
+  waiting together share one worker as a batch (stt/finals.py);
 - a partial transcript: only when a worker is free and never the last one (it never queues);
 - a file upload (/v1/audio/transcriptions): one window of the file at a time, each window taking a
   worker only when no final is waiting. A final therefore waits for at most one window of an upload,
   however long the file: live users are never starved by a file, and the file still uses every worker
   left idle by them.
+
+The backlog (speech of all live sessions waiting for or in transcription) is what admission looks at:
+past stt.max_backlog_seconds a new session is refused (1013) instead of joining a queue that is behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 
 import anyio
+from prometheus_client import Gauge
+
+from core.config import SttSettings
+from stt.finals import FinalBatcher
+from stt.stream import SAMPLE_RATE, UtteranceSegmenter
+from stt.vad_batch import VadBatcher
 
 
 class TranscriptionPool:
@@ -38,6 +49,16 @@ class TranscriptionPool:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    @contextmanager
+    def final_queued(self) -> Iterator[None]:
+        """A live final is queued for a batch (stt/finals.py): it counts as waiting, so uploads and partials yield."""
+        self._finals_waiting += 1
+        try:
+            yield
+        finally:
+            self._finals_waiting -= 1
+            self._notify()
 
     @asynccontextmanager
     async def final(self) -> AsyncIterator[None]:
@@ -85,3 +106,28 @@ class TranscriptionPool:
         finally:
             self._limiter.release_on_behalf_of(token)
             self._notify()
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The service's shared worker pools, and the sessions that use them."""
+
+    transcribe: TranscriptionPool
+    vad: anyio.CapacityLimiter
+    vad_batch: VadBatcher
+    finals: FinalBatcher
+    live: set[UtteranceSegmenter] = field(default_factory=set)
+    """The segmenter of every open session: each knows the audio it holds for transcription."""
+
+    @classmethod
+    def sized(cls, stt: SttSettings, busy: Gauge) -> Pools:
+        """From the config; `busy`: the gauge of transcriptions running."""
+        vad = anyio.CapacityLimiter(stt.vad_workers)
+        transcribe = TranscriptionPool(stt.max_concurrent)
+        live: set[UtteranceSegmenter] = set()
+        finals = FinalBatcher(transcribe, stt.batch_max_size, stt.batch_window_ms / 1000, busy, lambda: len(live))
+        return cls(transcribe, vad, VadBatcher(vad, stt.vad_batch_max_size), finals, live)
+
+    def backlog_seconds(self) -> float:
+        """Seconds of speech cut into utterances and not transcribed yet, over all open sessions."""
+        return sum(segmenter.queued_samples for segmenter in self.live) / SAMPLE_RATE

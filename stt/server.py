@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sockets = Connections(stt.max_connections, "stt.max_connections", "STT service")
     service = SttService(settings, connections=lambda: sockets.count)
     sockets.on_refused = service.metrics.connections_refused.inc
+    sockets.admit = service.admission_error
 
     wyoming = WyomingListener(stt.wyoming, stt.host, "STT service", "stt.wyoming.max_connections")
     service.listeners["wyoming"] = wyoming.health

@@ -21,13 +21,15 @@ from faster_whisper.vad import get_vad_model
 from core import __version__
 from core.access import Access
 from core.config import Settings
+from core.errors import Overloaded, ServiceError
 from core.logging import get_logger
+from stt import vad
 from stt.engine import FileRequest
 from stt.files import FileTranscriber, FileTranscription
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
-from stt.pools import TranscriptionPool
-from stt.session import Pools, SttSession
+from stt.pools import Pools
+from stt.session import SttSession
 from stt.turns import TurnModelHolder
 
 log = get_logger(__name__)
@@ -39,8 +41,8 @@ class SttService:
         stt = settings.stt
         self.model = ModelHolder(settings)
         self.turn_models = TurnModelHolder(settings)
-        self.pools = Pools(TranscriptionPool(stt.max_concurrent), anyio.CapacityLimiter(stt.vad_workers))
         self.metrics = SttMetrics(connections)
+        self.pools = Pools.sized(stt, self.metrics.workers_busy)
         self.access = Access(settings.auth)
         self.files = FileTranscriber(stt, self.pools.transcribe, self.metrics, self.access.quotas.charge_audio)
         self._connections = connections
@@ -58,6 +60,7 @@ class SttService:
         # Silero VAD ships inside faster-whisper and loads in a blink; loading it before serving keeps
         # the first session's ONNX load off the event loop.
         await anyio.to_thread.run_sync(get_vad_model)
+        await anyio.to_thread.run_sync(vad.load)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._load_model)
             tasks.start_soon(self.turn_models.load)
@@ -100,6 +103,18 @@ class SttService:
         async with self.files.open(engine, data, request) as transcription:
             yield transcription
 
+    def admission_error(self) -> ServiceError | None:
+        """Overloaded when the speech waiting for transcription is past stt.max_backlog_seconds: a new session
+        would only queue behind it (a WebSocket gets 1013). Sessions already open go on, each bounded by its
+        own stt.max_buffer_seconds."""
+        backlog, limit = self.pools.backlog_seconds(), self.settings.stt.max_backlog_seconds
+        if backlog < limit:
+            return None
+        return Overloaded(
+            f"transcription is behind: {backlog:.1f} s of speech wait for it (stt.max_backlog_seconds is {limit:g}); "
+            "try again later"
+        )
+
     def health(self) -> dict[str, Any]:
         stt = self.settings.stt
         engine = self.model.engine
@@ -115,6 +130,7 @@ class SttService:
             "connections": self._connections(),
             "max_connections": stt.max_connections,
             "uploads": {"running": self.files.running, "max_uploads": stt.max_uploads},
+            "backlog_seconds": round(self.pools.backlog_seconds(), 3),
             "turn_detection": self.turn_models.health(),
             **{name: report() for name, report in self.listeners.items()},
             "version": __version__,

@@ -18,19 +18,20 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
-from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 
 from core.config import SttSettings
 from core.errors import BadAudio, ModelUnavailable, TooManyPending, TranscriptionFailed
 from core.logging import get_logger
 from stt.chain import AudioChain
-from stt.engine import Transcript, WhisperEngine
+from stt.batch_decode import FinalRequest
+from stt.engine import WhisperEngine
+from stt.finals import Final
 from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, SessionEvent, Transcribed
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer
-from stt.pools import TranscriptionPool
+from stt.pools import Pools
 from stt.speculation import Speculation, Speculator
 from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
 from stt.turns import TurnModelHolder, TurnTaker
@@ -39,14 +40,6 @@ log = get_logger(__name__)
 
 EVENT_BUFFER = 64
 """Events a session may hold for a slow client; then its audio intake waits (backpressure)."""
-
-
-@dataclass(frozen=True)
-class Pools:
-    """The service's shared worker pools."""
-
-    transcribe: TranscriptionPool
-    vad: CapacityLimiter
 
 
 @dataclass(frozen=True)
@@ -113,11 +106,13 @@ class SttSession:
     async def __aenter__(self) -> SttSession:
         self._tasks = await self._stack.enter_async_context(anyio.create_task_group())
         self._tasks.start_soon(self._run_worker)
+        self._pools.live.add(self.segmenter)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         """Stop work in progress at its next segment boundary; drop everything queued."""
         self._stopping.set()
+        self._pools.live.discard(self.segmenter)
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
         try:
@@ -141,7 +136,8 @@ class SttSession:
         self._metrics.audio_received.inc(len(pcm16) / 2 / self.sample_rate)
         if not self.chain.accept(pcm16):
             return  # not a whole window yet: only buffered, no model call, no thread hop
-        result = await anyio.to_thread.run_sync(self.chain.score, limiter=self._pools.vad)
+        # Scored in one batch with every other session waiting now (stt/vad_batch.py).
+        result = await self._pools.vad_batch.score(self.chain.vad, self.chain.take_accepted())
         if self.chain.heard_speech(result):
             self._last_speech_at = time.perf_counter()
         await self._segmented(self.chain.segment(result))
@@ -302,12 +298,12 @@ class SttSession:
         speculated = await job.speculation.outcome() if job.speculation is not None else None
         if speculated is not None:
             # Its audio is the utterance's, at most less trailing silence: it is reported as the utterance.
-            result, waited = replace(speculated, duration=utterance.duration), 0.0
+            result, waited, batch_size = replace(speculated, duration=utterance.duration), 0.0, 1
         else:
-            final, waited = await self._run_final(job, utterance, queued_at)
+            final = await self._run_final(job, utterance)
             if final is None:
                 return
-            result = final
+            result, waited, batch_size = final.transcript, final.started - queued_at, final.batch_size
         self.utterances += 1
         latency = time.perf_counter() - job.speech_end
         self._metrics.observe_utterance(result, utterance.reason, waited)
@@ -336,23 +332,19 @@ class SttSession:
             "transcribe_s": round(result.transcribe_seconds, 3),
             "real_time_factor": round(result.real_time_factor, 3),
             "speculative": speculated is not None,
+            "batch_size": batch_size,
             **job.turn,
         }
         await self._emit(Transcribed(result, utterance, timings, job.epoch))
 
-    async def _run_final(self, job: _Job, utterance: Utterance, queued_at: float) -> tuple[Transcript | None, float]:
-        """The utterance transcribed on a worker taken in turn; None if it was reset or closed meanwhile."""
+    async def _run_final(self, job: _Job, utterance: Utterance) -> Final | None:
+        """The utterance transcribed in turn, alone or batched with other sessions' finals (stt/finals.py); None
+        if it was reset or closed meanwhile (the worker goes to someone who needs it)."""
         engine = await self._model.wait()
-        async with self._pools.transcribe.final():
-            if not self._current(job):
-                return None, 0.0  # reset or closed while it waited: the worker goes to someone who needs it
-            self._holding = None
-            waited = time.perf_counter() - queued_at
-            with self._metrics.workers_busy.track_inprogress():
-                result = await anyio.to_thread.run_sync(
-                    engine.transcribe, utterance.audio, job.language, self._stopping.is_set, job.word_timestamps
-                )
-        return result, waited
+        request = FinalRequest(utterance.audio, job.language, job.word_timestamps, self._stopping.is_set)
+        final = await self._pools.finals.transcribe(engine, request, lambda: self._current(job))
+        self._holding = None
+        return final
 
     def _new_utterance(self) -> None:
         """Partials in flight belong to the utterance just closed: they are dropped, not sent."""
@@ -364,6 +356,9 @@ class SttSession:
             return
         if self.segmenter.in_trailing_silence:
             return  # the final may be due any moment: a partial now would only compete with it for the CPU
+        if self._pools.transcribe.finals_waiting:
+            self._metrics.partials.labels("skipped").inc()
+            return  # finals are behind: partials are shed first
         now = time.perf_counter()
         if now - self._last_partial_at < self._settings.partial_interval_ms / 1000:
             return

@@ -464,8 +464,11 @@ def test_transcripts_carry_their_timings(make_settings) -> None:
             stream(ws, make_speech(PHRASE, trail_silence_s=1.0))
             message = receive(ws)
     timings = message["timings"]
-    assert set(timings) == {"speech_end_to_transcript_s", "queue_wait_s", "transcribe_s", "real_time_factor", "speculative"}
+    assert set(timings) == {
+        "speech_end_to_transcript_s", "queue_wait_s", "transcribe_s", "real_time_factor", "speculative", "batch_size"
+    }
     assert timings["speculative"] is False
+    assert timings["batch_size"] == 1  # the only session: decoded alone
     assert timings["transcribe_s"] == message["transcribe_seconds"]
     assert timings["real_time_factor"] == pytest.approx(timings["transcribe_s"] / message["duration"], abs=0.002)
     assert timings["speech_end_to_transcript_s"] >= timings["transcribe_s"]
