@@ -84,12 +84,15 @@ class GroqSettings(Section):
         return value
 
 
+EngineName = Literal["piper", "espeak", "xtts", "groq"]
+"""The speech engines (tts/engines/NAME.py)."""
+
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 """The voice names of OpenAI's speech API; a request naming one speaks with the voice tts.openai.voices maps it to."""
 
 
 class OpenAiSpeechSettings(Section):
-    hd_model_engine: Literal["piper", "espeak", "xtts", "groq"] | None = None
+    hd_model_engine: EngineName | None = None
     """Engine that the model name tts-1-hd selects on /v1/audio/speech; null: the default engine (tts-1 and
     gpt-4o-mini-tts always mean the default engine; an engine's own name selects that engine)."""
     voices: dict[str, str] = Field(default_factory=dict)
@@ -121,8 +124,15 @@ class TtsSettings(Section):
     """Interface the TTS service listens on (0.0.0.0 for every interface)."""
     port: int = Field(8000, ge=1, le=65535)
     """TCP port of the TTS service and the dashboard."""
-    engine: Literal["piper", "espeak", "xtts", "groq"] = "piper"
-    """Speech engine."""
+    engine: EngineName = "piper"
+    """Default speech engine: the one a request that names none speaks with (PUT /v1/engines/default changes it
+    until restart)."""
+    engines: list[EngineName] = Field(default_factory=list, max_length=4)
+    """More engines served side by side with tts.engine; a request picks one with `engine` (OpenAI: `model`)."""
+    preload: bool = False
+    """Load every engine of tts.engines at start-up; otherwise each loads on its first request."""
+    idle_unload_s: float = Field(0.0, ge=0.0, le=604_800.0)
+    """Unload an engine unused this long (seconds) to free its memory; the next request loads it again. 0 never unloads."""
     fallback_engine: Literal["espeak", "none"] = "espeak"
     """Engine used when the configured one cannot start."""
     voice: str | None = Field(None, pattern=VOICE_NAME_PATTERN, max_length=100)

@@ -51,6 +51,10 @@ class Engine(ABC):
 
     name: ClassVar[str]
     """Engine name as used in tts.engine."""
+    streaming: ClassVar[bool] = True
+    """Speaks sentence by sentence, so audio starts before the whole text is synthesized."""
+    clones: ClassVar[bool] = False
+    """Makes a new voice from a reference clip (POST /v1/voices)."""
 
     def __init__(self, settings: Settings, *, as_fallback: bool = False) -> None:
         # tts.voice names a voice of the configured engine: an engine standing in for it as the fallback
@@ -92,6 +96,10 @@ class Engine(ABC):
         """Speak `text` with a voice returned by resolve_voice (and a speaker from resolve_speaker), at `speed`
         (1.0 normal, 2.0 twice as fast). A lazy generator: work happens as it is iterated, so a caller can
         stop between chunks."""
+
+    def sample_rate(self) -> int | None:
+        """Samples per second of the default voice's audio, when known without synthesizing."""
+        return None
 
     @property
     def voice_loaded(self) -> bool:

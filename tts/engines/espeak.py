@@ -49,6 +49,9 @@ class EspeakEngine(Engine):
             )
         return self._voices
 
+    def sample_rate(self) -> int:
+        return self._espeak.sample_rate
+
     def voice_details(self) -> list[VoiceInfo]:
         return [VoiceInfo(name, [name]) for name in self.voices()]  # espeak's voices are named by language
 

@@ -158,6 +158,10 @@ class PiperEngine(Engine):
         speakers = self._config(name).get("speaker_id_map") or {}
         return {str(key): int(value) for key, value in speakers.items()} if isinstance(speakers, dict) else {}
 
+    def sample_rate(self) -> int | None:
+        rate = (self._config(self.default_voice).get("audio") or {}).get("sample_rate")
+        return int(rate) if isinstance(rate, int) else None
+
     def voice_details(self) -> list[VoiceInfo]:
         details = []
         for name in self.voices():

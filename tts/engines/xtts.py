@@ -55,6 +55,7 @@ def _pick_device(setting: str) -> str:
 
 class XttsEngine(Engine):
     name = "xtts"
+    clones = True
 
     def __init__(
         self, settings: Settings, *, as_fallback: bool = False, model_factory: ModelFactory | None = None
