@@ -55,6 +55,12 @@ class XttsSettings(Section):
     """Language of the text (XTTS v2 codes: en, de, fr, es, it, pt, pl, tr, ru, nl, cs, ar, zh-cn, ja, hu, ko, hi)."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """auto uses CUDA when torch sees a CUDA device and falls back to the CPU."""
+    clip_min_s: float = Field(3.0, gt=0.0, le=60.0)
+    """Shortest reference clip POST /v1/voices accepts to clone a voice."""
+    clip_max_s: float = Field(30.0, gt=0.0, le=600.0)
+    """Longest reference clip POST /v1/voices accepts to clone a voice."""
+    clip_min_dbfs: float = Field(-40.0, ge=-90.0, le=0.0)
+    """Quietest reference clip accepted (RMS level in dBFS); a quieter one is refused as silence."""
 
 
 class GroqSettings(Section):
@@ -140,6 +146,8 @@ class TtsSettings(Section):
     xtts.speaker, groq.voice)."""
     voices_dir: Path = Path("models/piper")
     """Folder of Piper voices (relative to the project directory)."""
+    max_voice_upload_bytes: int = Field(134_217_728, ge=1_024, le=2_147_483_648)
+    """Largest upload POST /v1/voices takes: a Piper voice's model and config together, or a reference clip."""
     reply_default: bool = True
     """When a request does not say, speak the LLM's reply to the text rather than the text."""
     max_text_length: int = Field(2_000, ge=1, le=100_000)
@@ -168,3 +176,8 @@ class TtsSettings(Section):
     groq: GroqSettings = Field(default_factory=GroqSettings)
     openai: OpenAiSpeechSettings = Field(default_factory=OpenAiSpeechSettings)
     wyoming: TtsWyomingSettings = Field(default_factory=TtsWyomingSettings)
+
+    @property
+    def served_engines(self) -> list[str]:
+        """tts.engine, then the other engines of tts.engines: every engine a request may name."""
+        return list(dict.fromkeys([self.engine, *self.engines]))

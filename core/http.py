@@ -70,6 +70,8 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_speed": 422,
     "invalid_voice_name": 422,
     "voice_not_found": 404,
+    "invalid_voice": 422,
+    "voice_conflict": 409,
     "bad_audio": 422,
     "too_many_connections": 503,
     "too_many_pending": 503,

@@ -44,6 +44,8 @@ _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "invalid_speed": (400, "invalid_request_error", "speed"),
     "invalid_voice_name": (400, "invalid_request_error", "voice"),
     "voice_not_found": (404, "invalid_request_error", "voice"),
+    "invalid_voice": (400, "invalid_request_error", None),
+    "voice_conflict": (409, "invalid_request_error", None),
     "model_not_found": (404, "invalid_request_error", "model"),
     "conversation_not_found": (404, "invalid_request_error", "conversation_id"),
     "conversation_busy": (409, "invalid_request_error", "conversation_id"),

@@ -64,6 +64,18 @@ CONFIG: dict[str, Any] = {
             },
         },
         {
+            # A voice upload holds a Piper model and config, or a clip of speech: the files the fuzzer fills
+            # (noise WAVs) are neither, and are refused (invalid_voice) as the document says; the uploads that
+            # load are tests/tts/test_voice_management.py's. Its form is multipart, as below.
+            "include-name": "POST /v1/voices",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "429", "5xx"]
+                },
+                "negative_data_rejection": {"enabled": False},
+            },
+        },
+        {
             # Schemathesis cannot re-validate a multipart body that holds a file (its validator takes no
             # bytes), so it cannot see that a type mutation of a text field is valid once sent as text
             # (model: true arrives as the model name "true"). The form's refusals have their own tests
@@ -110,12 +122,19 @@ def _record(recorder: Any, found: Findings) -> None:
                 )
 
 
+NO_SUCCESS_WITHOUT_AN_UPLOAD = {
+    "POST /v1/voices", "DELETE /v1/voices/{engine}:{name}", "PUT /v1/voices/{engine}:{name}/shared"
+}
+"""Operations that succeed only on a voice uploaded first (no fuzzed file is a loadable voice, and voices put
+in the folder by hand are neither deleted nor shared): their successes are tests/tts/test_voice_management.py's."""
+
+
 def assert_agrees(found: Findings) -> None:
     """No failure, and every operation was reached and answered some request with success."""
     assert found.problems == [], "\n".join(found.problems)
     assert set(found.statuses) == found.operations
     unanswered = {name for name, statuses in found.statuses.items() if not any(200 <= s < 300 for s in statuses)}
-    assert unanswered == set(), dict(found.statuses)
+    assert unanswered - NO_SUCCESS_WITHOUT_AN_UPLOAD == set(), dict(found.statuses)
 
 
 def _wav(rate: int, seconds: float, seed: int) -> bytes:

@@ -40,6 +40,7 @@ from tts.http_docs import (
     REPLY_ERRORS,
     SPEECH_ERRORS,
     VOICE_SCHEMA,
+    engine_schema,
     headers,
     speed_schema,
     text_schema,
@@ -263,7 +264,9 @@ def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
         conversation_id: str | None = Query(
             None, description="Continue this conversation (reply true only).", json_schema_extra=CONVERSATION_FIELD_SCHEMA
         ),
-        engine: str | None = Query(None, description="Engine from GET /v1/engines; default: the default engine."),
+        engine: str | None = Query(
+            None, description="Engine from GET /v1/engines; default: the default engine.", json_schema_extra=engine_schema(settings)
+        ),
         last_event_id: str | None = Header(None, alias="Last-Event-ID", description="Sent by a reconnecting EventSource."),
     ) -> Response:
         started = time.perf_counter()

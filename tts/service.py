@@ -41,6 +41,7 @@ from tts.engines import create_engine
 from tts.engines.base import VoiceInfo
 from tts.engine_info import EngineInfo, describe
 from tts.engines.host import EngineFactory, EngineHost
+from tts.voice_manager import VoiceManager
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
 from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
@@ -91,6 +92,7 @@ class TtsService:
     ) -> None:
         self.settings = settings
         self.engines = EngineHost(settings, engine_factory, engine_options)
+        self.voice_manager = VoiceManager(settings, self.engines)
         self.pool = WorkerPool(settings.tts)
         self.llm = llm or make_llm_client(settings.llm)
         self.llm_health = LlmHealth(self.llm, settings.llm.health_cache_s)
@@ -188,10 +190,13 @@ class TtsService:
     ) -> tuple[str, str | None]:
         """The voice (and speaker) of `engine` (None: the default) to speak with, or VoiceNotFound /
         InvalidVoiceName / InvalidRequest. Loads the engine when it is not loaded."""
-        engine_ = await self.engines.get(engine)
+        slot = self.engines.slot(engine).name
+        engine_ = await self.engines.get(slot)
 
         def resolve() -> tuple[str, str | None]:
             resolved = engine_.resolve_voice(voice)
+            if voice is not None:  # another key's voice is refused as if it did not exist
+                self.voice_manager.check_visible(slot, resolved, engine_.voices)
             return resolved, engine_.resolve_speaker(resolved, speaker)
 
         # Resolving a Piper voice looks at the voices folder: file-system work stays off the event loop.

@@ -30,6 +30,14 @@ class VoiceInfo:
     languages: list[str]
     speakers: list[str] = field(default_factory=list)
     """Speaker names of a multi-speaker voice; empty for a voice with one."""
+    quality: str | None = None
+    """Piper's quality (x_low, low, medium, high); None where an engine has no such notion."""
+    sample_rate: int | None = None
+    """Samples per second of its audio, when known without synthesizing."""
+    loaded: bool = True
+    """Whether it is in memory, ready to speak without loading first."""
+    size_bytes: int | None = None
+    """Its files' size on disk (None: it has no files of its own)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class Engine(ABC):
     def voice_loaded(self) -> bool:
         """Whether the default voice is ready to speak without loading first."""
         return True
+
+    def unload_voice(self, name: str) -> None:  # noqa: B027 (optional hook: only engines that cache voices)
+        """Drop voice `name` from memory (its files were deleted)."""
 
     def close(self) -> None:  # noqa: B027 (optional hook: most engines hold nothing to release)
         """Release models and connections."""

@@ -67,7 +67,7 @@ class EngineHost:
     ) -> None:
         self.settings = settings
         tts = settings.tts
-        self.slots: dict[str, EngineSlot] = {name: EngineSlot(name) for name in dict.fromkeys([tts.engine, *tts.engines])}
+        self.slots: dict[str, EngineSlot] = {name: EngineSlot(name) for name in tts.served_engines}
         """Every configured engine, the default (tts.engine) first."""
         self.configured = tts.engine
         """The default engine: the one a request that names none speaks with (PUT /v1/engines/default changes it)."""
