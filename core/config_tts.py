@@ -32,6 +32,16 @@ class PiperSettings(Section):
     """Generator noise; null keeps the value in the voice's config."""
     noise_w_scale: float | None = Field(None, ge=0.0, le=2.0)
     """Phoneme width noise; null keeps the value in the voice's config."""
+    catalog_url: str = "https://huggingface.co/rhasspy/piper-voices/resolve/main/voices.json"
+    """Piper's voices.json: the voices GET /v1/voices/catalog offers for download."""
+    download_base_url: str = "https://huggingface.co/rhasspy/piper-voices/resolve/main/"
+    """Where a catalog voice's files are fetched from (each file's path in voices.json is relative to it)."""
+    catalog_cache_s: float = Field(3_600.0, ge=0.0, le=604_800.0)
+    """How long the fetched catalog is kept before it is fetched again."""
+    download_timeout_s: float = Field(60.0, gt=0.0, le=3_600.0)
+    """Longest wait for the catalog, or for the next bytes of a voice file being downloaded."""
+    max_downloads: int = Field(2, ge=1, le=16)
+    """Voice downloads that run at once; more wait in a queue of the same length, and past it are refused."""
 
 
 class EspeakSettings(Section):

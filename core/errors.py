@@ -143,6 +143,12 @@ class VoiceConflict(ServiceError):
     code = "voice_conflict"
 
 
+class CatalogUnavailable(ServiceError):
+    """The Piper voice catalog (or a voice file of it) cannot be fetched."""
+
+    code = "catalog_unavailable"
+
+
 class BadAudio(ServiceError):
     """Audio that cannot be used: a PCM16 frame with an odd byte count, a file no decoder reads."""
 

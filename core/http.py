@@ -72,6 +72,7 @@ HTTP_STATUS: dict[str, int] = {
     "voice_not_found": 404,
     "invalid_voice": 422,
     "voice_conflict": 409,
+    "catalog_unavailable": 502,
     "bad_audio": 422,
     "too_many_connections": 503,
     "too_many_pending": 503,

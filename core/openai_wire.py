@@ -46,6 +46,7 @@ _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "voice_not_found": (404, "invalid_request_error", "voice"),
     "invalid_voice": (400, "invalid_request_error", None),
     "voice_conflict": (409, "invalid_request_error", None),
+    "catalog_unavailable": (502, "server_error", None),
     "model_not_found": (404, "invalid_request_error", "model"),
     "conversation_not_found": (404, "invalid_request_error", "conversation_id"),
     "conversation_busy": (409, "invalid_request_error", "conversation_id"),

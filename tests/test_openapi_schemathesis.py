@@ -33,6 +33,7 @@ from schemathesis.specs.openapi import unregister_string_format
 from core.config import Settings
 from stt.server import create_app as create_stt_app
 from tests.fixtures.ollama_double import OllamaDouble
+from tests.fixtures.piper_catalog import PiperCatalogDouble
 from tests.fixtures.piper_voice import build_piper_voice
 from tests.fixtures.server import RunningServer, run_server
 from tests.stt.test_server import wait_until_settled
@@ -123,10 +124,13 @@ def _record(recorder: Any, found: Findings) -> None:
 
 
 NO_SUCCESS_WITHOUT_AN_UPLOAD = {
-    "POST /v1/voices", "DELETE /v1/voices/{engine}:{name}", "PUT /v1/voices/{engine}:{name}/shared"
+    "POST /v1/voices", "DELETE /v1/voices/{engine}:{name}", "PUT /v1/voices/{engine}:{name}/shared",
+    "POST /v1/voices/download", "GET /v1/voices/download/{job_id}", "GET /v1/voices/download/{job_id}/events",
 }
 """Operations that succeed only on a voice uploaded first (no fuzzed file is a loadable voice, and voices put
-in the folder by hand are neither deleted nor shared): their successes are tests/tts/test_voice_management.py's."""
+in the folder by hand are neither deleted nor shared), or on a voice of the catalog and the job its download
+started (no fuzzed id is either): their successes are tests/tts/test_voice_management.py's and
+tests/tts/test_voice_catalog.py's."""
 
 
 def assert_agrees(found: Findings) -> None:
@@ -176,8 +180,15 @@ def test_the_tts_service_agrees_with_its_openapi_document(
 ) -> None:
     build_piper_voice(tmp_path / "voices", VOICE)
     # A small text limit keeps the over-long texts the fuzzer sends (and their refusals) cheap.
-    base = tts_settings(tmp_path / "voices", ollama.url, max_text_length=200, data_dir=str(tmp_path / "data"))
+    repository = PiperCatalogDouble(tmp_path / "repository", ["en_GB-alba-medium"]).start()
+    piper = {"catalog_url": f"{repository.url}/voices.json", "download_base_url": f"{repository.url}/"}
+    base = tts_settings(
+        tmp_path / "voices", ollama.url, max_text_length=200, data_dir=str(tmp_path / "data"), piper=piper
+    )
     settings = Settings(**{**base.model_dump(), "stt": {"host": stt_server.host, "port": stt_server.port}})
-    with serve(settings) as (server, _):
-        found = fuzz(f"{server.http_url}/openapi.json")
+    try:
+        with serve(settings) as (server, _):
+            found = fuzz(f"{server.http_url}/openapi.json")
+    finally:
+        repository.stop()
     assert_agrees(found)

@@ -115,6 +115,7 @@ class TtsService:
                 tasks.start_soon(self.engines.start)
                 tasks.start_soon(self.llm_health.run)
                 tasks.start_soon(self._unload_idle)
+                tasks.start_soon(self.voice_manager.catalog.run)
                 try:
                     yield self
                 finally:

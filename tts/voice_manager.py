@@ -20,8 +20,9 @@ from core.logging import get_logger
 from tts.engines import Engine
 from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineHost
+from tts.catalog import Catalog
 from tts.voice_store import Origin, VoiceMeta, VoiceStore
-from tts.voices import check_voice_name
+from tts.voices import check_voice_name, language_matches
 
 log = get_logger(__name__)
 
@@ -53,19 +54,12 @@ def voice_id(engine: str, name: str) -> str:
     return f"{engine}:{name}"
 
 
-def _matches(languages: list[str], wanted: str) -> bool:
-    """`en` matches en_US and en-gb; `en_US` matches en-us."""
-    wanted = wanted.replace("_", "-").casefold()
-    return any(
-        (code := language.replace("_", "-").casefold()) == wanted or code.startswith(wanted + "-") for language in languages
-    )
-
-
 class VoiceManager:
     def __init__(self, settings: Settings, engines: EngineHost) -> None:
         self.settings = settings
         self.engines = engines
         self.store = VoiceStore(settings)
+        self.catalog = Catalog(settings.tts.piper, self.store)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -110,7 +104,7 @@ class VoiceManager:
                     raise
                 continue  # an engine that cannot speak has no voices to offer; GET /v1/engines says why
             entries += await anyio.to_thread.run_sync(self._entries, name, speaker, principal)
-        return [entry for entry in entries if language is None or _matches(entry.languages, language)]
+        return [entry for entry in entries if language is None or language_matches(entry.languages, language)]
 
     def check_visible(self, engine: str, name: str, available: Callable[[], list[str]]) -> None:
         """VoiceNotFound (listing the `available()` voices it may see) for a voice the caller's key may not

@@ -15,6 +15,8 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -89,39 +91,48 @@ class VoiceStore:
             self._write_meta(self.folders[engine], name, updated)
         return updated
 
-    def _staging(self, folder: Path) -> Path:
+    @contextmanager
+    def staging(self, engine: str) -> Iterator[Path]:
+        """A temporary folder inside `engine`'s voices folder (so a rename out of it is atomic), removed after."""
+        folder = self.folders[engine]
         folder.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def add_piper(self, name: str, model: bytes, config: bytes, meta: VoiceMeta) -> None:
         """Keep a Piper voice once Piper has loaded it; InvalidVoice saying what is wrong, VoiceConflict for a
         name in use."""
         check_voice_name(name)
-        folder = self.folders["piper"]
-        self._refuse_taken(folder, name, "piper")
-        staging = self._staging(folder)
-        try:
+        self.refuse_taken("piper", name)
+        with self.staging("piper") as staging:
             staged_model, staged_config = piper_voice_files(staging, name)
             staged_model.write_bytes(model)
             staged_config.write_bytes(config)
-            _check_piper(staged_model, staged_config)
-            target_model, target_config = piper_voice_files(folder, name)
-            with self._lock:
-                self._refuse_taken(folder, name, "piper")
-                self._write_meta(folder, name, meta)
-                # Config first, model last: a voice counts as present only once its model is in place.
-                staged_config.replace(target_config)
-                staged_model.replace(target_model)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        log.info("voice_added", engine="piper", voice=name, origin=meta.origin, owner=meta.owner, bytes=len(model))
+            self.install_piper(name, staging, meta)
+
+    def install_piper(self, name: str, staging: Path, meta: VoiceMeta) -> None:
+        """Move the Piper voice `name` in `staging` (a folder from staging()) into place once Piper loads it."""
+        staged_model, staged_config = piper_voice_files(staging, name)
+        _check_piper(staged_model, staged_config)
+        folder = self.folders["piper"]
+        target_model, target_config = piper_voice_files(folder, name)
+        with self._lock:
+            self.refuse_taken("piper", name)
+            self._write_meta(folder, name, meta)
+            # Config first, model last: a voice counts as present only once its model is in place.
+            staged_config.replace(target_config)
+            staged_model.replace(target_model)
+        log.info("voice_added", engine="piper", voice=name, origin=meta.origin, owner=meta.owner)
 
     def add_clip(self, name: str, clip: bytes, meta: VoiceMeta) -> float:
         """Keep a reference clip for XTTS, decoded (any format PyAV reads), checked for length and loudness and
         normalised to 22,050 Hz mono PCM16 WAV; its length in seconds."""
         check_voice_name(name)
         folder = self.folders["xtts"]
-        self._refuse_taken(folder, name, "xtts")
+        self.refuse_taken("xtts", name)
         samples = decode_file(clip, CLIP_RATE, self.xtts.clip_max_s, "tts.xtts.clip_max_s")
         seconds = len(samples) / CLIP_RATE
         if seconds < self.xtts.clip_min_s:
@@ -140,21 +151,19 @@ class VoiceStore:
             )
         peak = float(np.max(np.abs(samples)))
         wav = wav_bytes(float32_to_pcm16(samples * (CLIP_PEAK / peak)), CLIP_RATE)
-        staging = self._staging(folder)
-        try:
+        with self.staging("xtts") as staging:
             staged = staging / f"{name}.wav"
             staged.write_bytes(wav)
             with self._lock:
-                self._refuse_taken(folder, name, "xtts")
+                self.refuse_taken("xtts", name)
                 self._write_meta(folder, name, meta)
                 staged.replace(folder / f"{name}.wav")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         log.info("voice_added", engine="xtts", voice=name, origin=meta.origin, owner=meta.owner, seconds=round(seconds, 2))
         return seconds
 
-    def _refuse_taken(self, folder: Path, name: str, engine: str) -> None:
-        main = folder / (f"{name}.onnx" if engine == "piper" else f"{name}.wav")
+    def refuse_taken(self, engine: str, name: str) -> None:
+        """VoiceConflict when `engine` has a voice `name` already."""
+        main = self.folders[engine] / (f"{name}.onnx" if engine == "piper" else f"{name}.wav")
         if main.exists():
             raise VoiceConflict(
                 f"the {engine} engine already has a voice {name!r}; choose another name, or delete that one first",
@@ -177,7 +186,8 @@ def _check_piper(model: Path, config: Path) -> None:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidVoice(f"the config is not JSON ({exc}); send the voice's .onnx.json", param="config") from None
-    if not isinstance(data, dict) or not isinstance((data.get("audio") or {}).get("sample_rate"), int):
+    audio = data.get("audio") if isinstance(data, dict) else None
+    if not isinstance(audio, dict) or not isinstance(audio.get("sample_rate"), int):
         raise InvalidVoice("the config is not a Piper voice config (no audio.sample_rate); send its .onnx.json", param="config")
     from piper import PiperVoice
 
