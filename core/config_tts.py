@@ -158,6 +158,8 @@ class TtsSettings(Section):
     """Folder of Piper voices (relative to the project directory)."""
     max_voice_upload_bytes: int = Field(134_217_728, ge=1_024, le=2_147_483_648)
     """Largest upload POST /v1/voices takes: a Piper voice's model and config together, or a reference clip."""
+    max_voice_uploads: int = Field(2, ge=1, le=16)
+    """Voice uploads read and checked at once (each is held in memory until it is kept); the next gets 503."""
     reply_default: bool = True
     """When a request does not say, speak the LLM's reply to the text rather than the text."""
     max_text_length: int = Field(2_000, ge=1, le=100_000)

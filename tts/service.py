@@ -242,7 +242,7 @@ class TtsService:
     async def _run(self, turn: Turn, engine: Any, slot: str, endpoint: str) -> None:
         conversation = turn.request.conversation_id
         try:
-            with self.engines.using(slot) as load_s:
+            with self.engines.using(slot, turn.request.voice) as load_s:
                 turn.timings.engine_load_s = load_s
                 if conversation is not None:
                     turn.history = await self.conversations.history(conversation)
@@ -304,9 +304,13 @@ class TtsService:
 
     async def voices(self, engine: str | None = None) -> VoiceList:
         """The voices of `engine` (None: the default), loading it when it is not loaded."""
-        speaker = await self.engines.get(engine)
-        names = await anyio.to_thread.run_sync(speaker.voices)
-        return VoiceList(names, speaker.default_voice, speaker.name)
+        slot = self.engines.slot(engine).name
+        speaker = await self.engines.get(slot)
+
+        def names() -> list[str]:
+            return self.voice_manager.visible(slot, speaker.voices())  # another key's uploads are not listed
+
+        return VoiceList(await anyio.to_thread.run_sync(names), speaker.default_voice, speaker.name)
 
     async def voice_details(self, engine: str | None = None) -> list[VoiceInfo]:
         """Every voice of `engine` (None: the default) with its languages and speakers (read off the event loop)."""

@@ -8,14 +8,15 @@ admin shares it; voices put in the folders by hand are everyone's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
 
 from core.access import Principal, current_principal
 from core.config import Settings
-from core.errors import Forbidden, InvalidRequest, ServiceError, VoiceConflict, VoiceNotFound
+from core.errors import Forbidden, InvalidRequest, ServiceError, TooManyPending, VoiceConflict, VoiceNotFound
 from core.logging import get_logger
 from tts.engines import Engine
 from tts.engines.base import VoiceInfo
@@ -60,6 +61,32 @@ class VoiceManager:
         self.engines = engines
         self.store = VoiceStore(settings)
         self.catalog = Catalog(settings.tts.piper, self.store)
+        self._uploads = anyio.CapacityLimiter(settings.tts.max_voice_uploads)
+
+    @asynccontextmanager
+    async def upload_slot(self) -> AsyncIterator[None]:
+        """One of tts.max_voice_uploads, held inside the block (taken before an upload is read: its bytes stay
+        in memory until the voice is kept), or TooManyPending when every one is taken."""
+        token = object()
+        try:
+            self._uploads.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            limit = self.settings.tts.max_voice_uploads
+            raise TooManyPending(
+                f"{limit} voice uploads are being checked already (tts.max_voice_uploads); try again shortly",
+                retry_after_s=self.settings.tts.retry_after_s,
+            ) from None
+        try:
+            yield
+        finally:
+            self._uploads.release_on_behalf_of(token)
+
+    def visible(self, engine: str, names: list[str]) -> list[str]:
+        """The voices of `names` the caller's key may see. Blocking."""
+        principal = current_principal.get()
+        if principal is None:
+            return names
+        return [name for name in names if self.store.meta(engine, name).visible_to(principal)]
 
     # -- reading -----------------------------------------------------------------------------------
 

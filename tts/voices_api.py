@@ -29,6 +29,7 @@ from core.errors import (
     InvalidVoice,
     InvalidVoiceName,
     RequestTooLarge,
+    TooManyPending,
     UnsupportedMediaType,
     VoiceConflict,
     VoiceNotFound,
@@ -127,7 +128,7 @@ def _upload_doc(settings: Settings) -> dict[str, Any]:
     }
     errors = raises(
         RequestTooLarge, UnsupportedMediaType, InvalidRequest, InvalidVoiceName, InvalidVoice, BadAudio, VoiceConflict,
-        EngineLoading, EngineUnavailable,
+        EngineLoading, EngineUnavailable, TooManyPending,
     )
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}, **errors}
 
@@ -191,21 +192,22 @@ def _too_large(limit: int) -> RequestTooLarge:
 
 async def add_voice(request: Request, service: Service) -> dict[str, Any]:
     limit = service.settings.tts.max_voice_upload_bytes
-    files, fields = await _read_form(request, limit + FORM_OVERHEAD_BYTES)
-    if sum(map(len, files.values())) > limit:  # the body's bound leaves room for the form's own bytes
-        raise _too_large(limit + FORM_OVERHEAD_BYTES)
-    form = validated(VoiceForm, fields)
     manager = service.voice_manager
-    if set(files) == {"model", "config"}:
-        entry = await manager.add_piper(form.name, files["model"], files["config"], form.description)
-    elif set(files) == {"file"}:
-        entry = await manager.clone(form.name, files["file"], form.language, form.description, form.engine)
-    else:
-        raise InvalidRequest(
-            f"send the files 'model' (.onnx) and 'config' (.onnx.json) of a Piper voice, or 'file' (a clip to clone "
-            f"from); got {', '.join(sorted(files)) or 'no file'}",
-            param="file",
-        )
+    async with manager.upload_slot():
+        files, fields = await _read_form(request, limit + FORM_OVERHEAD_BYTES)
+        if sum(map(len, files.values())) > limit:  # the body's bound leaves room for the form's own bytes
+            raise _too_large(limit + FORM_OVERHEAD_BYTES)
+        form = validated(VoiceForm, fields)
+        if set(files) == {"model", "config"}:
+            entry = await manager.add_piper(form.name, files["model"], files["config"], form.description)
+        elif set(files) == {"file"}:
+            entry = await manager.clone(form.name, files["file"], form.language, form.description, form.engine)
+        else:
+            raise InvalidRequest(
+                f"send the files 'model' (.onnx) and 'config' (.onnx.json) of a Piper voice, or 'file' (a clip to "
+                f"clone from); got {', '.join(sorted(files)) or 'no file'}",
+                param="file",
+            )
     return _out(entry)
 
 

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from core.config import Settings
 from tests.fixtures.ollama_double import OllamaDouble
-from tests.fixtures.piper_voice import expected_samples
+from tests.fixtures.piper_voice import build_piper_voice, expected_samples
 from tests.tts.conftest import VOICE, make_settings, serve, wait_for
 from tts.engines.espeak import EspeakEngine
 
@@ -172,3 +172,24 @@ def test_preload_starts_every_engine_and_a_broken_one_says_why(voices_dir: Path,
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_unavailable"
     assert health["status"] == "degraded" and health["reasons"] == [f"{groq['reason']}; requests for it fail"]
     assert health["engines"] == {"piper": "ready", "espeak": "ready", "groq": "unavailable"}
+
+
+def test_an_idle_voice_is_unloaded_while_its_engine_serves(voices_dir: Path, ollama: OllamaDouble) -> None:
+    build_piper_voice(voices_dir, "en_GB-second-low")
+    now = [1000.0]
+    with serve(settings(voices_dir, ollama, idle_unload_s=60)) as (server, client):
+        server.app.state.service.engines.clock = lambda: now[0]
+        client.post("/tts", json={"text": TEXT})  # en_US-test-medium at 1000
+        now[0] += 30
+        client.post("/tts", json={"text": TEXT, "voice": "en_GB-second-low"})  # at 1030
+        now[0] += 40  # 1070: the first voice idle 70 s, the second 40 s, the engine 40 s
+        with capture_logs() as logs:
+            again = client.post("/tts", json={"text": TEXT, "voice": "en_GB-second-low"})
+            loaded = {voice["name"]: voice["loaded"] for voice in client.get("/v1/voices?engine=piper").json()["voices"]}
+            health = client.get("/health").json()
+            first = client.post("/tts", json={"text": TEXT})
+    assert [e["voice"] for e in logs if e["event"] == "voice_unloaded"] == [VOICE]
+    assert loaded == {"en_GB-second-low": True, VOICE: False} and health["voice_loaded"] is False
+    assert [e["voice"] for e in logs if e["event"] == "voice_loaded"] == [VOICE]  # loaded again when asked for
+    assert again.status_code == first.status_code == 200
+    assert len(frames(first)[1]) // 2 == expected_samples(voices_dir / f"{VOICE}.onnx", TEXT)

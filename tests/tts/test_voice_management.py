@@ -222,6 +222,8 @@ def test_an_uploaded_voice_is_its_keys_until_an_admin_shares_it(voices_dir: Path
     with serve(make_settings(voices_dir, ollama.url, auth={"keys": KEYS})) as (_, client):
         added = client.post("/v1/voices", data={"name": NEW}, files=voice_files(tmp_path), headers=key(ALICE))
         seen = {name: set(by_id_as(client, k)) for name, k in (("alice", ALICE), ("bob", BOB), ("ops", ADMIN))}
+        bob_old_list = client.get("/voices", headers=key(BOB)).json()["voices"]
+        alice_old_list = client.get("/voices", headers=key(ALICE)).json()["voices"]
         bob_speaks = client.post("/tts", json={"text": TEXT, "reply": False, "voice": NEW}, headers=key(BOB))
         alice_speaks = client.post("/tts", json={"text": TEXT, "reply": False, "voice": NEW}, headers=key(ALICE))
         bob_deletes = client.delete(f"/v1/voices/piper:{NEW}", headers=key(BOB))
@@ -236,6 +238,7 @@ def test_an_uploaded_voice_is_its_keys_until_an_admin_shares_it(voices_dir: Path
     assert seen == {
         "alice": {f"piper:{VOICE}", f"piper:{NEW}"}, "bob": {f"piper:{VOICE}"}, "ops": {f"piper:{VOICE}", f"piper:{NEW}"}
     }
+    assert (bob_old_list, alice_old_list) == ([VOICE], [NEW, VOICE])  # GET /voices too
     assert (bob_speaks.status_code, bob_speaks.json()["error"]["code"]) == (404, "voice_not_found")
     assert NEW not in bob_speaks.json()["error"]["message"].split("available voices: ")[1]
     assert alice_speaks.status_code == 200

@@ -115,7 +115,7 @@ class Engine(ABC):
         return True
 
     def unload_voice(self, name: str) -> None:  # noqa: B027 (optional hook: only engines that cache voices)
-        """Drop voice `name` from memory (its files were deleted)."""
+        """Drop voice `name` from memory (it was deleted, or has been idle for tts.idle_unload_s)."""
 
     def close(self) -> None:  # noqa: B027 (optional hook: most engines hold nothing to release)
         """Release models and connections."""

@@ -44,6 +44,8 @@ class EngineSlot:
     """When a request last chose it (the host's clock)."""
     active: int = 0
     """Turns speaking with it now: an engine in use is never unloaded."""
+    voices_used: dict[str, float] = field(default_factory=dict)
+    """When each voice last finished speaking (the host's clock): a voice idle past the limit is unloaded."""
     load_s: float | None = None
     """Seconds its last load on demand took, until the next turn with it reports them (then None)."""
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -172,16 +174,24 @@ class EngineHost:
         return engine
 
     def sweep(self) -> list[str]:
-        """Unload every engine unused for tts.idle_unload_s and not speaking now; the names unloaded."""
+        """Unload every engine unused for tts.idle_unload_s and not speaking now, and every voice of a loaded
+        engine unused that long; the names of the engines unloaded."""
         idle_s = self.settings.tts.idle_unload_s
         if not idle_s:
             return []
         now, unloaded = self.clock(), []
         for slot in self.slots.values():
             engine = slot.engine
-            if engine is None or slot.active or slot.fallback or now - slot.last_used < idle_s:
+            if engine is None or slot.active or slot.fallback:
+                continue
+            if now - slot.last_used < idle_s:
+                for voice, used in list(slot.voices_used.items()):
+                    if now - used >= idle_s:
+                        del slot.voices_used[voice]
+                        engine.unload_voice(voice)  # loaded again by the next request that names it
                 continue
             slot.engine = None
+            slot.voices_used.clear()
             engine.close()
             unloaded.append(slot.name)
             log.info("engine_unloaded", engine=slot.name, reason="idle", idle_s=round(now - slot.last_used, 1))
@@ -235,9 +245,9 @@ class EngineHost:
         return self.loaded(None)
 
     @contextmanager
-    def using(self, name: str) -> Iterator[float | None]:
-        """Mark engine `name` busy for a turn (so it is not unloaded under it); yields the seconds of a load
-        on demand that no turn has reported yet."""
+    def using(self, name: str, voice: str) -> Iterator[float | None]:
+        """Mark engine `name` busy for a turn with `voice` (so neither is unloaded under it); yields the seconds
+        of a load on demand that no turn has reported yet."""
         slot = self.slots[name]
         slot.active += 1
         load_s, slot.load_s = slot.load_s, None
@@ -245,7 +255,7 @@ class EngineHost:
             yield load_s
         finally:
             slot.active -= 1
-            slot.last_used = self.clock()
+            slot.last_used = slot.voices_used[voice] = self.clock()
 
     def set_default(self, name: str) -> str:
         """Make engine `name` the default; the previous default's name."""

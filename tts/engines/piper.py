@@ -221,7 +221,7 @@ class PiperEngine(Engine):
     def unload_voice(self, name: str) -> None:
         with self._lock:
             if self._cache.pop(name, None) is not None:
-                log.info("voice_unloaded", voice=name, reason="deleted")
+                log.info("voice_unloaded", voice=name)
 
     def close(self) -> None:
         with self._lock:
