@@ -192,13 +192,13 @@ class TtsService:
         """The voice (and speaker) of `engine` (None: the default) to speak with, or VoiceNotFound /
         InvalidVoiceName / InvalidRequest. Loads the engine when it is not loaded."""
         slot = self.engines.slot(engine).name
-        engine_ = await self.engines.get(slot)
+        chosen = await self.engines.get(slot)
 
         def resolve() -> tuple[str, str | None]:
-            resolved = engine_.resolve_voice(voice)
+            resolved = chosen.resolve_voice(voice)
             if voice is not None:  # another key's voice is refused as if it did not exist
-                self.voice_manager.check_visible(slot, resolved, engine_.voices)
-            return resolved, engine_.resolve_speaker(resolved, speaker)
+                self.voice_manager.check_visible(slot, resolved, chosen.voices)
+            return resolved, chosen.resolve_speaker(resolved, speaker)
 
         # Resolving a Piper voice looks at the voices folder: file-system work stays off the event loop.
         return await anyio.to_thread.run_sync(resolve)
