@@ -32,6 +32,16 @@ class PiperSettings(Section):
     """Generator noise; null keeps the value in the voice's config."""
     noise_w_scale: float | None = Field(None, ge=0.0, le=2.0)
     """Phoneme width noise; null keeps the value in the voice's config."""
+    catalog_url: str = "https://huggingface.co/rhasspy/piper-voices/resolve/main/voices.json"
+    """Piper's voices.json: the voices GET /v1/voices/catalog offers for download."""
+    download_base_url: str = "https://huggingface.co/rhasspy/piper-voices/resolve/main/"
+    """Where a catalog voice's files are fetched from (each file's path in voices.json is relative to it)."""
+    catalog_cache_s: float = Field(3_600.0, ge=0.0, le=604_800.0)
+    """How long the fetched catalog is kept before it is fetched again."""
+    download_timeout_s: float = Field(60.0, gt=0.0, le=3_600.0)
+    """Longest wait for the catalog, or for the next bytes of a voice file being downloaded."""
+    max_downloads: int = Field(2, ge=1, le=16)
+    """Voice downloads that run at once; more wait in a queue of the same length, and past it are refused."""
 
 
 class EspeakSettings(Section):
@@ -55,6 +65,12 @@ class XttsSettings(Section):
     """Language of the text (XTTS v2 codes: en, de, fr, es, it, pt, pl, tr, ru, nl, cs, ar, zh-cn, ja, hu, ko, hi)."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """auto uses CUDA when torch sees a CUDA device and falls back to the CPU."""
+    clip_min_s: float = Field(3.0, gt=0.0, le=60.0)
+    """Shortest reference clip POST /v1/voices accepts to clone a voice."""
+    clip_max_s: float = Field(30.0, gt=0.0, le=600.0)
+    """Longest reference clip POST /v1/voices accepts to clone a voice."""
+    clip_min_dbfs: float = Field(-40.0, ge=-90.0, le=0.0)
+    """Quietest reference clip accepted (RMS level in dBFS); a quieter one is refused as silence."""
 
 
 class GroqSettings(Section):
@@ -84,12 +100,15 @@ class GroqSettings(Section):
         return value
 
 
+EngineName = Literal["piper", "espeak", "xtts", "groq"]
+"""The speech engines (tts/engines/NAME.py)."""
+
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 """The voice names of OpenAI's speech API; a request naming one speaks with the voice tts.openai.voices maps it to."""
 
 
 class OpenAiSpeechSettings(Section):
-    hd_model_engine: Literal["piper", "espeak", "xtts", "groq"] | None = None
+    hd_model_engine: EngineName | None = None
     """Engine that the model name tts-1-hd selects on /v1/audio/speech; null: the default engine (tts-1 and
     gpt-4o-mini-tts always mean the default engine; an engine's own name selects that engine)."""
     voices: dict[str, str] = Field(default_factory=dict)
@@ -121,8 +140,15 @@ class TtsSettings(Section):
     """Interface the TTS service listens on (0.0.0.0 for every interface)."""
     port: int = Field(8000, ge=1, le=65535)
     """TCP port of the TTS service and the dashboard."""
-    engine: Literal["piper", "espeak", "xtts", "groq"] = "piper"
-    """Speech engine."""
+    engine: EngineName = "piper"
+    """Default speech engine: the one a request that names none speaks with (PUT /v1/engines/default changes it
+    until restart)."""
+    engines: list[EngineName] = Field(default_factory=list, max_length=4)
+    """More engines served side by side with tts.engine; a request picks one with `engine` (OpenAI: `model`)."""
+    preload: bool = False
+    """Load every engine of tts.engines at start-up; otherwise each loads on its first request."""
+    idle_unload_s: float = Field(0.0, ge=0.0, le=604_800.0)
+    """Unload an engine unused this long (seconds) to free its memory; the next request loads it again. 0 never unloads."""
     fallback_engine: Literal["espeak", "none"] = "espeak"
     """Engine used when the configured one cannot start."""
     voice: str | None = Field(None, pattern=VOICE_NAME_PATTERN, max_length=100)
@@ -130,6 +156,10 @@ class TtsSettings(Section):
     xtts.speaker, groq.voice)."""
     voices_dir: Path = Path("models/piper")
     """Folder of Piper voices (relative to the project directory)."""
+    max_voice_upload_bytes: int = Field(134_217_728, ge=1_024, le=2_147_483_648)
+    """Largest upload POST /v1/voices takes: a Piper voice's model and config together, or a reference clip."""
+    max_voice_uploads: int = Field(2, ge=1, le=16)
+    """Voice uploads read and checked at once (each is held in memory until it is kept); the next gets 503."""
     reply_default: bool = True
     """When a request does not say, speak the LLM's reply to the text rather than the text."""
     max_text_length: int = Field(2_000, ge=1, le=100_000)
@@ -158,3 +188,8 @@ class TtsSettings(Section):
     groq: GroqSettings = Field(default_factory=GroqSettings)
     openai: OpenAiSpeechSettings = Field(default_factory=OpenAiSpeechSettings)
     wyoming: TtsWyomingSettings = Field(default_factory=TtsWyomingSettings)
+
+    @property
+    def served_engines(self) -> list[str]:
+        """tts.engine, then the other engines of tts.engines: every engine a request may name."""
+        return list(dict.fromkeys([self.engine, *self.engines]))

@@ -130,6 +130,25 @@ class VoiceNotFound(ServiceError):
         self.available = available
 
 
+class InvalidVoice(ServiceError):
+    """An uploaded voice that cannot be used: an ONNX model or config Piper cannot load, a reference clip too
+    short, too long or too quiet."""
+
+    code = "invalid_voice"
+
+
+class VoiceConflict(ServiceError):
+    """A voice change that clashes with what exists: the name is taken, or the voice may not be removed."""
+
+    code = "voice_conflict"
+
+
+class CatalogUnavailable(ServiceError):
+    """The Piper voice catalog (or a voice file of it) cannot be fetched."""
+
+    code = "catalog_unavailable"
+
+
 class BadAudio(ServiceError):
     """Audio that cannot be used: a PCM16 frame with an odd byte count, a file no decoder reads."""
 

@@ -35,10 +35,48 @@ export async function getJson(path, { timeoutMs = 4000 } = {}) {
   return response.json();
 }
 
+/**
+ * A request that changes something: `json` (a JSON body) or `form` (a FormData, sent as multipart). Resolves
+ * to the answer's JSON (null for 204); rejects with ApiError.
+ */
+export async function send(path, { method = "POST", json, form } = {}) {
+  const headers = withKey(json === undefined ? {} : { "Content-Type": "application/json" });
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: json === undefined ? form : JSON.stringify(json) });
+  } catch {
+    throw new ApiError(0, "tts_unreachable", "The text-to-speech service is not reachable. Is it running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.status === 204 ? null : response.json();
+}
+
+/** Server-Sent Events of a GET, read with fetch (an EventSource cannot send the API key): calls onEvent(name, data). */
+export async function readEvents(path, onEvent) {
+  const response = await fetch(path, { cache: "no-store", headers: withKey() });
+  if (!response.ok) throw await errorFrom(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const name = (block.match(/^event: (.*)$/m) || [])[1];
+      const data = (block.match(/^data: (.*)$/m) || [])[1];
+      if (name && data) onEvent(name, JSON.parse(data));
+    }
+  }
+}
+
 /** POST /tts. Resolves to {blob, text, voice, engine, duration}; rejects with ApiError. */
-export async function speak({ text, voice, speed, reply, signal }) {
+export async function speak({ text, voice, speed, reply, engine, signal }) {
   const body = { text, reply };
   if (voice) body.voice = voice;
+  if (engine) body.engine = engine;
   if (speed && speed !== 1) body.speed = speed;
   let response;
   try {
@@ -109,6 +147,12 @@ export function explain(err, llm = { name: llmName(), url: null }) {
       return { title: "That voice is not available", detail: err.message };
     case "invalid_voice_name":
       return { title: "That voice name is not valid", detail: err.message };
+    case "invalid_voice":
+      return { title: "That voice cannot be used", detail: err.message };
+    case "voice_conflict":
+      return { title: "That cannot be done to this voice", detail: err.message };
+    case "catalog_unavailable":
+      return { title: "The voice catalog cannot be reached", detail: err.message };
     case "invalid_speed":
       return { title: "That speed is not allowed", detail: err.message };
     case "engine_busy":

@@ -1,4 +1,4 @@
-// The dashboard: Talk (microphone -> STT -> streamed reply -> speech, with barge-in), Speak, Status,
+// The dashboard: Talk (microphone -> STT -> streamed reply -> speech, with barge-in), Speak, Voices, Status,
 // problems, Settings. This module only wires the panels together and starts them, in an order that
 // matters: preferences before the first render, /api/config before anything that reads it.
 import { player, replyStream } from "./audio-out.js";
@@ -11,6 +11,7 @@ import { applyLimits, loadVoices, setupSpeak } from "./speak.js";
 import { pollStatus, refreshStatus, setupStatus } from "./status.js";
 import * as store from "./store.js";
 import { checkSecureContext, setupTalk, updateMicButton } from "./talk.js";
+import { loadVoiceTable, setupVoices } from "./voices.js";
 
 // For the browser's console (and the tests): what plays, what the reply stream did, the state.
 window.dashboard = { player, tts: replyStream, state: store };
@@ -20,6 +21,7 @@ async function main() {
   setupTalk();
   setupConversation();
   setupSpeak();
+  setupVoices();
   setupStatus();
   restorePrefs();
   updateMicButton();
@@ -28,7 +30,7 @@ async function main() {
   applyLimits();
   replyStream.connect().catch(() => {}); // opened now, so the first reply does not wait for it; reopened when it closes
   checkSecureContext();
-  await Promise.allSettled([loadVoices(), refreshStatus(), restoreEarlierTurns()]);
+  await Promise.allSettled([loadVoices(), loadVoiceTable(), refreshStatus(), restoreEarlierTurns()]);
   pollStatus();
   document.body.dataset.ready = "true";
 }

@@ -40,6 +40,7 @@ from tts.http_docs import (
     REPLY_ERRORS,
     SPEECH_ERRORS,
     VOICE_SCHEMA,
+    engine_schema,
     headers,
     speed_schema,
     text_schema,
@@ -76,6 +77,7 @@ class TtsRequest(BaseModel):
         description="Continue this conversation (the X-Conversation-Id of an earlier reply); reply true only. "
         "Without it a reply starts a new conversation.",
     )
+    engine: StrictStr | None = Field(None, description="Engine from GET /v1/engines; default: the default engine.")
 
 
 def reply_text_headers(text: str) -> dict[str, str]:
@@ -100,6 +102,8 @@ def _ms(seconds: float | None) -> float | None:
 def server_timing(timings: TurnTimings) -> str:
     """A Server-Timing header value (milliseconds), for the stages known so far."""
     parts = []
+    if timings.engine_load_s is not None:
+        parts.append(f'engine_load;dur={_ms(timings.engine_load_s)};desc="Loading the engine"')
     if timings.llm is not None:
         if timings.llm.time_to_first_token_s is not None:
             parts.append(f'llm_ttft;dur={_ms(timings.llm.time_to_first_token_s)};desc="LLM time to first token"')
@@ -126,7 +130,7 @@ async def _checked(service: TtsService, request: Request) -> TurnRequest:
     body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE, depth)
     parsed = validated(TtsRequest, body)
     return await service.check_request(
-        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id
+        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id, engine=parsed.engine
     )
 
 
@@ -262,10 +266,13 @@ def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
         conversation_id: str | None = Query(
             None, description="Continue this conversation (reply true only).", json_schema_extra=CONVERSATION_FIELD_SCHEMA
         ),
+        engine: str | None = Query(
+            None, description="Engine from GET /v1/engines; default: the default engine.", json_schema_extra=engine_schema(settings)
+        ),
         last_event_id: str | None = Header(None, alias="Last-Event-ID", description="Sent by a reconnecting EventSource."),
     ) -> Response:
         started = time.perf_counter()
-        checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id)
+        checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id, engine=engine)
         if last_event_id is not None:
             # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
             # repeated, and 204 is how the SSE standard tells it to stop. (Checked first all the same:

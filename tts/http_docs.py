@@ -74,6 +74,11 @@ def constrain(schema: dict[str, Any], field: str, keywords: dict[str, Any]) -> N
     branches[0].update(keywords)
 
 
+def engine_schema(settings: Settings) -> dict[str, Any]:
+    """An engine a request may name: one of those configured."""
+    return {"enum": settings.tts.served_engines, "examples": [settings.tts.engine]}
+
+
 def json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
@@ -85,6 +90,7 @@ def tts_request_body(model: type[BaseModel], settings: Settings) -> dict[str, An
     constrain(schema, "voice", VOICE_SCHEMA)
     constrain(schema, "speed", speed_schema(settings))
     constrain(schema, "conversation_id", CONVERSATION_FIELD_SCHEMA)
+    constrain(schema, "engine", engine_schema(settings))
     # A conversation continues with a reply: refused with reply false, or left out while tts.reply_default is.
     schema["if"] = {"properties": {"conversation_id": {"type": "string"}}, "required": ["conversation_id"]}
     if settings.tts.reply_default:

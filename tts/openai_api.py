@@ -73,8 +73,8 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr = Field(
-        description="tts-1 or gpt-4o-mini-tts (the default engine), tts-1-hd (tts.openai.hd_model_engine), or an "
-        "engine name; any of them is refused (model_not_found) unless its engine is the one serving.",
+        description="tts-1 or gpt-4o-mini-tts (the default engine), tts-1-hd (tts.openai.hd_model_engine), or the "
+        "name of an engine in tts.engines; an engine not configured here is refused (model_not_found).",
         json_schema_extra={"enum": [*DEFAULT_MODELS, HD_MODEL, *ENGINE_MODELS], "examples": [DEFAULT_MODELS[0]]},
     )
     input: StrictStr = Field(description="The text to speak (spoken as it is; no LLM reply).")
@@ -126,22 +126,22 @@ def build_router(settings: Settings) -> APIRouter:
 
 
 def speech_models(service: TtsService) -> list[str]:
-    engine = service.engines.engine
-    return [*DEFAULT_MODELS, HD_MODEL, *([engine.name] if engine else [])]
+    return [*DEFAULT_MODELS, HD_MODEL, *service.engines.slots]
 
 
-def _check_model(service: TtsService, model: str) -> None:
-    """The serving engine must be the one `model` means (one engine serves at a time)."""
-    engine = service.engines.current()
-    hd = service.settings.tts.openai.hd_model_engine
-    wanted = {HD_MODEL: hd or engine.name, **dict.fromkeys(DEFAULT_MODELS, engine.name)}.get(model, model)
-    if wanted != engine.name:
-        meaning = f" means the {wanted} engine (tts.openai.hd_model_engine), which" if model == HD_MODEL else ""
-        raise UnknownModel(
-            f"model {model!r}{meaning or ' is not'} available here{', is not running' if meaning else ''}; "
-            f"available models: {', '.join(speech_models(service))}",
-            param="model",
-        )
+def _engine_of(service: TtsService, model: str) -> str | None:
+    """The engine `model` means (None: the default engine), or UnknownModel for one not configured here."""
+    if model in DEFAULT_MODELS:
+        return None
+    wanted = (service.settings.tts.openai.hd_model_engine if model == HD_MODEL else model)
+    if wanted is None or wanted in service.engines.slots:
+        return wanted
+    meaning = f" means the {wanted} engine (tts.openai.hd_model_engine), which" if model == HD_MODEL else ""
+    raise UnknownModel(
+        f"model {model!r}{meaning or ' is not'} available here{', is not configured (tts.engines)' if meaning else ''}; "
+        f"available models: {', '.join(speech_models(service))}",
+        param="model",
+    )
 
 
 def _voice(service: TtsService, voice: str | VoiceId) -> str | None:
@@ -157,9 +157,11 @@ async def speech(request: Request, service: Service) -> Response:
     limit = service.settings.tts.max_text_length * 12 + 4096
     depth = service.settings.security.max_json_depth
     body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE, depth))
-    _check_model(service, body.model)
+    engine = _engine_of(service, body.model)
     try:
-        checked = await service.check_request(body.input, _voice(service, body.voice), body.speed, reply=False)
+        checked = await service.check_request(
+            body.input, _voice(service, body.voice), body.speed, reply=False, engine=engine
+        )
     except ServiceError as error:
         if error.code == "text_too_long":
             error.param = "input"

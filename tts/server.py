@@ -3,6 +3,9 @@
 - native HTTP and SSE: tts/http_api.py (POST /tts, /tts/stream, /tts/sse, /voices, /health, /metrics)
 - native WebSocket: tts/ws.py (WS /ws/tts)
 - conversations: tts/conversations_api.py (GET/DELETE /v1/conversations/{id})
+- engines: tts/engines_api.py (GET /v1/engines, PUT /v1/engines/default)
+- voices: tts/voices_api.py (GET/POST /v1/voices, DELETE /v1/voices/{id}, PUT /v1/voices/default, ...) and
+  the Piper catalog, tts/catalog_api.py (GET /v1/voices/catalog, POST /v1/voices/download, the jobs)
 - Wyoming (Home Assistant): tts/wyoming_api.py, a TCP listener on tts.wyoming.port
 - OpenAI's audio API: tts/openai_api.py (/v1/audio/speech, /v1/models, ...), with transcriptions
   forwarded to the STT service (tts/forward.py)
@@ -28,7 +31,18 @@ from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
 from core.wyoming import WyomingListener
-from tts import conversations_api, dashboard, forward, http_api, openai_api, wyoming_api, ws
+from tts import (
+    catalog_api,
+    conversations_api,
+    dashboard,
+    engines_api,
+    forward,
+    http_api,
+    openai_api,
+    voices_api,
+    wyoming_api,
+    ws,
+)
 from tts.forward import Forwarder
 from tts.engines import create_engine
 from tts.engines.host import EngineFactory
@@ -53,6 +67,11 @@ RULES = (
     Rule("/v1/audio/models", "any"),
     Rule("/v1/models", "any"),
     Rule("/v1/conversations/", "speak"),
+    Rule("/v1/engines", "speak", frozenset({"GET", "HEAD"})),  # switching the default (PUT) is admin's
+    Rule("/v1/voices/default", "admin"),
+    Rule("/v1/voices", "speak", frozenset({"GET", "HEAD"})),
+    # A key with the voices scope uploads, clones and deletes its own voices; sharing one (PUT) is admin's.
+    Rule("/v1/voices", "voices", frozenset({"POST", "DELETE"})),
     Rule("/v1/auth/", "any"),
     Rule("/docs", "open"),
     Rule("/openapi.json", "open"),
@@ -115,6 +134,9 @@ def create_app(
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.build_router(settings))
     app.include_router(conversations_api.router)
+    app.include_router(engines_api.build_router(settings))
+    app.include_router(catalog_api.router)  # before the voice routes: /v1/voices/catalog is no voice
+    app.include_router(voices_api.build_router(settings))
     app.include_router(forward.build_router(forwarder))
     app.include_router(ticket_router(service.access))
     add_error_shape(app, "/v1/", OPENAI_ERRORS)

@@ -39,13 +39,18 @@ from core.redact import public_url
 from tts.conversations import ConversationTurn, check_conversation_id, new_conversation_id, open_store
 from tts.engines import create_engine
 from tts.engines.base import VoiceInfo
+from tts.engine_info import EngineInfo, describe
 from tts.engines.host import EngineFactory, EngineHost
+from tts.voice_manager import VoiceManager
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
 from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
+
+IDLE_SWEEP_MAX_S = 30.0
+"""The longest an idle engine stays loaded past tts.idle_unload_s."""
 
 SPEAKABLE = re.compile(r"\S")
 """What a text must hold to be spoken or answered: more than white space (its OpenAPI `pattern` too)."""
@@ -87,6 +92,7 @@ class TtsService:
     ) -> None:
         self.settings = settings
         self.engines = EngineHost(settings, engine_factory, engine_options)
+        self.voice_manager = VoiceManager(settings, self.engines)
         self.pool = WorkerPool(settings.tts)
         self.llm = llm or make_llm_client(settings.llm)
         self.llm_health = LlmHealth(self.llm, settings.llm.health_cache_s)
@@ -108,6 +114,8 @@ class TtsService:
                 self._tasks = tasks
                 tasks.start_soon(self.engines.start)
                 tasks.start_soon(self.llm_health.run)
+                tasks.start_soon(self._unload_idle)
+                tasks.start_soon(self.voice_manager.catalog.run)
                 try:
                     yield self
                 finally:
@@ -129,6 +137,7 @@ class TtsService:
         speaker: str | None = None,
         conversation_id: str | None = None,
         new_conversation: str | None = None,
+        engine: str | None = None,
     ) -> TurnRequest:
         """The request with its voice resolved and defaults applied, or the error that says what is wrong.
         A reply continues `conversation_id` (which must exist), else starts `new_conversation` (default: a
@@ -144,7 +153,8 @@ class TtsService:
                 f"speed {speed!r} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
                 "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
             )
-        voice, speaker = await self.check_voice(voice, speaker)
+        engine = self.engines.slot(engine).name  # the default now, so a switch before the turn starts changes nothing
+        voice, speaker = await self.check_voice(voice, speaker, engine=engine)
         reply = tts.reply_default if reply is None else reply
         conversation = None
         if not reply and conversation_id is not None:
@@ -153,7 +163,7 @@ class TtsService:
             )
         if reply:
             conversation = await self._existing(conversation_id) if conversation_id else new_conversation or new_conversation_id()
-        return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation)
+        return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation, engine=engine)
 
     async def _existing(self, conversation_id: str) -> str:
         if await self.conversations.turns(check_conversation_id(conversation_id)) is None and (
@@ -176,13 +186,19 @@ class TtsService:
         if not await self.conversations.delete(check_conversation_id(conversation_id)):
             raise ConversationNotFound(f"no conversation {conversation_id!r} (never started, deleted, or forgotten)")
 
-    async def check_voice(self, voice: str | None, speaker: str | None = None) -> tuple[str, str | None]:
-        """The voice (and speaker) to speak with, or VoiceNotFound / InvalidVoiceName / InvalidRequest."""
-        engine = self.engines.current()
+    async def check_voice(
+        self, voice: str | None, speaker: str | None = None, engine: str | None = None
+    ) -> tuple[str, str | None]:
+        """The voice (and speaker) of `engine` (None: the default) to speak with, or VoiceNotFound /
+        InvalidVoiceName / InvalidRequest. Loads the engine when it is not loaded."""
+        slot = self.engines.slot(engine).name
+        chosen = await self.engines.get(slot)
 
         def resolve() -> tuple[str, str | None]:
-            resolved = engine.resolve_voice(voice)
-            return resolved, engine.resolve_speaker(resolved, speaker)
+            resolved = chosen.resolve_voice(voice)
+            if voice is not None:  # another key's voice is refused as if it did not exist
+                self.voice_manager.check_visible(slot, resolved, chosen.voices)
+            return resolved, chosen.resolve_speaker(resolved, speaker)
 
         # Resolving a Piper voice looks at the voices folder: file-system work stays off the event loop.
         return await anyio.to_thread.run_sync(resolve)
@@ -192,7 +208,8 @@ class TtsService:
         protocol in logs and metrics; `started` is when the request arrived (perf_counter)."""
         if self._tasks is None:
             raise ShuttingDown("the service is shutting down; try again in a moment")
-        engine = self.engines.current()
+        slot = self.engines.slot(request.engine).name
+        engine = self.engines.loaded(slot)
         conversation = request.conversation_id
         if conversation is not None:
             if conversation in self._talking:
@@ -203,25 +220,33 @@ class TtsService:
                 )
             self._talking.add(conversation)
         turn = Turn(request, engine.name, started, on_end=None if conversation is None else self._remember)
-        self._tasks.start_soon(self._run, turn, engine, endpoint)
+        self._tasks.start_soon(self._run, turn, engine, slot, endpoint)
         return turn
 
     async def start_text_stream(
-        self, voice: str | None, speaker: str | None, endpoint: str, started: float | None = None
+        self,
+        voice: str | None,
+        speaker: str | None,
+        endpoint: str,
+        started: float | None = None,
+        engine: str | None = None,
     ) -> tuple[Turn, TextStream]:
         """A turn whose text the client sends piece by piece (`await stream.send(text)`, `stream.close()`);
         each sentence is spoken as soon as it is complete in the text so far."""
-        voice, speaker = await self.check_voice(voice, speaker)
+        engine = self.engines.slot(engine).name
+        voice, speaker = await self.check_voice(voice, speaker, engine=engine)
         stream = TextStream(self.settings.tts.max_text_length)
-        request = TurnRequest("", voice, 1.0, False, speaker, text_stream=stream)
+        request = TurnRequest("", voice, 1.0, False, speaker, text_stream=stream, engine=engine)
         return self.start_turn(request, endpoint, started), stream
 
-    async def _run(self, turn: Turn, engine: Any, endpoint: str) -> None:
+    async def _run(self, turn: Turn, engine: Any, slot: str, endpoint: str) -> None:
         conversation = turn.request.conversation_id
         try:
-            if conversation is not None:
-                turn.history = await self.conversations.history(conversation)
-            await self.runner.run(turn, engine)
+            with self.engines.using(slot, turn.request.voice) as load_s:
+                turn.timings.engine_load_s = load_s
+                if conversation is not None:
+                    turn.history = await self.conversations.history(conversation)
+                await self.runner.run(turn, engine)
         finally:
             self.metrics.observe_turn(endpoint, turn.timings, turn.outcome)
             self.access.quotas.charge_audio(turn.timings.audio_s)  # this task runs in its request's context
@@ -277,14 +302,43 @@ class TtsService:
 
     # -- what the service offers ------------------------------------------------------------------
 
-    async def voices(self) -> VoiceList:
-        engine = self.engines.current()
-        names = await anyio.to_thread.run_sync(engine.voices)
-        return VoiceList(names, engine.default_voice, engine.name)
+    async def voices(self, engine: str | None = None) -> VoiceList:
+        """The voices of `engine` (None: the default), loading it when it is not loaded."""
+        slot = self.engines.slot(engine).name
+        speaker = await self.engines.get(slot)
 
-    async def voice_details(self) -> list[VoiceInfo]:
-        """Every voice of the serving engine with its languages and speakers (read off the event loop)."""
-        return await anyio.to_thread.run_sync(self.engines.current().voice_details)
+        def names() -> list[str]:
+            return self.voice_manager.visible(slot, speaker.voices())  # another key's uploads are not listed
+
+        return VoiceList(await anyio.to_thread.run_sync(names), speaker.default_voice, speaker.name)
+
+    async def voice_details(self, engine: str | None = None) -> list[VoiceInfo]:
+        """Every voice of `engine` (None: the default) with its languages and speakers (read off the event loop)."""
+        return await anyio.to_thread.run_sync((await self.engines.get(engine)).voice_details)
+
+    async def engine_infos(self) -> list[EngineInfo]:
+        """Every configured engine as GET /v1/engines reports it (the default first)."""
+        engines = self.engines
+
+        def describe_all() -> list[EngineInfo]:
+            return [describe(slot, slot.name == engines.configured) for slot in engines.slots.values()]
+
+        return await anyio.to_thread.run_sync(describe_all)
+
+    async def set_default_engine(self, name: str) -> EngineInfo:
+        """Make engine `name` the default until restart, once it has loaded (an engine that cannot speak is
+        refused with the reason); what GET /v1/engines now says of it."""
+        await self.engines.get(name)
+        self.engines.set_default(name)
+        slot = self.engines.default
+        return await anyio.to_thread.run_sync(describe, slot, True)
+
+    async def _unload_idle(self) -> None:
+        """Every so often, unload the engines unused for tts.idle_unload_s."""
+        idle_s = self.settings.tts.idle_unload_s
+        while idle_s:
+            await anyio.sleep(min(idle_s / 4, IDLE_SWEEP_MAX_S))
+            self.engines.sweep()
 
     def workers(self) -> dict[str, int]:
         counters = self.pool.counters
@@ -296,6 +350,8 @@ class TtsService:
         engine = engines.engine
         if engine is not None:
             return "ready", engine.name, engine.default_voice
+        if engines.default.state == "unloaded":  # unloaded while idle: the next request loads it again
+            return "ready", engines.configured, engines.configured_voice()
         return ("loading" if engines.loading else "unavailable"), engines.configured, None
 
     def health(self) -> dict[str, Any]:
@@ -309,6 +365,7 @@ class TtsService:
             reasons.append(f"the {engines.configured} engine is starting")
         if engines.error:
             reasons.append(engines.error + (f"; speaking with {engine.name} instead" if engine and engines.fallback else ""))
+        reasons += [f"{slot.error}; requests for it fail" for slot in engines.slots.values() if slot.error and slot is not engines.default]
         if llm_health.checked_at is not None and not reachable:
             reasons.append(f"{self.llm.server} is not reachable at {public_url(llm.url)}: replies (reply true) fail")
         elif llm_health.failure is not None:
@@ -330,6 +387,7 @@ class TtsService:
             "engine": engine.name if engine else engines.configured,
             "configured_engine": engines.configured,
             "fallback": engines.fallback,
+            "engines": {name: slot.state for name, slot in engines.slots.items()},
             "voice": engine.default_voice if engine else engines.configured_voice(),
             "voice_loaded": bool(engine and engine.voice_loaded),
             "workers": self.workers(),

@@ -49,6 +49,8 @@ class TurnRequest:
     early_first: bool | None = None
     """Let the first fragment end early (tts.first_fragment_*) to start speaking sooner; None: for replies
     and streamed text, whose first sentence is still being written."""
+    engine: str | None = None
+    """The engine that speaks it (None: the default engine)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ class TurnTimings:
     syntheses: list[tuple[float, float]] = field(default_factory=list)
     """(seconds in the worker, seconds of audio) per synthesis."""
     finished_at: float | None = None
+    engine_load_s: float | None = None
+    """Seconds this turn's engine took to load first (it was not loaded, or unloaded after tts.idle_unload_s)."""
 
     def _since(self, moment: float | None) -> float | None:
         return None if moment is None else moment - self.started
@@ -198,6 +202,7 @@ class TurnTimings:
                 "first_wait_s": _round(self.queue_waits[0] if self.queue_waits else None),
                 "max_wait_s": _round(max(self.queue_waits) if self.queue_waits else None),
             },
+            "engine_load_s": _round(self.engine_load_s),
             "total_s": _round(self.total_s),
         }
 

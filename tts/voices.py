@@ -38,6 +38,14 @@ def check_voice_name(name: str) -> str:
     return name
 
 
+def language_matches(languages: list[str], wanted: str) -> bool:
+    """`en` matches en_US and en-gb; `en_US` matches en-us."""
+    wanted = wanted.replace("_", "-").casefold()
+    return any(
+        (code := language.replace("_", "-").casefold()) == wanted or code.startswith(wanted + "-") for language in languages
+    )
+
+
 def piper_voice_files(voices_dir: Path, name: str) -> tuple[Path, Path]:
     """Model and config paths of the Piper voice `name` (which must already be checked)."""
     return voices_dir / f"{name}{MODEL_SUFFIX}", voices_dir / f"{name}{CONFIG_SUFFIX}"

@@ -5,7 +5,7 @@ Every message is a JSON object `{"type": ..., <fields>}`, except the audio: each
 followed by exactly one binary frame holding that chunk's PCM16 (mono, little-endian).
 
 Client -> server
-- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?}`: start a generation. One runs
+- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?, "engine"?}`: start a generation. One runs
   at a time per socket: a second `text_input` while one runs gets the error `busy` (the running one
   carries on); send `cancel_generation` first to replace it. Replies continue the socket's conversation;
   `conversation_id` switches the socket to an earlier one (after a reload or reconnect).
@@ -86,6 +86,7 @@ class TextInput(_Message):
     reply: StrictBool | None = None
     speed: StrictFloat | None = None
     conversation_id: StrictStr | None = None
+    engine: StrictStr | None = None
 
 
 class CancelGeneration(_Message):
@@ -241,6 +242,7 @@ class TtsSocket:
             # The socket's own id needs no earlier turn: its first reply may have failed before any was recorded.
             conversation_id=None if message.conversation_id == self.conversation_id else message.conversation_id,
             new_conversation=self.conversation_id,
+            engine=message.engine,
         )
         if request.conversation_id is not None:
             self.conversation_id = request.conversation_id

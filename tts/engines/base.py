@@ -30,6 +30,14 @@ class VoiceInfo:
     languages: list[str]
     speakers: list[str] = field(default_factory=list)
     """Speaker names of a multi-speaker voice; empty for a voice with one."""
+    quality: str | None = None
+    """Piper's quality (x_low, low, medium, high); None where an engine has no such notion."""
+    sample_rate: int | None = None
+    """Samples per second of its audio, when known without synthesizing."""
+    loaded: bool = True
+    """Whether it is in memory, ready to speak without loading first."""
+    size_bytes: int | None = None
+    """Its files' size on disk (None: it has no files of its own)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,10 @@ class Engine(ABC):
 
     name: ClassVar[str]
     """Engine name as used in tts.engine."""
+    streaming: ClassVar[bool] = True
+    """Speaks sentence by sentence, so audio starts before the whole text is synthesized."""
+    clones: ClassVar[bool] = False
+    """Makes a new voice from a reference clip (POST /v1/voices)."""
 
     def __init__(self, settings: Settings, *, as_fallback: bool = False) -> None:
         # tts.voice names a voice of the configured engine: an engine standing in for it as the fallback
@@ -93,10 +105,17 @@ class Engine(ABC):
         (1.0 normal, 2.0 twice as fast). A lazy generator: work happens as it is iterated, so a caller can
         stop between chunks."""
 
+    def sample_rate(self) -> int | None:
+        """Samples per second of the default voice's audio, when known without synthesizing."""
+        return None
+
     @property
     def voice_loaded(self) -> bool:
         """Whether the default voice is ready to speak without loading first."""
         return True
+
+    def unload_voice(self, name: str) -> None:  # noqa: B027 (optional hook: only engines that cache voices)
+        """Drop voice `name` from memory (it was deleted, or has been idle for tts.idle_unload_s)."""
 
     def close(self) -> None:  # noqa: B027 (optional hook: most engines hold nothing to release)
         """Release models and connections."""

@@ -49,8 +49,12 @@ class EspeakEngine(Engine):
             )
         return self._voices
 
+    def sample_rate(self) -> int:
+        return self._espeak.sample_rate
+
     def voice_details(self) -> list[VoiceInfo]:
-        return [VoiceInfo(name, [name]) for name in self.voices()]  # espeak's voices are named by language
+        rate = self.sample_rate()
+        return [VoiceInfo(name, [name], sample_rate=rate) for name in self.voices()]  # named by language
 
     def resolve_voice(self, voice: str | None) -> str:
         name = check_voice_name(voice or self.default_voice)

@@ -158,12 +158,33 @@ class PiperEngine(Engine):
         speakers = self._config(name).get("speaker_id_map") or {}
         return {str(key): int(value) for key, value in speakers.items()} if isinstance(speakers, dict) else {}
 
+    def sample_rate(self) -> int | None:
+        rate = (self._config(self.default_voice).get("audio") or {}).get("sample_rate")
+        return int(rate) if isinstance(rate, int) else None
+
     def voice_details(self) -> list[VoiceInfo]:
         details = []
         for name in self.voices():
             config = self._config(name)
             language = (config.get("language") or {}).get("code") or name.split("-")[0]
-            details.append(VoiceInfo(name, [str(language)], sorted(self._speakers(name), key=self._speakers(name).get)))
+            audio = config.get("audio") if isinstance(config.get("audio"), dict) else {}
+            rate = audio.get("sample_rate")
+            speakers = self._speakers(name)
+            try:
+                size = sum(path.stat().st_size for path in piper_voice_files(self.voices_dir, name))
+            except OSError:
+                continue  # deleted while listed
+            details.append(
+                VoiceInfo(
+                    name,
+                    [str(language)],
+                    sorted(speakers, key=speakers.get),
+                    quality=str(audio.get("quality") or name.rsplit("-", 1)[-1]),
+                    sample_rate=rate if isinstance(rate, int) else None,
+                    loaded=name in self._cache,
+                    size_bytes=size,
+                )
+            )
         return details
 
     def resolve_speaker(self, voice: str, speaker: str | None) -> str | None:
@@ -196,6 +217,11 @@ class PiperEngine(Engine):
         )
         for chunk in piper_voice.synthesize(text, syn_config=config):
             yield AudioChunk(chunk.audio_float_array, chunk.sample_rate, text)
+
+    def unload_voice(self, name: str) -> None:
+        with self._lock:
+            if self._cache.pop(name, None) is not None:
+                log.info("voice_unloaded", voice=name)
 
     def close(self) -> None:
         with self._lock:

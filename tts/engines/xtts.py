@@ -55,6 +55,7 @@ def _pick_device(setting: str) -> str:
 
 class XttsEngine(Engine):
     name = "xtts"
+    clones = True
 
     def __init__(
         self, settings: Settings, *, as_fallback: bool = False, model_factory: ModelFactory | None = None
@@ -98,7 +99,16 @@ class XttsEngine(Engine):
         )
 
     def voice_details(self) -> list[VoiceInfo]:
-        return [VoiceInfo(name, [self.settings.language]) for name in self.voices()]
+        rate = self.sample_rate()
+        return [
+            VoiceInfo(name, [self.settings.language], sample_rate=rate, size_bytes=self._size(name)) for name in self.voices()
+        ]
+
+    def _size(self, name: str) -> int | None:
+        try:
+            return (self.speakers_dir / f"{name}.wav").stat().st_size
+        except OSError:
+            return None
 
     def resolve_voice(self, voice: str | None) -> str:
         name = check_voice_name(voice or self.default_voice)
