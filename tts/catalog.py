@@ -231,13 +231,18 @@ class Catalog:
     async def _download(self, job: DownloadJob, voice: CatalogVoice) -> None:
         job.update(state="downloading")
         base = self.settings.download_base_url
-        with self.store.staging("piper") as staging:
+        # The staging folder is made and removed in a worker thread: removing a voice of 60 MB is disk work.
+        staging = await anyio.to_thread.run_sync(self.store.open_staging, "piper")
+        try:
             async with httpx.AsyncClient(timeout=self.settings.download_timeout_s, follow_redirects=True) as client:
                 for file in voice.files:
                     await self._fetch_file(client, base.rstrip("/") + "/" + file.path.lstrip("/"), file, staging, job)
             job.update(state="checking")
             meta = VoiceMeta(origin="downloaded", description=voice.name)
             await anyio.to_thread.run_sync(self.store.install_piper, voice.id, staging, meta)
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled download leaves no half voice behind either
+                await anyio.to_thread.run_sync(self.store.drop_staging, staging)
 
     async def _fetch_file(
         self, client: httpx.AsyncClient, url: str, file: CatalogFile, staging: Path, job: DownloadJob

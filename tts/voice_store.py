@@ -94,13 +94,21 @@ class VoiceStore:
     @contextmanager
     def staging(self, engine: str) -> Iterator[Path]:
         """A temporary folder inside `engine`'s voices folder (so a rename out of it is atomic), removed after."""
-        folder = self.folders[engine]
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+        staging = self.open_staging(engine)
         try:
             yield staging
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.drop_staging(staging)
+
+    def open_staging(self, engine: str) -> Path:
+        """A new staging folder of `engine` (see staging()); the caller drops it with drop_staging."""
+        folder = self.folders[engine]
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+
+    @staticmethod
+    def drop_staging(staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
 
     def add_piper(self, name: str, model: bytes, config: bytes, meta: VoiceMeta) -> None:
         """Keep a Piper voice once Piper has loaded it; InvalidVoice saying what is wrong, VoiceConflict for a

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from core.encode import StreamEncoder
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import build_piper_voice, expected_samples
 from tests.fixtures.speech import to_pcm16, write_wav
-from tests.tts.conftest import VOICE, make_settings, serve
+from tests.tts.conftest import VOICE, make_settings, serve, wait_for
 from tests.tts.test_engines import CoquiTtsDouble
 from tts.voice_store import CLIP_PEAK
 
@@ -254,3 +256,36 @@ def by_id_as(client: httpx.Client, value: str) -> dict[str, dict[str, Any]]:
     response = client.get("/v1/voices", headers=key(value))
     assert response.status_code == 200, response.text
     return {voice["id"]: voice for voice in response.json()["voices"]}
+
+
+def test_uploads_past_max_voice_uploads_at_once_get_429_and_the_first_is_kept(
+    voices_dir: Path, ollama: OllamaDouble, tmp_path: Path
+) -> None:
+    files = voice_files(tmp_path)
+    prepared = httpx.Request("POST", "http://x/v1/voices", data={"name": NEW}, files=files)
+    body = prepared.read()
+    resume = threading.Event()
+
+    def halves() -> Iterator[bytes]:  # the first upload stops midway until the second has been refused
+        yield body[: len(body) // 2]
+        resume.wait(30)
+        yield body[len(body) // 2 :]
+
+    with serve(make_settings(voices_dir, ollama.url, max_voice_uploads=1)) as (server, client):
+        first: dict[str, httpx.Response] = {}
+        headers = {"content-type": prepared.headers["content-type"], "content-length": str(len(body))}
+        sender = threading.Thread(
+            target=lambda: first.update(r=client.post("/v1/voices", content=halves(), headers=headers)), daemon=True
+        )
+        sender.start()
+        # The slot is taken before the body is read; the limiter is read directly: nothing else shows it.
+        uploads = server.app.state.service.voice_manager._uploads
+        wait_for(lambda: uploads.borrowed_tokens == 1)
+        second = client.post("/v1/voices", data={"name": "en_GB-second-low"}, files=voice_files(tmp_path / "2", "en_GB-second-low"))
+        resume.set()
+        sender.join(30)
+    error = second.json()["error"]
+    assert (second.status_code, error["code"], second.headers["retry-after"]) == (429, "too_many_pending", "5")
+    assert "1 voice uploads are being checked already (tts.max_voice_uploads)" in error["message"]
+    assert first["r"].status_code == 201, first["r"].text
+    assert listing(voices_dir) == sorted([f"{VOICE}.onnx", f"{VOICE}.onnx.json", f"{NEW}.onnx", f"{NEW}.onnx.json", f"{NEW}.voice.json"])
