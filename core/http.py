@@ -68,6 +68,7 @@ HTTP_STATUS: dict[str, int] = {
     "empty_text": 422,
     "text_too_long": 413,
     "invalid_speed": 422,
+    "invalid_ssml": 422,
     "invalid_voice_name": 422,
     "voice_not_found": 404,
     "bad_audio": 422,

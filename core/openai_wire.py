@@ -42,6 +42,7 @@ _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "empty_text": (400, "invalid_request_error", "input"),
     "text_too_long": (400, "invalid_request_error", "input"),
     "invalid_speed": (400, "invalid_request_error", "speed"),
+    "invalid_ssml": (400, "invalid_request_error", "input"),
     "invalid_voice_name": (400, "invalid_request_error", "voice"),
     "voice_not_found": (404, "invalid_request_error", "voice"),
     "model_not_found": (404, "invalid_request_error", "model"),

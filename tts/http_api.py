@@ -18,7 +18,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -39,13 +39,14 @@ from tts.http_docs import (
     CONVERSATION_LINKS,
     REPLY_ERRORS,
     SPEECH_ERRORS,
+    TEXT_FORMAT,
     VOICE_SCHEMA,
     headers,
     speed_schema,
     text_schema,
     tts_request_body,
 )
-from tts.http_turns import abandoned, first_event, tts_service
+from tts.http_turns import abandoned, first_event, tts_service, warnings_headers
 from tts.runner import EMPTY_RATE
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent, TurnRequest, TurnTimings
@@ -76,6 +77,7 @@ class TtsRequest(BaseModel):
         description="Continue this conversation (the X-Conversation-Id of an earlier reply); reply true only. "
         "Without it a reply starts a new conversation.",
     )
+    text_format: Literal["text", "ssml"] | None = Field(None, description=TEXT_FORMAT)
 
 
 def reply_text_headers(text: str) -> dict[str, str]:
@@ -126,7 +128,8 @@ async def _checked(service: TtsService, request: Request) -> TurnRequest:
     body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE, depth)
     parsed = validated(TtsRequest, body)
     return await service.check_request(
-        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id
+        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id,
+        text_format=parsed.text_format,
     )
 
 
@@ -142,7 +145,7 @@ _WAV = {
     "content": {"audio/wav": {}},
     "headers": headers(
         "X-Reply-Text", "X-Reply-Text-Truncated", "X-Voice", "X-Engine", "X-Audio-Duration", "Server-Timing",
-        "X-Conversation-Id",
+        "X-Conversation-Id", "X-Warnings",
     ),
     "links": CONVERSATION_LINKS,
 }
@@ -152,7 +155,8 @@ _STREAM = {
     "in X-Sample-Rate.",
     "content": {"audio/wav": {}, "audio/pcm": {}},
     "headers": headers(
-        "X-Sample-Rate", "X-Channels", "X-Sample-Format", "X-Voice", "X-Engine", "Server-Timing", "X-Conversation-Id"
+        "X-Sample-Rate", "X-Channels", "X-Sample-Format", "X-Voice", "X-Engine", "Server-Timing", "X-Conversation-Id",
+        "X-Warnings",
     ),
     "links": CONVERSATION_LINKS,
 }
@@ -205,9 +209,10 @@ async def tts(request: Request, service: Service) -> Response:
             "X-Audio-Duration": f"{speech.duration_s:.3f}",
             "Server-Timing": server_timing(turn.timings),
             **conversation_headers(turn),
+            **warnings_headers(turn.request),
             "Access-Control-Expose-Headers": (
                 f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing, "
-                f"{CONVERSATION_HEADER}"
+                f"{CONVERSATION_HEADER}, X-Warnings"
             ),
             "Cache-Control": "no-store",
         },
@@ -232,8 +237,10 @@ async def tts_stream(request: Request, service: Service) -> Response:
         "X-Engine": turn.engine,
         "Server-Timing": server_timing(turn.timings),
         **conversation_headers(turn),
+        **warnings_headers(turn.request),
         "Access-Control-Expose-Headers": (
-            f"X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing, {CONVERSATION_HEADER}"
+            f"X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing, {CONVERSATION_HEADER}, "
+            "X-Warnings"
         ),
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
@@ -260,10 +267,13 @@ def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
         conversation_id: str | None = Query(
             None, description="Continue this conversation (reply true only).", json_schema_extra=CONVERSATION_FIELD_SCHEMA
         ),
+        text_format: Literal["text", "ssml"] | None = Query(None, description=TEXT_FORMAT),
         last_event_id: str | None = Header(None, alias="Last-Event-ID", description="Sent by a reconnecting EventSource."),
     ) -> Response:
         started = time.perf_counter()
-        checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id)
+        checked = await service.check_request(
+            text, voice, speed, reply, conversation_id=conversation_id, text_format=text_format
+        )
         if last_event_id is not None:
             # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
             # repeated, and 204 is how the SSE standard tells it to stop. (Checked first all the same:
@@ -365,5 +375,6 @@ async def _sse_body(turn: Turn, first: TurnEvent | None) -> AsyncIterator[bytes]
         "text": turn.text,
         "sample_rate": turn.sample_rate,
         "audio_seconds": round(timings.audio_s, 3),
+        "warnings": list(turn.request.warnings),
     }
     yield _sse("done", done)

@@ -3,12 +3,15 @@ waiting for a turn's first event before a response starts, and the answer to a c
 
 from __future__ import annotations
 
+import json
+from urllib.parse import quote
+
 from fastapi import Request, Response
 
 from core.http import CLIENT_CLOSED_REQUEST, on_disconnect
 from core.logging import get_logger
 from tts.service import TtsService
-from tts.turn import Turn, TurnEvent
+from tts.turn import Turn, TurnEvent, TurnRequest
 
 log = get_logger(__name__)
 
@@ -34,3 +37,10 @@ async def first_event(turn: Turn, request: Request, wanted: tuple[type, ...]) ->
 def abandoned() -> Response:
     log.info("request_abandoned", reason="client disconnected")
     return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+def warnings_headers(request: TurnRequest) -> dict[str, str]:
+    """X-Warnings (what of the SSML was spoken plainly) when there is anything to say."""
+    if not request.warnings:
+        return {}
+    return {"X-Warnings": quote(json.dumps(list(request.warnings), ensure_ascii=False), safe="")}

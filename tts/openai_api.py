@@ -38,7 +38,7 @@ from tts.http_docs import (
     speed_schema,
     text_schema,
 )
-from tts.http_turns import abandoned, first_event, tts_service
+from tts.http_turns import abandoned, first_event, tts_service, warnings_headers
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, Turn
 
@@ -85,6 +85,9 @@ class SpeechRequest(BaseModel):
     )
     instructions: StrictStr | None = Field(None, description="Accepted; no engine here can follow it yet.")
     stream_format: Literal["audio", "sse"] = "audio"
+    text_format: Literal["text", "ssml"] | None = Field(
+        None, description="Ours, not OpenAI's: ssml reads `input` as SSML; default: ssml when it starts with <speak."
+    )
 
 
 Service = Annotated[TtsService, Depends(tts_service)]
@@ -159,7 +162,9 @@ async def speech(request: Request, service: Service) -> Response:
     body = validated(SpeechRequest, await read_json_body(request, limit, "tts.max_text_length", BODY_EXAMPLE, depth))
     _check_model(service, body.model)
     try:
-        checked = await service.check_request(body.input, _voice(service, body.voice), body.speed, reply=False)
+        checked = await service.check_request(
+            body.input, _voice(service, body.voice), body.speed, reply=False, text_format=body.text_format
+        )
     except ServiceError as error:
         if error.code == "text_too_long":
             error.param = "input"
@@ -182,7 +187,10 @@ async def speech(request: Request, service: Service) -> Response:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             background=BackgroundTask(turn.aclose),
         )
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Voice": checked.voice, "X-Engine": turn.engine}
+    headers = {
+        "Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Voice": checked.voice, "X-Engine": turn.engine,
+        **warnings_headers(checked),
+    }
     if fmt.name == "pcm":
         headers["X-Sample-Rate"] = str(OUTPUT_RATE)
     return StreamingResponse(

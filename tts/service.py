@@ -15,8 +15,8 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -36,16 +36,20 @@ from core.errors import (
 from core.llm import LlmClient, LlmHealth, make_llm_client
 from core.logging import get_logger
 from core.redact import public_url
+from core.ssml import Pause, SsmlDocument, looks_like_ssml, parse_ssml
 from tts.conversations import ConversationTurn, check_conversation_id, new_conversation_id, open_store
 from tts.engines import create_engine
 from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineFactory, EngineHost
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
-from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
+from tts.turn import AudioPiece, Segment, TextStream, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
+
+TextFormat = Literal["text", "ssml"]
+"""How a request's text is read: as words (text) or as SSML markup (core.ssml)."""
 
 SPEAKABLE = re.compile(r"\S")
 """What a text must hold to be spoken or answered: more than white space (its OpenAPI `pattern` too)."""
@@ -129,31 +133,76 @@ class TtsService:
         speaker: str | None = None,
         conversation_id: str | None = None,
         new_conversation: str | None = None,
+        engine: str | None = None,
+        text_format: TextFormat | None = None,
     ) -> TurnRequest:
         """The request with its voice resolved and defaults applied, or the error that says what is wrong.
         A reply continues `conversation_id` (which must exist), else starts `new_conversation` (default: a
-        new id); text spoken as it is (reply false) belongs to no conversation."""
+        new id); text spoken as it is (reply false) belongs to no conversation. `text_format` ssml (or
+        text starting with `<speak`) is spoken as SSML (core.ssml)."""
         tts = self.settings.tts
         if not SPEAKABLE.search(text):
             raise EmptyText("text is empty; send the words to speak (or to answer) in 'text'")
         if len(text) > tts.max_text_length:
             raise TextTooLong(f"text has {len(text)} characters; the limit is {tts.max_text_length} (tts.max_text_length)")
-        speed = 1.0 if speed is None else speed
-        if not (math.isfinite(speed) and tts.min_speed <= speed <= tts.max_speed):
-            raise InvalidSpeed(
-                f"speed {speed!r} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
-                "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
-            )
-        voice, speaker = await self.check_voice(voice, speaker)
-        reply = tts.reply_default if reply is None else reply
+        speed = self.check_speed(speed)
+        self.engines.get(engine)
+        voice, speaker = await self.check_voice(voice, speaker, engine)
+        ssml = text_format == "ssml" or (text_format is None and looks_like_ssml(text))
+        if ssml and reply:
+            raise InvalidRequest("SSML is spoken as it is, never answered: send it with reply false", param="reply")
+        reply = False if ssml else tts.reply_default if reply is None else reply
         conversation = None
         if not reply and conversation_id is not None:
             raise InvalidRequest(
                 "conversation_id continues a conversation with the LLM: send it with reply true", param="conversation_id"
             )
+        if ssml:
+            document = parse_ssml(text, round(tts.max_break_s * 1000))
+            segments = await self.ssml_segments(document, Segment("", voice, speed, speaker))
+            return TurnRequest(
+                document.text, voice, speed, False, speaker, engine=engine, segments=segments, warnings=document.warnings
+            )
         if reply:
             conversation = await self._existing(conversation_id) if conversation_id else new_conversation or new_conversation_id()
-        return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation)
+        return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation, engine=engine)
+
+    def check_speed(self, speed: float | None, where: str = "") -> float:
+        """`speed` (default 1.0) if allowed, else InvalidSpeed; `where` says what asked for it."""
+        tts = self.settings.tts
+        speed = 1.0 if speed is None else speed
+        if not (math.isfinite(speed) and tts.min_speed <= speed <= tts.max_speed):
+            raise InvalidSpeed(
+                f"speed {speed!r}{where} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
+                "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
+            )
+        return speed
+
+    async def ssml_segments(self, document: SsmlDocument, base: Segment) -> tuple[Segment, ...]:
+        """The runs of a parsed SSML text as segments, its voices resolved and speeds checked; `base`
+        holds the voice, speaker and speed around the markup, and its pause_after_ms goes after it."""
+        segments: list[Segment] = []
+        voices: dict[str, tuple[str, str | None]] = {}
+        for item in document.items:
+            if isinstance(item, Pause):
+                if segments:
+                    last = segments[-1]
+                    segments[-1] = replace(last, pause_after_ms=last.pause_after_ms + item.ms)
+                else:
+                    segments.append(replace(base, pause_after_ms=item.ms))
+                continue
+            voice, speaker = base.voice, base.speaker
+            if item.voice is not None:
+                if item.voice not in voices:
+                    voices[item.voice] = await self.check_voice(item.voice)
+                voice, speaker = voices[item.voice]
+            speed = self.check_speed(base.speed * item.rate, f" (speed {base.speed:g} times <prosody rate> {item.rate:g})")
+            segments.append(Segment(item.text, voice, speed, speaker))
+        if not any(segment.text for segment in segments):
+            raise EmptyText("the SSML has no words to speak (only markup and pauses)")
+        last = segments[-1]
+        segments[-1] = replace(last, pause_after_ms=last.pause_after_ms + base.pause_after_ms)
+        return tuple(segments)
 
     async def _existing(self, conversation_id: str) -> str:
         if await self.conversations.turns(check_conversation_id(conversation_id)) is None and (
@@ -176,13 +225,15 @@ class TtsService:
         if not await self.conversations.delete(check_conversation_id(conversation_id)):
             raise ConversationNotFound(f"no conversation {conversation_id!r} (never started, deleted, or forgotten)")
 
-    async def check_voice(self, voice: str | None, speaker: str | None = None) -> tuple[str, str | None]:
+    async def check_voice(
+        self, voice: str | None, speaker: str | None = None, engine: str | None = None
+    ) -> tuple[str, str | None]:
         """The voice (and speaker) to speak with, or VoiceNotFound / InvalidVoiceName / InvalidRequest."""
-        engine = self.engines.current()
+        serving = self.engines.get(engine)
 
         def resolve() -> tuple[str, str | None]:
-            resolved = engine.resolve_voice(voice)
-            return resolved, engine.resolve_speaker(resolved, speaker)
+            resolved = serving.resolve_voice(voice)
+            return resolved, serving.resolve_speaker(resolved, speaker)
 
         # Resolving a Piper voice looks at the voices folder: file-system work stays off the event loop.
         return await anyio.to_thread.run_sync(resolve)

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from core.config import Settings
-from core.errors import EngineLoading, EngineUnavailable
+from core.errors import EngineLoading, EngineUnavailable, InvalidRequest
 from core.logging import get_logger
 from tts.engines import Engine, EngineStartError, create_engine, engine_class
 
@@ -109,6 +109,13 @@ class EngineHost:
                 retry_after_s=self.settings.tts.retry_after_s,
             )
         raise EngineUnavailable(f"{self.error}. Fix it and restart the service, or set tts.fallback_engine to espeak")
+
+    def get(self, name: str | None) -> Engine:
+        """The engine named (None: the serving one), or InvalidRequest naming the engine served."""
+        engine = self.current()
+        if name is not None and name != engine.name:
+            raise InvalidRequest(f"unknown engine {name!r}; this service speaks with {engine.name}", param="engine")
+        return engine
 
     def close(self) -> None:
         if self.engine is not None:
