@@ -187,6 +187,24 @@ class ShuttingDown(ServiceError):
     code = "shutting_down"
 
 
+class JobNotFound(ServiceError):
+    """No job with this id: never made, deleted, or past jobs.retention_s."""
+
+    code = "job_not_found"
+
+
+class JobNotDone(ServiceError):
+    """The job's audio was asked for before the job was done."""
+
+    code = "job_not_done"
+
+
+class JobsUnavailable(ServiceError):
+    """The jobs' queue (its SQLite file or Redis server) or their result storage cannot be reached."""
+
+    code = "jobs_unavailable"
+
+
 # -- engines and models ------------------------------------------------------------------------------
 
 

@@ -48,6 +48,8 @@ _OPENAI_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "model_not_found": (404, "invalid_request_error", "model"),
     "conversation_not_found": (404, "invalid_request_error", "conversation_id"),
     "conversation_busy": (409, "invalid_request_error", "conversation_id"),
+    "job_not_found": (404, "invalid_request_error", "job_id"),
+    "job_not_done": (409, "invalid_request_error", "job_id"),
     "bad_audio": (400, "invalid_request_error", "file"),
     "unsupported_media_type": (400, "invalid_request_error", None),
     "request_too_large": (413, "invalid_request_error", None),

@@ -64,6 +64,36 @@ CONFIG: dict[str, Any] = {
             },
         },
         {
+            # Whether a text is well-formed SSML (text_format ssml, or text starting with <speak) cannot be
+            # written into JSON Schema: a schema-valid body may hold malformed markup (invalid_ssml). The
+            # SSML refusals have their own tests (tests/core/test_ssml.py, tests/tts/test_ssml_speech.py).
+            "include-path-regex": "^/(tts|tts/stream|tts/sse|v1/audio/speech)$",
+            "include-method": "POST",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429", "5xx"]
+                }
+            },
+        },
+        {
+            # A document's blocks may hold SSML (as above), and the limit on all their characters together
+            # cannot be written into JSON Schema either (only each block's): 413. Their own tests:
+            # tests/tts/test_documents.py.
+            "include-path-regex": "^/v1/speech",
+            "include-method": "POST",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "429", "5xx"]
+                }
+            },
+        },
+        {
+            # DELETE of a queued or running job cancels it, and the job stays to say so (state cancelled,
+            # as the issue asks); only a second DELETE removes it. Schemathesis takes any DELETE for a removal.
+            "include-path-regex": "^/v1/speech/jobs/",
+            "checks": {"use_after_free": {"enabled": False}},
+        },
+        {
             # Schemathesis cannot re-validate a multipart body that holds a file (its validator takes no
             # bytes), so it cannot see that a type mutation of a text field is valid once sent as text
             # (model: true arrives as the model name "true"). The form's refusals have their own tests
@@ -110,12 +140,13 @@ def _record(recorder: Any, found: Findings) -> None:
                 )
 
 
-def assert_agrees(found: Findings) -> None:
-    """No failure, and every operation was reached and answered some request with success."""
+def assert_agrees(found: Findings, pending: frozenset[str] = frozenset()) -> None:
+    """No failure, and every operation was reached and answered some request with success (but those in
+    `pending`, which need a state the fuzzer cannot wait for)."""
     assert found.problems == [], "\n".join(found.problems)
     assert set(found.statuses) == found.operations
     unanswered = {name for name, statuses in found.statuses.items() if not any(200 <= s < 300 for s in statuses)}
-    assert unanswered == set(), dict(found.statuses)
+    assert unanswered <= pending, dict(found.statuses)
 
 
 def _wav(rate: int, seconds: float, seed: int) -> bytes:
@@ -161,4 +192,6 @@ def test_the_tts_service_agrees_with_its_openapi_document(
     settings = Settings(**{**base.model_dump(), "stt": {"host": stt_server.host, "port": stt_server.port}})
     with serve(settings) as (server, _):
         found = fuzz(f"{server.http_url}/openapi.json")
-    assert_agrees(found)
+    # A job's audio exists only once the job is done; schemathesis follows the link to it at once (409
+    # job_not_done). Its answers are tests/tts/test_jobs.py's.
+    assert_agrees(found, pending=frozenset({"GET /v1/speech/jobs/{job_id}/audio"}))

@@ -28,10 +28,10 @@ from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
 from core.wyoming import WyomingListener
-from tts import conversations_api, dashboard, forward, http_api, openai_api, wyoming_api, ws
-from tts.forward import Forwarder
+from tts import conversations_api, dashboard, documents_api, forward, http_api, jobs_api, openai_api, ws, wyoming_api
 from tts.engines import create_engine
 from tts.engines.host import EngineFactory
+from tts.forward import Forwarder
 from tts.service import TtsService
 
 FRONTEND_DIR = PROJECT_ROOT / "frontend"
@@ -114,6 +114,8 @@ def create_app(
     app.include_router(http_api.build_router(settings))
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.build_router(settings))
+    app.include_router(documents_api.build_router(settings))
+    app.include_router(jobs_api.build_router(settings))
     app.include_router(conversations_api.router)
     app.include_router(forward.build_router(forwarder))
     app.include_router(ticket_router(service.access))

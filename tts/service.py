@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
@@ -36,11 +36,13 @@ from core.errors import (
 from core.llm import LlmClient, LlmHealth, make_llm_client
 from core.logging import get_logger
 from core.redact import public_url
-from core.ssml import Pause, SsmlDocument, looks_like_ssml, parse_ssml
+from core.ssml import looks_like_ssml, parse_ssml
 from tts.conversations import ConversationTurn, check_conversation_id, new_conversation_id, open_store
+from tts.documents import CheckedDocument, Document, check_document, ssml_segments
 from tts.engines import create_engine
 from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineFactory, EngineHost
+from tts.jobs_host import JobsHost
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
 from tts.turn import AudioPiece, Segment, TextStream, Turn, TurnRequest
@@ -99,6 +101,7 @@ class TtsService:
         self.access = Access(settings.auth)
         self._tasks: TaskGroup | None = None
         self.conversations = open_store(settings.conversations, settings.resolve_path(settings.data_dir))
+        self.jobs = JobsHost(settings, self.engines.current)
         self._talking: set[str] = set()
         """Conversations with a turn under way."""
         self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -112,12 +115,14 @@ class TtsService:
                 self._tasks = tasks
                 tasks.start_soon(self.engines.start)
                 tasks.start_soon(self.llm_health.run)
+                tasks.start_soon(self.jobs.run)
                 try:
                     yield self
                 finally:
                     self._tasks = None
                     tasks.cancel_scope.cancel()
         finally:
+            await self.jobs.aclose()
             self.engines.close()
             await self.llm.aclose()
             await self.conversations.close()
@@ -159,13 +164,19 @@ class TtsService:
             )
         if ssml:
             document = parse_ssml(text, round(tts.max_break_s * 1000))
-            segments = await self.ssml_segments(document, Segment("", voice, speed, speaker))
+            segments = await ssml_segments(self, document, Segment("", voice, speed, speaker))
             return TurnRequest(
                 document.text, voice, speed, False, speaker, engine=engine, segments=segments, warnings=document.warnings
             )
         if reply:
             conversation = await self._existing(conversation_id) if conversation_id else new_conversation or new_conversation_id()
         return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation, engine=engine)
+
+    async def check_document(
+        self, document: Document, max_chars: int, limit_name: str, hint: str = ""
+    ) -> CheckedDocument:
+        """A document (tts/documents.py) as one checked request, or the error naming the block at fault."""
+        return await check_document(self, document, max_chars, limit_name, hint)
 
     def check_speed(self, speed: float | None, where: str = "") -> float:
         """`speed` (default 1.0) if allowed, else InvalidSpeed; `where` says what asked for it."""
@@ -177,32 +188,6 @@ class TtsService:
                 "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
             )
         return speed
-
-    async def ssml_segments(self, document: SsmlDocument, base: Segment) -> tuple[Segment, ...]:
-        """The runs of a parsed SSML text as segments, its voices resolved and speeds checked; `base`
-        holds the voice, speaker and speed around the markup, and its pause_after_ms goes after it."""
-        segments: list[Segment] = []
-        voices: dict[str, tuple[str, str | None]] = {}
-        for item in document.items:
-            if isinstance(item, Pause):
-                if segments:
-                    last = segments[-1]
-                    segments[-1] = replace(last, pause_after_ms=last.pause_after_ms + item.ms)
-                else:
-                    segments.append(replace(base, pause_after_ms=item.ms))
-                continue
-            voice, speaker = base.voice, base.speaker
-            if item.voice is not None:
-                if item.voice not in voices:
-                    voices[item.voice] = await self.check_voice(item.voice)
-                voice, speaker = voices[item.voice]
-            speed = self.check_speed(base.speed * item.rate, f" (speed {base.speed:g} times <prosody rate> {item.rate:g})")
-            segments.append(Segment(item.text, voice, speed, speaker))
-        if not any(segment.text for segment in segments):
-            raise EmptyText("the SSML has no words to speak (only markup and pauses)")
-        last = segments[-1]
-        segments[-1] = replace(last, pause_after_ms=last.pause_after_ms + base.pause_after_ms)
-        return tuple(segments)
 
     async def _existing(self, conversation_id: str) -> str:
         if await self.conversations.turns(check_conversation_id(conversation_id)) is None and (
@@ -384,6 +369,7 @@ class TtsService:
             "voice": engine.default_voice if engine else engines.configured_voice(),
             "voice_loaded": bool(engine and engine.voice_loaded),
             "workers": self.workers(),
+            "jobs": self.jobs.health(),
             **{name: report() for name, report in self.listeners.items()},
             "version": __version__,
         }
