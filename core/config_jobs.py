@@ -9,7 +9,6 @@ from pydantic import Field, SecretStr
 
 from core.config_base import Section
 
-
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

@@ -10,11 +10,34 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 from core.config import Settings
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
+    try:
+        import redis.exceptions
+
+        errors.append(redis.exceptions.RedisError)
+    except ImportError:  # backend sqlite without the redis package
+        pass
+    try:
+        import botocore.exceptions
+
+        errors.extend([botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError])
+    except ImportError:  # storage files without boto3
+        pass
+    return tuple(errors)
+
+
+UNREACHABLE = _unreachable()
+"""What a storage (the queue's SQLite file or Redis server, a results folder, an S3 store) raises when it
+cannot be reached or refuses a request."""
 
 
 class Results(Protocol):

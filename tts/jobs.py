@@ -31,7 +31,7 @@ from core.errors import EngineLoading, ServiceError
 from core.logging import get_logger
 from tts.engines import Engine
 from tts.job_render import Part, Stopped, join_parts, part_bytes, part_from_bytes, render_part, split_parts
-from tts.job_results import open_results
+from tts.job_results import UNREACHABLE, open_results
 from tts.job_state import JobBook, JobStatus
 from tts.turn import Segment
 
@@ -125,25 +125,34 @@ class JobQueue:
             book.release(job_id, index)
             book.fail(job_id, f"block {part.blocks[0]}: {exc.message}")
             return
-        except Exception:
+        except Exception:  # a bug must not lose the job: logged, and the part tried again (bounded)
             log.exception("job_part_failed", job_id=job_id, part=index, attempt=attempt)
             book.release(job_id, index)
-            self._retry(job_id, index, attempt)
+            self._retry(job_id, index, attempt, "an unexpected error; see the worker's log")
             return
-        self.results.put(f"{job_id}/part-{index}", part_bytes(rendered))
+        try:
+            self.results.put(f"{job_id}/part-{index}", part_bytes(rendered))
+        except UNREACHABLE as exc:  # a full disk, an S3 error: retried, it may be passing
+            reason = f"the job storage failed ({storage_error(exc)}); check jobs.storage and its settings"
+            log.warning("job_storage_failed", job_id=job_id, part=index, reason=reason)
+            book.release(job_id, index)
+            self._retry(job_id, index, attempt, reason)
+            return
         book.release(job_id, index)
         audio_s = len(rendered.pcm16) / 2 / rendered.rate if rendered.rate else 0.0
         done = book.part_done(job_id, index, time.perf_counter() - started, audio_s)
         if done == len(spec["parts"]):
             self._join(job_id)
 
-    def _retry(self, job_id: str, index: int, attempt: int) -> None:
+    def _retry(self, job_id: str, index: int, attempt: int, reason: str) -> None:
+        """Queue the part again, or fail the job with `reason` once jobs.max_attempts are spent."""
         if attempt < self.settings.jobs.max_attempts:
             self._render(job_id, index, attempt + 1)
-        else:
-            book = self.book
-            blocks = _part(book.spec(job_id)["parts"][index]).blocks  # type: ignore[index]
-            book.fail(job_id, f"block {blocks[0]} failed {attempt} times (jobs.max_attempts); see the worker's log")
+            return
+        spec = self.book.spec(job_id)
+        if spec is not None:
+            block = spec["parts"][index]["blocks"][0]
+            self.book.fail(job_id, f"block {block} failed {attempt} times (jobs.max_attempts): {reason}")
 
     def _join_parts(self, job_id: str) -> None:
         book = self.book
@@ -214,7 +223,14 @@ class JobQueue:
                 if expires < (now if expired_before is None else expired_before):
                     log.warning("job_part_abandoned", job_id=status.id, part=index, attempt=attempt)
                     self.book.release(status.id, index)
-                    self._retry(status.id, index, attempt)
+                    self._retry(status.id, index, attempt, "its worker stopped (died) while rendering it")
+
+
+def storage_error(exc: BaseException) -> str:
+    """What a storage failure was: an S3 error's code, or the exception's type."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return str(code) if code else f"{type(exc).__name__}: {exc}"
 
 
 def _part(data: dict[str, Any]) -> Part:

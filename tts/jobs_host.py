@@ -6,7 +6,6 @@ cannot be reached is JobsUnavailable (503), not a 500.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from core.config import Settings
 from core.errors import JobNotDone, JobNotFound, JobsUnavailable, ServiceError, TooManyPending
 from core.logging import get_logger
 from tts.engines import Engine
+from tts.job_results import UNREACHABLE
 from tts.job_state import JobStatus
 from tts.jobs import JobQueue
 from tts.turn import Segment
@@ -27,26 +27,6 @@ T = TypeVar("T")
 
 SWEEP_EVERY_S = 10.0
 """Longest pause between sweeps (shorter with a short jobs.lease_s, so a dead worker's part waits little)."""
-
-
-def _unreachable() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
-    try:
-        import redis.exceptions
-
-        errors.append(redis.exceptions.RedisError)
-    except ImportError:  # backend sqlite without the redis package
-        pass
-    try:
-        import botocore.exceptions
-
-        errors.extend([botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError])
-    except ImportError:  # storage files without boto3
-        pass
-    return tuple(errors)
-
-
-UNREACHABLE = _unreachable()
 
 
 class JobsHost:

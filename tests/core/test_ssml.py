@@ -139,8 +139,10 @@ def test_unsupported_say_as_and_missing_attributes_are_reported() -> None:
     document = parse('<speak><say-as interpret-as="date">2024-01-02</say-as> <sub>WWW</sub> <voice>x</voice></speak>')
     assert document.items == (SpokenText("2024-01-02 WWW x"),)
     assert document.warnings == (
-        "<say-as interpret-as='date'> is not supported (only characters, spell-out, digits, cardinal, number): "
-        "its text is spoken",
+        (
+            "<say-as interpret-as='date'> is not supported (only characters, spell-out, digits, cardinal, number): "
+            "its text is spoken"
+        ),
         "<sub> without an alias: its text is spoken",
         "<voice> without a name: the voice around it speaks its text",
     )
