@@ -35,6 +35,32 @@ export async function getJson(path, { timeoutMs = 4000 } = {}) {
   return response.json();
 }
 
+async function request(path, options) {
+  let response;
+  try {
+    response = await fetch(path, { cache: "no-store", ...options, headers: withKey(options.headers || {}) });
+  } catch {
+    throw new ApiError(0, "unreachable", "The text-to-speech service is not reachable. Is it running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+/** POST a JSON body; resolves to the JSON answer. */
+export async function postJson(path, body) {
+  const response = await request(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  return response.json();
+}
+
+export async function deleteJson(path) {
+  const response = await request(path, { method: "DELETE" });
+  return response.status === 204 ? null : response.json();
+}
+
+export async function getBlob(path) {
+  return (await request(path, {})).blob();
+}
+
 /** POST /tts. Resolves to {blob, text, voice, engine, duration}; rejects with ApiError. */
 export async function speak({ text, voice, speed, reply, signal }) {
   const body = { text, reply };

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.audio import float32_to_pcm16, pcm16_to_float32, resample
+from core.audio import float32_to_pcm16, pcm16_to_float32, resample, wav_bytes
 from core.encode import StreamEncoder
 from core.text import SpeechSplitter
 from tts.engines import Engine
@@ -123,8 +123,11 @@ def join_parts(parts: list[RenderedPart], fmt: str, sample_rate: int | None) -> 
         if part.pause_ms:
             audio.append(bytes(2 * round(part.pause_ms * rate / 1000)))
     pcm = b"".join(audio)
+    seconds = len(pcm) / 2 / rate
+    if fmt == "wav":  # a file, not a stream: its header has the real sizes (the streaming one does not)
+        return wav_bytes(pcm, rate), rate, seconds
     encoder = StreamEncoder(fmt, rate, rate)
-    return encoder.encode(pcm) + encoder.finish(), rate, len(pcm) / 2 / rate
+    return encoder.encode(pcm) + encoder.finish(), rate, seconds
 
 
 def part_bytes(part: RenderedPart) -> bytes:

@@ -12,6 +12,7 @@ import pytest
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import build_piper_voice
 from tests.tts.conftest import Gate, gated_factory, make_settings, serve, wait_for
+from tests.tts.test_server import read_wav
 from tests.tts.test_streaming import wav_pcm
 
 DOCUMENT = {
@@ -64,8 +65,9 @@ def test_a_job_renders_in_parts_and_its_audio_equals_the_spoken_document(
     }  # fmt: skip
     assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
     assert audio.headers["accept-ranges"] == "bytes"
-    # The same samples as the document spoken at once (the job's WAV has real sizes in its header).
+    # The same samples as the document spoken at once; the job's WAV is a file, with real sizes in its header.
     assert wav_pcm(audio.content)[1] == wav_pcm(spoken.content)[1]
+    assert read_wav(audio.content)[3] == len(wav_pcm(audio.content)[1]) // 2
     rate, pcm = wav_pcm(audio.content)
     assert done["result"] == {"bytes": len(audio.content), "sample_rate": rate}
     # Counted in whole milliseconds per part: 5 parts, within 2.5 ms.
