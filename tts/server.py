@@ -4,6 +4,7 @@
 - native WebSocket: tts/ws.py (WS /ws/tts)
 - conversations: tts/conversations_api.py (GET/DELETE /v1/conversations/{id})
 - Wyoming (Home Assistant): tts/wyoming_api.py, a TCP listener on tts.wyoming.port
+- documents and jobs: tts/documents_api.py (POST /v1/speech), tts/jobs_api.py (/v1/speech/jobs...)
 - OpenAI's audio API: tts/openai_api.py (/v1/audio/speech, /v1/models, ...), with transcriptions
   forwarded to the STT service (tts/forward.py)
 - the dashboard: tts/dashboard.py (/api/...) and the static page at /
@@ -47,6 +48,7 @@ RULES = (
     Rule("/ws/tts", "speak"),
     Rule("/voices", "speak"),
     Rule("/v1/audio/speech", "speak"),
+    Rule("/v1/speech", "speak"),  # documents, and jobs (/v1/speech/jobs...)
     Rule("/v1/audio/transcriptions", "transcribe"),
     Rule("/v1/audio/translations", "transcribe"),
     Rule("/v1/audio/voices", "any"),
