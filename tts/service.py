@@ -151,7 +151,6 @@ class TtsService:
         if len(text) > tts.max_text_length:
             raise TextTooLong(f"text has {len(text)} characters; the limit is {tts.max_text_length} (tts.max_text_length)")
         speed = self.check_speed(speed)
-        self.engines.get(engine)
         voice, speaker = await self.check_voice(voice, speaker, engine)
         ssml = text_format == "ssml" or (text_format is None and looks_like_ssml(text))
         if ssml and reply:

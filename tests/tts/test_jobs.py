@@ -12,6 +12,7 @@ import pytest
 from tests.fixtures.ollama_double import OllamaDouble
 from tests.fixtures.piper_voice import build_piper_voice
 from tests.tts.conftest import Gate, gated_factory, make_settings, serve, wait_for
+from tests.tts.test_documents import CHAPTER
 from tests.tts.test_server import read_wav
 from tests.tts.test_streaming import wav_pcm
 
@@ -171,3 +172,15 @@ def test_a_job_whose_voice_vanished_fails_with_the_reason(voices_dir: Path, olla
         failed = finished(client, job_id)
     assert failed["state"] == "failed"
     assert failed["reason"].startswith(f"block 0: unknown voice '{OTHER_VOICE}' for the piper engine"), failed
+
+
+def test_a_chapter_pasted_as_one_text_is_spread_over_parts(voices_dir: Path, ollama: OllamaDouble, tmp_path: Path) -> None:
+    chapter = {"text": CHAPTER, "format": "wav"}
+    with serve(job_settings(voices_dir, ollama, tmp_path)) as (_, client):
+        spoken = client.post("/v1/speech", json=chapter).content
+        job = client.post("/v1/speech/jobs", json=chapter).json()
+        done = finished(client, job["id"])
+        audio = client.get(f"/v1/speech/jobs/{job['id']}/audio").content
+    assert (job["progress"]["blocks"], job["progress"]["parts"]) == (1, 4)  # one sentence a part
+    assert done["state"] == "done" and done["progress"]["blocks_done"] == 1
+    assert wav_pcm(audio)[1] == wav_pcm(spoken)[1]
