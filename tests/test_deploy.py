@@ -94,7 +94,7 @@ def test_systemd_unit_has_the_required_settings_and_hardening() -> None:
     assert single["ProtectHome"] == "true"
     assert single["PrivateTmp"] == "true"
     assert single["CapabilityBoundingSet"] == ""
-    assert service["ReadWritePaths"] == [f"{INSTALL_DIR}/models"]
+    assert service["ReadWritePaths"] == [f"{INSTALL_DIR}/models {INSTALL_DIR}/data"]
     assert environment["HF_HOME"].startswith(f"{INSTALL_DIR}/models/")
     # The supervisor alone gets SIGTERM and drains within its grace (10 s); systemd waits longer before SIGKILL.
     assert single["KillMode"] == "mixed"
@@ -105,8 +105,8 @@ def test_systemd_unit_has_the_required_settings_and_hardening() -> None:
 
 def test_systemd_unit_paths_match_the_production_config() -> None:
     settings = load_settings(PROJECT_ROOT / "config.prod.yaml")
-    writable = Path(parse_unit(UNIT.read_text(encoding="utf-8"))["Service"]["ReadWritePaths"][0])
-    for folder in (settings.stt.models_dir, settings.tts.voices_dir):
+    models, data = (Path(path) for path in parse_unit(UNIT.read_text(encoding="utf-8"))["Service"]["ReadWritePaths"][0].split())
+    for folder, writable in ((settings.stt.models_dir, models), (settings.tts.voices_dir, models), (settings.data_dir, data)):
         assert not folder.is_absolute()
         assert (Path(INSTALL_DIR) / folder).is_relative_to(writable), folder
 
