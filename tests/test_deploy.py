@@ -193,3 +193,18 @@ def test_compose_runs_the_image_next_to_ollama() -> None:
     pull = services["ollama-pull"]
     assert pull["entrypoint"] == ["ollama", "pull", load_settings(PROJECT_ROOT / "config.prod.yaml").llm.model]
     assert set(compose["volumes"]) == {"models", "ollama"}
+
+
+def test_the_job_workers_have_a_unit_and_a_compose_override() -> None:
+    worker = parse_unit((DEPLOY / "voice-assistant-worker@.service").read_text(encoding="utf-8"))["Service"]
+    single = {key: values[-1] for key, values in worker.items()}
+    assert single["ExecStart"] == f"{INSTALL_DIR}/.venv/bin/python -m tts.worker"
+    assert single["WorkingDirectory"] == INSTALL_DIR and single["User"] == "voice-assistant"
+    assert single["KillSignal"] == "SIGTERM" and single["RestartPreventExitStatus"] == "2"
+    override = yaml.safe_load((DEPLOY / "compose.workers.yaml").read_text(encoding="utf-8"))["services"]
+    assert override["tts-worker"]["command"] == ["python", "-m", "tts.worker"]
+    for name in ("voice-assistant", "tts-worker"):
+        environment = override[name]["environment"]
+        assert environment["JOBS__BACKEND"] == "redis" and environment["JOBS__REDIS_URL"] == "redis://redis:6379/0"
+        assert "jobs:/app/jobs" in override[name]["volumes"]
+    assert override["redis"]["image"].startswith("redis:")
