@@ -38,6 +38,7 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.stt_bench
 	$(PY) -m bench.tts_bench
 	$(PY) -m bench.streaming_bench
+	$(PY) -m bench.job_bench
 	$(PY) -m bench.openai_bench
 	$(PY) -m bench.wyoming_bench
 

@@ -25,6 +25,7 @@ from core.config_base import (
     SupervisorSettings,
     WyomingSettings,
 )
+from core.config_jobs import JobsSettings
 from core.config_security import ApiKey, AuthSettings, SecuritySettings, TlsSettings, is_loopback
 from core.config_stt import ComputeType, SttSettings
 from core.config_tts import (
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     conversations: ConversationSettings = Field(default_factory=ConversationSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)

@@ -168,6 +168,10 @@ class TtsSettings(Section):
     """Slowest speaking speed a request may ask for (1.0 is the voice's normal speed)."""
     max_speed: float = Field(2.0, ge=1.0, le=10.0)
     """Fastest speaking speed a request may ask for."""
+    max_blocks: int = Field(1_000, ge=1, le=100_000)
+    """Blocks one document (POST /v1/speech, a job) may have."""
+    max_break_s: float = Field(10.0, gt=0.0, le=600.0)
+    """Longest pause one SSML `<break>` or document block's pause_after_ms may ask for, in seconds."""
     max_concurrent: int = Field(2, ge=1, le=64)
     """Syntheses that run at once (the worker pool)."""
     queue_timeout_s: float = Field(30.0, gt=0.0, le=600.0)

@@ -111,6 +111,18 @@ class InvalidSpeed(ServiceError):
     code = "invalid_speed"
 
 
+class InvalidSsml(ServiceError):
+    """SSML that is not well-formed XML, declares entities or a DTD, or holds a value outside the subset."""
+
+    code = "invalid_ssml"
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None) -> None:
+        where = f" (line {line}, column {column})" if line is not None else ""
+        super().__init__(message + where, param="text")
+        self.line = line
+        self.column = column
+
+
 class InvalidVoiceName(ServiceError):
     """A voice name that is not a plain name (a path, `..`, odd characters); refused before any file access."""
 
@@ -198,6 +210,24 @@ class NothingToCancel(ServiceError):
 
 class ShuttingDown(ServiceError):
     code = "shutting_down"
+
+
+class JobNotFound(ServiceError):
+    """No job with this id: never made, deleted, or past jobs.retention_s."""
+
+    code = "job_not_found"
+
+
+class JobNotDone(ServiceError):
+    """The job's audio was asked for before the job was done."""
+
+    code = "job_not_done"
+
+
+class JobsUnavailable(ServiceError):
+    """The jobs' queue (its SQLite file or Redis server) or their result storage cannot be reached."""
+
+    code = "jobs_unavailable"
 
 
 # -- engines and models ------------------------------------------------------------------------------

@@ -72,6 +72,26 @@ export async function readEvents(path, onEvent) {
   }
 }
 
+/** POST a JSON body; resolves to the JSON answer. */
+export async function postJson(path, body) {
+  return send(path, { json: body });
+}
+
+export async function deleteJson(path) {
+  return send(path, { method: "DELETE" });
+}
+
+export async function getBlob(path) {
+  let response;
+  try {
+    response = await fetch(path, { cache: "no-store", headers: withKey() });
+  } catch {
+    throw new ApiError(0, "tts_unreachable", "The text-to-speech service is not reachable. Is it running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.blob();
+}
+
 /** POST /tts. Resolves to {blob, text, voice, engine, duration}; rejects with ApiError. */
 export async function speak({ text, voice, speed, reply, engine, signal }) {
   const body = { text, reply };

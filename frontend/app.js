@@ -7,6 +7,7 @@ import { ensureAccess } from "./auth.js";
 import { restorePrefs } from "./prefs.js";
 import { setupProblems } from "./problems.js";
 import { loadConfig } from "./settings.js";
+import { setupDocuments } from "./documents.js";
 import { applyLimits, loadVoices, setupSpeak } from "./speak.js";
 import { pollStatus, refreshStatus, setupStatus } from "./status.js";
 import * as store from "./store.js";
@@ -22,6 +23,7 @@ async function main() {
   setupConversation();
   setupSpeak();
   setupVoices();
+  setupDocuments();
   setupStatus();
   restorePrefs();
   updateMicButton();

@@ -19,7 +19,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from core.errors import InvalidRequest, RequestTooLarge, ServiceError, UnsupportedMediaType
 from core.http import CLIENT_CLOSED_REQUEST, on_disconnect, validated
 from core.logging import get_logger
-from core.openai_wire import TRANSCRIPTION_ERRORS, TRANSCRIPTION_RESPONSES, TranscriptionForm, model_list, sse, transcription_body
+from core.openai_wire import (
+    TRANSCRIPTION_ERRORS,
+    TRANSCRIPTION_RESPONSES,
+    TranscriptionForm,
+    model_list,
+    sse,
+    transcription_body,
+)
 from core.openapi import raises
 from stt import transcript_formats
 from stt.engine import FileRequest

@@ -24,10 +24,8 @@ from core.serve import drain_all, lazy_app
 from core.serve import main as serve_main
 from core.websocket import Connections
 from core.wyoming import WyomingListener
-from stt import openai_api, wyoming_api, ws
+from stt import openai_api, ws, wyoming_api
 from stt.service import SttService
-
-
 
 RULES = (
     Rule("/health", "open"),

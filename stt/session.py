@@ -23,11 +23,11 @@ from anyio.abc import TaskGroup
 from core.config import SttSettings
 from core.errors import BadAudio, ModelUnavailable, TooManyPending, TranscriptionFailed
 from core.logging import get_logger
-from stt.chain import AudioChain
 from stt.batch_decode import FinalRequest
+from stt.chain import AudioChain
 from stt.engine import WhisperEngine
-from stt.finals import Final
 from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, SessionEvent, Transcribed
+from stt.finals import Final
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
 from stt.partials import PartialStabilizer

@@ -94,7 +94,7 @@ def test_systemd_unit_has_the_required_settings_and_hardening() -> None:
     assert single["ProtectHome"] == "true"
     assert single["PrivateTmp"] == "true"
     assert single["CapabilityBoundingSet"] == ""
-    assert service["ReadWritePaths"] == [f"{INSTALL_DIR}/models"]
+    assert service["ReadWritePaths"] == [f"{INSTALL_DIR}/models {INSTALL_DIR}/data"]
     assert environment["HF_HOME"].startswith(f"{INSTALL_DIR}/models/")
     # The supervisor alone gets SIGTERM and drains within its grace (10 s); systemd waits longer before SIGKILL.
     assert single["KillMode"] == "mixed"
@@ -105,8 +105,8 @@ def test_systemd_unit_has_the_required_settings_and_hardening() -> None:
 
 def test_systemd_unit_paths_match_the_production_config() -> None:
     settings = load_settings(PROJECT_ROOT / "config.prod.yaml")
-    writable = Path(parse_unit(UNIT.read_text(encoding="utf-8"))["Service"]["ReadWritePaths"][0])
-    for folder in (settings.stt.models_dir, settings.tts.voices_dir):
+    models, data = (Path(path) for path in parse_unit(UNIT.read_text(encoding="utf-8"))["Service"]["ReadWritePaths"][0].split())
+    for folder, writable in ((settings.stt.models_dir, models), (settings.tts.voices_dir, models), (settings.data_dir, data)):
         assert not folder.is_absolute()
         assert (Path(INSTALL_DIR) / folder).is_relative_to(writable), folder
 
@@ -193,3 +193,18 @@ def test_compose_runs_the_image_next_to_ollama() -> None:
     pull = services["ollama-pull"]
     assert pull["entrypoint"] == ["ollama", "pull", load_settings(PROJECT_ROOT / "config.prod.yaml").llm.model]
     assert set(compose["volumes"]) == {"models", "ollama"}
+
+
+def test_the_job_workers_have_a_unit_and_a_compose_override() -> None:
+    worker = parse_unit((DEPLOY / "voice-assistant-worker@.service").read_text(encoding="utf-8"))["Service"]
+    single = {key: values[-1] for key, values in worker.items()}
+    assert single["ExecStart"] == f"{INSTALL_DIR}/.venv/bin/python -m tts.worker"
+    assert single["WorkingDirectory"] == INSTALL_DIR and single["User"] == "voice-assistant"
+    assert single["KillSignal"] == "SIGTERM" and single["RestartPreventExitStatus"] == "2"
+    override = yaml.safe_load((DEPLOY / "compose.workers.yaml").read_text(encoding="utf-8"))["services"]
+    assert override["tts-worker"]["command"] == ["python", "-m", "tts.worker"]
+    for name in ("voice-assistant", "tts-worker"):
+        environment = override[name]["environment"]
+        assert environment["JOBS__BACKEND"] == "redis" and environment["JOBS__REDIS_URL"] == "redis://redis:6379/0"
+        assert "jobs:/app/jobs" in override[name]["volumes"]
+    assert override["redis"]["image"].startswith("redis:")

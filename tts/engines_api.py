@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, StrictStr
 
+from core.config import Settings
 from core.errors import EngineLoading, EngineUnavailable
 from core.http import read_json_body, validated
 from core.openapi import raises
-from core.config import Settings
 from tts.http_docs import BODY_ERRORS, constrain, engine_schema, json_body
 from tts.http_turns import tts_service
 from tts.service import TtsService

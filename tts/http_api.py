@@ -18,7 +18,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -32,6 +32,7 @@ from core.errors import EngineLoading, EngineUnavailable, ServiceError, Shutting
 from core.http import abort_response, error_body, on_disconnect, read_json_body, validated
 from core.logging import get_logger
 from core.openapi import raises
+from tts.health import health_report
 from tts.http_docs import (
     BODY_ERRORS,
     CHECK_ERRORS,
@@ -39,6 +40,7 @@ from tts.http_docs import (
     CONVERSATION_LINKS,
     REPLY_ERRORS,
     SPEECH_ERRORS,
+    TEXT_FORMAT,
     VOICE_SCHEMA,
     engine_schema,
     headers,
@@ -46,7 +48,7 @@ from tts.http_docs import (
     text_schema,
     tts_request_body,
 )
-from tts.http_turns import abandoned, first_event, tts_service
+from tts.http_turns import abandoned, first_event, tts_service, warnings_headers
 from tts.runner import EMPTY_RATE
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent, TurnRequest, TurnTimings
@@ -78,6 +80,7 @@ class TtsRequest(BaseModel):
         "Without it a reply starts a new conversation.",
     )
     engine: StrictStr | None = Field(None, description="Engine from GET /v1/engines; default: the default engine.")
+    text_format: Literal["text", "ssml"] | None = Field(None, description=TEXT_FORMAT)
 
 
 def reply_text_headers(text: str) -> dict[str, str]:
@@ -130,7 +133,8 @@ async def _checked(service: TtsService, request: Request) -> TurnRequest:
     body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE, depth)
     parsed = validated(TtsRequest, body)
     return await service.check_request(
-        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id, engine=parsed.engine
+        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id, engine=parsed.engine,
+        text_format=parsed.text_format,
     )
 
 
@@ -148,7 +152,7 @@ _WAV = {
     "content": {"audio/wav": {}},
     "headers": headers(
         "X-Reply-Text", "X-Reply-Text-Truncated", "X-Voice", "X-Engine", "X-Audio-Duration", "Server-Timing",
-        "X-Conversation-Id",
+        "X-Conversation-Id", "X-Warnings",
     ),
     "links": CONVERSATION_LINKS,
 }
@@ -158,7 +162,8 @@ _STREAM = {
     "in X-Sample-Rate.",
     "content": {"audio/wav": {}, "audio/pcm": {}},
     "headers": headers(
-        "X-Sample-Rate", "X-Channels", "X-Sample-Format", "X-Voice", "X-Engine", "Server-Timing", "X-Conversation-Id"
+        "X-Sample-Rate", "X-Channels", "X-Sample-Format", "X-Voice", "X-Engine", "Server-Timing", "X-Conversation-Id",
+        "X-Warnings",
     ),
     "links": CONVERSATION_LINKS,
 }
@@ -211,9 +216,10 @@ async def tts(request: Request, service: Service) -> Response:
             "X-Audio-Duration": f"{speech.duration_s:.3f}",
             "Server-Timing": server_timing(turn.timings),
             **conversation_headers(turn),
+            **warnings_headers(turn.request),
             "Access-Control-Expose-Headers": (
                 f"{REPLY_HEADER}, {REPLY_TRUNCATED_HEADER}, X-Voice, X-Engine, X-Audio-Duration, Server-Timing, "
-                f"{CONVERSATION_HEADER}"
+                f"{CONVERSATION_HEADER}, X-Warnings"
             ),
             "Cache-Control": "no-store",
         },
@@ -238,8 +244,10 @@ async def tts_stream(request: Request, service: Service) -> Response:
         "X-Engine": turn.engine,
         "Server-Timing": server_timing(turn.timings),
         **conversation_headers(turn),
+        **warnings_headers(turn.request),
         "Access-Control-Expose-Headers": (
-            f"X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing, {CONVERSATION_HEADER}"
+            f"X-Sample-Rate, X-Channels, X-Sample-Format, X-Voice, X-Engine, Server-Timing, {CONVERSATION_HEADER}, "
+            "X-Warnings"
         ),
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
@@ -269,10 +277,13 @@ def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
         engine: str | None = Query(
             None, description="Engine from GET /v1/engines; default: the default engine.", json_schema_extra=engine_schema(settings)
         ),
+        text_format: Literal["text", "ssml"] | None = Query(None, description=TEXT_FORMAT),
         last_event_id: str | None = Header(None, alias="Last-Event-ID", description="Sent by a reconnecting EventSource."),
     ) -> Response:
         started = time.perf_counter()
-        checked = await service.check_request(text, voice, speed, reply, conversation_id=conversation_id, engine=engine)
+        checked = await service.check_request(
+            text, voice, speed, reply, conversation_id=conversation_id, engine=engine, text_format=text_format
+        )
         if last_event_id is not None:
             # A browser EventSource reconnects by itself after the stream ends; a turn is not to be
             # repeated, and 204 is how the SSE standard tells it to stop. (Checked first all the same:
@@ -311,7 +322,7 @@ async def voices(service: Service) -> dict[str, Any]:
 
 
 async def health(service: Service) -> dict[str, Any]:
-    return service.health()
+    return health_report(service)
 
 
 async def _audio_body(turn: Turn, first: TurnEvent | None, header: bytes | None) -> AsyncIterator[bytes]:
@@ -374,5 +385,6 @@ async def _sse_body(turn: Turn, first: TurnEvent | None) -> AsyncIterator[bytes]
         "text": turn.text,
         "sample_rate": turn.sample_rate,
         "audio_seconds": round(timings.audio_s, 3),
+        "warnings": list(turn.request.warnings),
     }
     yield _sse("done", done)

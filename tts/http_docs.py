@@ -23,6 +23,7 @@ from core.errors import (
     InvalidJson,
     InvalidRequest,
     InvalidSpeed,
+    InvalidSsml,
     InvalidVoiceName,
     LlmError,
     LlmModelNotFound,
@@ -41,7 +42,8 @@ from tts.voices import MAX_VOICE_NAME_LENGTH
 BODY_ERRORS = (RequestTooLarge, UnsupportedMediaType, InvalidJson, InvalidRequest)
 """What reading and validating a JSON body may raise (core.http.read_json_body, validated)."""
 CHECK_ERRORS = (
-    EmptyText, TextTooLong, InvalidSpeed, InvalidVoiceName, VoiceNotFound, InvalidRequest, EngineLoading, EngineUnavailable
+    EmptyText, TextTooLong, InvalidSpeed, InvalidSsml, InvalidVoiceName, VoiceNotFound, InvalidRequest, EngineLoading,
+    EngineUnavailable,
 )
 """What TtsService.check_request may raise for text spoken as it is."""
 SPEECH_ERRORS = (ShuttingDown, EngineBusy, EngineError, EngineAuth)
@@ -113,7 +115,13 @@ _HEADERS: dict[str, tuple[str, str]] = {
     "X-Sample-Format": ("string", "s16le: signed 16-bit little-endian samples."),
     "Server-Timing": ("string", "The stages' times in milliseconds: llm_ttft, llm, queue, tts, ttfa, total."),
     "X-Conversation-Id": ("string", "The conversation a reply belongs to (reply true): send it back as conversation_id."),
+    "X-Warnings": ("string", "What of the SSML was spoken plainly (unsupported tags): a percent-encoded JSON list."),
 }
+
+TEXT_FORMAT = (
+    "How the text is read: text (words) or ssml (the SSML subset of the README); default: ssml when the text "
+    "starts with <speak, else text. SSML is spoken as it is (reply false)."
+)
 
 
 def headers(*names: str) -> dict[str, Any]:

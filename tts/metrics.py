@@ -20,8 +20,9 @@ TOKENS_PER_SECOND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 
 """LLM tokens per second after the first token; below about 5 a spoken reply stalls between sentences.
 (core.metrics has no token-rate buckets; they live here until the STT side needs them too.)"""
 
-ENDPOINTS = ("tts", "stream", "sse", "ws", "openai", "wyoming")
-"""The `endpoint` label: POST /tts, POST /tts/stream, the SSE routes, WS /ws/tts, POST /v1/audio/speech, Wyoming."""
+ENDPOINTS = ("tts", "stream", "sse", "ws", "openai", "wyoming", "speech", "job")
+"""The `endpoint` label: POST /tts, POST /tts/stream, the SSE routes, WS /ws/tts, POST /v1/audio/speech, Wyoming,
+POST /v1/speech, and a job's turns."""
 
 
 class TtsMetrics:

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, get_args
 
-import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
@@ -23,7 +22,7 @@ from starlette.background import BackgroundTask
 from core.config import OPENAI_VOICES, Settings, TtsSettings
 from core.encode import FORMATS, StreamEncoder
 from core.errors import EngineLoading, EngineUnavailable, ServiceError, ShuttingDown, UnknownModel
-from core.http import abort_response, read_json_body, validated
+from core.http import read_json_body, validated
 from core.logging import get_logger
 from core.openai_wire import model_list, sse
 from core.openapi import raises
@@ -38,7 +37,7 @@ from tts.http_docs import (
     speed_schema,
     text_schema,
 )
-from tts.http_turns import abandoned, first_event, tts_service
+from tts.http_turns import abandoned, encode_turn, encoded_body, first_event, tts_service, warnings_headers
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, Turn
 
@@ -46,8 +45,6 @@ log = get_logger(__name__)
 
 OUTPUT_RATE = 24_000
 """OpenAI's speech API speaks at 24 kHz, and clients of `pcm` assume it: every format is resampled to it."""
-ENCODE_SLICE_S = 0.25
-"""Audio encoded per step: small enough that encoding adds little to the time to first byte."""
 DEFAULT_MODELS = ("tts-1", "gpt-4o-mini-tts")
 """Model names that mean the default engine."""
 HD_MODEL = "tts-1-hd"
@@ -85,6 +82,9 @@ class SpeechRequest(BaseModel):
     )
     instructions: StrictStr | None = Field(None, description="Accepted; no engine here can follow it yet.")
     stream_format: Literal["audio", "sse"] = "audio"
+    text_format: Literal["text", "ssml"] | None = Field(
+        None, description="Ours, not OpenAI's: ssml reads `input` as SSML; default: ssml when it starts with <speak."
+    )
 
 
 Service = Annotated[TtsService, Depends(tts_service)]
@@ -160,7 +160,7 @@ async def speech(request: Request, service: Service) -> Response:
     engine = _engine_of(service, body.model)
     try:
         checked = await service.check_request(
-            body.input, _voice(service, body.voice), body.speed, reply=False, engine=engine
+            body.input, _voice(service, body.voice), body.speed, reply=False, engine=engine, text_format=body.text_format
         )
     except ServiceError as error:
         if error.code == "text_too_long":
@@ -184,53 +184,22 @@ async def speech(request: Request, service: Service) -> Response:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             background=BackgroundTask(turn.aclose),
         )
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Voice": checked.voice, "X-Engine": turn.engine}
+    headers = {
+        "Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Voice": checked.voice, "X-Engine": turn.engine,
+        **warnings_headers(checked),
+    }
     if fmt.name == "pcm":
         headers["X-Sample-Rate"] = str(OUTPUT_RATE)
     return StreamingResponse(
-        _encoded(turn, first, encoder), media_type=fmt.content_type, headers=headers, background=BackgroundTask(turn.aclose)
+        encoded_body(turn, first, encoder), media_type=fmt.content_type, headers=headers, background=BackgroundTask(turn.aclose)
     )
-
-
-async def _encode_piece(encoder: StreamEncoder, piece: AudioPiece) -> AsyncIterator[bytes]:
-    """A piece's audio encoded slice by slice (off the event loop), each slice handed on at once: the
-    first bytes wait for a quarter second of encoding, not for the whole sentence's."""
-    step = int(piece.sample_rate * ENCODE_SLICE_S) * 2
-    for start in range(0, len(piece.pcm16), step):
-        data = await anyio.to_thread.run_sync(encoder.encode, piece.pcm16[start : start + step])
-        if data:
-            yield data
-
-
-async def _encode_turn(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    """The turn's audio in the response format, encoded as it comes. Raises the turn's failure, or Cancelled."""
-    if first is not None:
-        async for data in _encode_piece(encoder, first):
-            yield data
-    async for event in turn:
-        if isinstance(event, AudioPiece):
-            async for data in _encode_piece(encoder, event):
-                yield data
-    yield await anyio.to_thread.run_sync(encoder.finish)
-
-
-async def _encoded(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    try:
-        async for data in _encode_turn(turn, first, encoder):
-            yield data
-    except Cancelled:
-        abort_response(ShuttingDown.code, "the service stopped before the speech was finished")
-    except ServiceError as exc:
-        abort_response(exc.code, exc.message)
-    finally:
-        await turn.aclose()
 
 
 async def _sse_body(turn: Turn, first: AudioPiece | None, encoder: StreamEncoder, text: str) -> AsyncIterator[bytes]:
     """`speech.audio.delta` events with base64 audio in the response format, then `speech.audio.done`; a
     failure after the first event is an `error` event, and no `done` follows."""
     try:
-        async for data in _encode_turn(turn, first, encoder):
+        async for data in encode_turn(turn, first, encoder):
             if data:
                 yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
     except (ServiceError, Cancelled) as exc:

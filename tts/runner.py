@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from core.llm import LlmClient, LlmStats, chat_messages
 from core.logging import get_logger
 from core.text import SpeechSplitter
 from tts.engines import AudioChunk, Engine
-from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnRequest
+from tts.turn import AudioPiece, Cancelled, Fragment, ReplyText, Segment, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
@@ -56,15 +56,16 @@ class TurnRunner:
             return SpeechSplitter()
         return SpeechSplitter(tts.first_fragment_min_words, tts.first_fragment_max_words)
 
-    async def run(self, turn: Turn, engine: Engine) -> None:
-        """The whole life of `turn`; never raises but for the service's own cancellation (shutdown)."""
+    async def run(self, turn: Turn, engine: Engine, others: Mapping[str, Engine] | None = None) -> None:
+        """The whole life of `turn`, spoken by `engine` (and `others`, by name, for the segments that name
+        another); never raises but for the service's own cancellation (shutdown)."""
         counters = self.pool.counters
         counters.turns += 1
         try:
             with anyio.CancelScope() as scope:
                 turn.started(scope)
                 try:
-                    await self._speak(turn, engine)
+                    await self._speak(turn, engine, others or {})
                 except ServiceError as exc:
                     await turn.fail(exc)
                 except Cancelled:
@@ -84,21 +85,22 @@ class TurnRunner:
             elif turn.outcome == "ok":
                 counters.served += 1
 
-    async def _speak(self, turn: Turn, engine: Engine) -> None:
+    async def _speak(self, turn: Turn, engine: Engine, others: Mapping[str, Engine]) -> None:
         failure: BaseException | None = None
-        send, receive = anyio.create_memory_object_stream[str](FRAGMENT_QUEUE)
+        send, receive = anyio.create_memory_object_stream[Fragment](FRAGMENT_QUEUE)
         producer_failure: list[BaseException] = []
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._produce, turn, send, producer_failure)
             try:
                 with receive:
-                    await self._speak_fragments(engine, receive, turn)
+                    await self._speak_fragments(engine, receive, turn, others)
                 if producer_failure:
                     raise producer_failure[0]
                 if turn.chunks == 0:
                     # Text the splitter kept that the engine still spoke as silence (a lone "|"): refused
                     # like text with nothing speakable, not answered with an empty recording.
                     raise self._unspeakable_reply() if turn.request.reply else EmptyText(NOTHING_SPEAKABLE)
+                await self._emit_pause(turn)
                 await turn.emit(ReplyText(turn.text, True))
             except Exception as exc:  # raised below, outside the task group (no exception group)
                 failure = exc
@@ -106,21 +108,26 @@ class TurnRunner:
         if failure is not None:
             raise failure
 
-    async def _produce(self, turn: Turn, send: ObjectSendStream[str], failure: list[BaseException]) -> None:
+    async def _produce(self, turn: Turn, send: ObjectSendStream[Fragment], failure: list[BaseException]) -> None:
         """Cut the text (or the LLM reply, as it streams) into fragments and queue them for synthesis.
         A failure is left in `failure` for the consumer, which raises it after the fragments before it."""
         splitter = self.splitter(turn.request)
         timings = turn.timings
+        request = turn.request
 
-        async def put(fragments: Iterable[str]) -> None:
-            for fragment in fragments:
+        async def put(fragments: Iterable[str], segment: Segment | None = None) -> None:
+            voice, speed = (request.voice, request.speed) if segment is None else (segment.voice, segment.speed)
+            speaker = request.speaker if segment is None else segment.speaker
+            engine = None if segment is None else segment.engine
+            for text in fragments:
                 if timings.first_fragment_at is None:
                     timings.first_fragment_at = time.perf_counter()
-                await send.send(fragment)
+                await send.send(Fragment(text, voice, speed, speaker, engine=engine))
 
-        request = turn.request
         try:
-            if request.text_stream is not None:
+            if request.segments is not None:
+                spoken = await self._produce_segments(request.segments, send, put)
+            elif request.text_stream is not None:
                 async for piece in request.text_stream:
                     await put(splitter.feed(piece))
                 await put(splitter.flush())
@@ -129,12 +136,32 @@ class TurnRunner:
             else:
                 await put(splitter.feed(request.text))
                 await put(splitter.flush())
-            if splitter.fragments == 0:
+            if (spoken if request.segments is not None else splitter.fragments) == 0:
                 raise self._unspeakable_reply() if request.reply else EmptyText(NOTHING_SPEAKABLE)
         except Exception as exc:
             failure.append(exc)
         finally:
             send.close()
+
+    @staticmethod
+    async def _produce_segments(
+        segments: tuple[Segment, ...],
+        send: ObjectSendStream[Fragment],
+        put: Callable[[Iterable[str], Segment], Awaitable[None]],
+    ) -> int:
+        """Each segment's sentences, its pause after its last one (or alone); the fragments spoken."""
+        spoken = 0
+        for segment in segments:
+            splitter = SpeechSplitter()
+            sentences = [*splitter.feed(segment.text), *splitter.flush()]
+            spoken += len(sentences)
+            await put(sentences[:-1], segment)
+            last = sentences[-1] if sentences else ""
+            if last or segment.pause_after_ms:
+                await send.send(
+                    Fragment(last, segment.voice, segment.speed, segment.speaker, segment.pause_after_ms, segment.engine)
+                )
+        return spoken
 
     async def _produce_reply(
         self, turn: Turn, splitter: SpeechSplitter, put: Callable[[Iterable[str]], Awaitable[None]]
@@ -180,39 +207,44 @@ class TurnRunner:
             "try again or adjust llm.system_prompt"
         )
 
-    async def _speak_fragments(self, engine: Engine, fragments: ObjectReceiveStream[str], turn: Turn) -> None:
+    async def _speak_fragments(
+        self, engine: Engine, fragments: ObjectReceiveStream[Fragment], turn: Turn, others: Mapping[str, Engine]
+    ) -> None:
         """Each fragment as it is cut. The worker is kept from one fragment to the next while the next is
         already cut and the client keeps up (a text given whole is spoken in one go, as the peers do);
         it is given back while the turn waits for its LLM or its client, so others use it meanwhile."""
         holding = False
         try:
             async for fragment in fragments:
-                turn.fragments.append(fragment)
-                await turn.emit(ReplyText(turn.text, False))
-                if not holding:
-                    # tts.queue_timeout_s is the turn's admission: only its first synthesis can be refused.
-                    turn.timings.queue_waits.append(
-                        await self.pool.acquire(turn.timings.started, timeout=not turn.timings.queue_waits)
-                    )
-                    holding = True
-                else:
-                    turn.timings.queue_waits.append(0.0)
-                result, seconds = await self._synthesize(engine, fragment, turn)
-                # Kept only if this audio and the next fragment's text go on at once: a client that stops
-                # reading must not hold a worker while its turn waits to hand them on.
-                if not (fragments.statistics().current_buffer_used and turn.can_emit(2)):
-                    self.pool.release()
-                    holding = False
-                await self._emit_audio(fragment, turn, result, seconds)
+                if fragment.text:
+                    turn.fragments.append(fragment.text)
+                    await turn.emit(ReplyText(turn.text, False))
+                    if not holding:
+                        # tts.queue_timeout_s is the turn's admission: only its first synthesis can be refused.
+                        turn.timings.queue_waits.append(
+                            await self.pool.acquire(turn.timings.started, timeout=not turn.timings.queue_waits)
+                        )
+                        holding = True
+                    else:
+                        turn.timings.queue_waits.append(0.0)
+                    speaker = engine if fragment.engine is None else others.get(fragment.engine, engine)
+                    result, seconds = await self._synthesize(speaker, fragment, turn)
+                    # Kept only if this audio and the next fragment's text go on at once: a client that stops
+                    # reading must not hold a worker while its turn waits to hand them on.
+                    if not (fragments.statistics().current_buffer_used and turn.can_emit(2)):
+                        self.pool.release()
+                        holding = False
+                    await self._emit_audio(fragment.text, turn, result, seconds)
+                turn.pending_pause_ms += fragment.pause_after_ms
         finally:
             if holding:
                 self.pool.release()
 
-    async def _synthesize(self, engine: Engine, fragment: str, turn: Turn) -> tuple[Any, float]:
+    async def _synthesize(self, engine: Engine, fragment: Fragment, turn: Turn) -> tuple[Any, float]:
         started = time.perf_counter()
         # Not abandoned on cancel: Turn.cancel sets the event first, the thread stops at its next
         # sentence, and only then is the worker given back.
-        result = await self.pool.run(synthesize, engine, fragment, turn.request, turn.cancel_event, turn.sample_rate)
+        result = await self.pool.run(synthesize, engine, fragment, turn.cancel_event, turn.sample_rate)
         return result, time.perf_counter() - started
 
     async def _emit_audio(self, fragment: str, turn: Turn, result: Any, seconds: float) -> None:
@@ -227,22 +259,37 @@ class TurnRunner:
         log.debug("fragment_synthesized", chars=len(fragment), audio_s=round(audio_s, 3), seconds=round(seconds, 4))
         if not pcm16:
             return
+        await self._emit_pause(turn)
         if timings.first_audio_at is None:
             timings.first_audio_at = time.perf_counter()
         piece = AudioPiece(turn.chunks, fragment, rate, pcm16, seconds)
         turn.chunks += 1
         await turn.emit(piece)
 
+    @staticmethod
+    async def _emit_pause(turn: Turn) -> None:
+        """The silence of the pauses since the last audio, exact to the sample. It waits for the turn's
+        first audio, whose rate is the turn's (a pause before any words is heard before them all the same)."""
+        rate, ms = turn.sample_rate, turn.pending_pause_ms
+        if not ms or rate is None:
+            return
+        turn.pending_pause_ms = 0
+        samples = round(ms * rate / 1000)
+        turn.timings.paused_s += samples / rate
+        piece = AudioPiece(turn.chunks, "", rate, bytes(2 * samples), 0.0)
+        turn.chunks += 1
+        await turn.emit(piece)
+
 
 def synthesize(
-    engine: Engine, text: str, request: TurnRequest, cancel: threading.Event, rate: int | None = None
+    engine: Engine, fragment: Fragment, cancel: threading.Event, rate: int | None = None
 ) -> tuple[np.ndarray, int, bytes] | None:
     """Runs in a worker thread: the fragment's audio (at `rate`, default the first chunk's), or None when
     cancelled (checked before the fragment and after every chunk)."""
     if cancel.is_set():
         return None
     chunks: list[AudioChunk] = []
-    generator = engine.synthesize(text, request.voice, request.speed, request.speaker)
+    generator = engine.synthesize(fragment.text, fragment.voice, fragment.speed, fragment.speaker)
     try:
         for chunk in generator:
             chunks.append(chunk)

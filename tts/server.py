@@ -7,6 +7,7 @@
 - voices: tts/voices_api.py (GET/POST /v1/voices, DELETE /v1/voices/{id}, PUT /v1/voices/default, ...) and
   the Piper catalog, tts/catalog_api.py (GET /v1/voices/catalog, POST /v1/voices/download, the jobs)
 - Wyoming (Home Assistant): tts/wyoming_api.py, a TCP listener on tts.wyoming.port
+- documents and jobs: tts/documents_api.py (POST /v1/speech), tts/jobs_api.py (/v1/speech/jobs...)
 - OpenAI's audio API: tts/openai_api.py (/v1/audio/speech, /v1/models, ...), with transcriptions
   forwarded to the STT service (tts/forward.py)
 - the dashboard: tts/dashboard.py (/api/...) and the static page at /
@@ -35,17 +36,19 @@ from tts import (
     catalog_api,
     conversations_api,
     dashboard,
+    documents_api,
     engines_api,
     forward,
     http_api,
+    jobs_api,
     openai_api,
     voices_api,
-    wyoming_api,
     ws,
+    wyoming_api,
 )
-from tts.forward import Forwarder
 from tts.engines import create_engine
 from tts.engines.host import EngineFactory
+from tts.forward import Forwarder
 from tts.service import TtsService
 
 FRONTEND_DIR = PROJECT_ROOT / "frontend"
@@ -61,6 +64,7 @@ RULES = (
     Rule("/ws/tts", "speak"),
     Rule("/voices", "speak"),
     Rule("/v1/audio/speech", "speak"),
+    Rule("/v1/speech", "speak"),  # documents, and jobs (/v1/speech/jobs...)
     Rule("/v1/audio/transcriptions", "transcribe"),
     Rule("/v1/audio/translations", "transcribe"),
     Rule("/v1/audio/voices", "any"),
@@ -133,6 +137,8 @@ def create_app(
     app.include_router(http_api.build_router(settings))
     app.include_router(ws.build_router(service, sockets))
     app.include_router(openai_api.build_router(settings))
+    app.include_router(documents_api.build_router(settings))
+    app.include_router(jobs_api.build_router(settings))
     app.include_router(conversations_api.router)
     app.include_router(engines_api.build_router(settings))
     app.include_router(catalog_api.router)  # before the voice routes: /v1/voices/catalog is no voice

@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
-from core import __version__
 from core.access import Access
 from core.config import Settings
 from core.errors import (
@@ -35,22 +34,26 @@ from core.errors import (
 )
 from core.llm import LlmClient, LlmHealth, make_llm_client
 from core.logging import get_logger
-from core.redact import public_url
+from core.ssml import looks_like_ssml, parse_ssml
 from tts.conversations import ConversationTurn, check_conversation_id, new_conversation_id, open_store
-from tts.engines import create_engine
-from tts.engines.base import VoiceInfo
+from tts.documents import CheckedDocument, Document, check_document, ssml_segments
 from tts.engine_info import EngineInfo, describe
+from tts.engines import Engine, create_engine
+from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineFactory, EngineHost
-from tts.voice_manager import VoiceManager
+from tts.jobs_host import JobsHost
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
-from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
+from tts.turn import AudioPiece, Segment, TextStream, Turn, TurnRequest
+from tts.voice_manager import VoiceManager
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)
 
 IDLE_SWEEP_MAX_S = 30.0
 """The longest an idle engine stays loaded past tts.idle_unload_s."""
+TextFormat = Literal["text", "ssml"]
+"""How a request's text is read: as words (text) or as SSML markup (core.ssml)."""
 
 SPEAKABLE = re.compile(r"\S")
 """What a text must hold to be spoken or answered: more than white space (its OpenAPI `pattern` too)."""
@@ -101,6 +104,7 @@ class TtsService:
         self.access = Access(settings.auth)
         self._tasks: TaskGroup | None = None
         self.conversations = open_store(settings.conversations, settings.resolve_path(settings.data_dir))
+        self.jobs = JobsHost(settings, self.engines.load_from_thread)
         self._talking: set[str] = set()
         """Conversations with a turn under way."""
         self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -116,12 +120,14 @@ class TtsService:
                 tasks.start_soon(self.llm_health.run)
                 tasks.start_soon(self._unload_idle)
                 tasks.start_soon(self.voice_manager.catalog.run)
+                tasks.start_soon(self.jobs.run)
                 try:
                     yield self
                 finally:
                     self._tasks = None
                     tasks.cancel_scope.cancel()
         finally:
+            await self.jobs.aclose()
             self.engines.close()
             await self.llm.aclose()
             await self.conversations.close()
@@ -138,32 +144,55 @@ class TtsService:
         conversation_id: str | None = None,
         new_conversation: str | None = None,
         engine: str | None = None,
+        text_format: TextFormat | None = None,
     ) -> TurnRequest:
         """The request with its voice resolved and defaults applied, or the error that says what is wrong.
         A reply continues `conversation_id` (which must exist), else starts `new_conversation` (default: a
-        new id); text spoken as it is (reply false) belongs to no conversation."""
+        new id); text spoken as it is (reply false) belongs to no conversation. `text_format` ssml (or
+        text starting with `<speak`) is spoken as SSML (core.ssml)."""
         tts = self.settings.tts
         if not SPEAKABLE.search(text):
             raise EmptyText("text is empty; send the words to speak (or to answer) in 'text'")
         if len(text) > tts.max_text_length:
             raise TextTooLong(f"text has {len(text)} characters; the limit is {tts.max_text_length} (tts.max_text_length)")
-        speed = 1.0 if speed is None else speed
-        if not (math.isfinite(speed) and tts.min_speed <= speed <= tts.max_speed):
-            raise InvalidSpeed(
-                f"speed {speed!r} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
-                "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
-            )
+        speed = self.check_speed(speed)
         engine = self.engines.slot(engine).name  # the default now, so a switch before the turn starts changes nothing
-        voice, speaker = await self.check_voice(voice, speaker, engine=engine)
-        reply = tts.reply_default if reply is None else reply
+        voice, speaker = await self.check_voice(voice, speaker, engine)
+        ssml = text_format == "ssml" or (text_format is None and looks_like_ssml(text))
+        if ssml and reply:
+            raise InvalidRequest("SSML is spoken as it is, never answered: send it with reply false", param="reply")
+        reply = False if ssml else tts.reply_default if reply is None else reply
         conversation = None
         if not reply and conversation_id is not None:
             raise InvalidRequest(
                 "conversation_id continues a conversation with the LLM: send it with reply true", param="conversation_id"
             )
+        if ssml:
+            document = parse_ssml(text, round(tts.max_break_s * 1000))
+            segments = await ssml_segments(self, document, Segment("", voice, speed, speaker, engine=engine))
+            return TurnRequest(
+                document.text, voice, speed, False, speaker, engine=engine, segments=segments, warnings=document.warnings
+            )
         if reply:
             conversation = await self._existing(conversation_id) if conversation_id else new_conversation or new_conversation_id()
         return TurnRequest(text, voice, speed, reply, speaker, conversation_id=conversation, engine=engine)
+
+    async def check_document(
+        self, document: Document, max_chars: int, limit_name: str, hint: str = ""
+    ) -> CheckedDocument:
+        """A document (tts/documents.py) as one checked request, or the error naming the block at fault."""
+        return await check_document(self, document, max_chars, limit_name, hint)
+
+    def check_speed(self, speed: float | None, where: str = "") -> float:
+        """`speed` (default 1.0) if allowed, else InvalidSpeed; `where` says what asked for it."""
+        tts = self.settings.tts
+        speed = 1.0 if speed is None else speed
+        if not (math.isfinite(speed) and tts.min_speed <= speed <= tts.max_speed):
+            raise InvalidSpeed(
+                f"speed {speed!r}{where} is outside the allowed range {tts.min_speed:g} to {tts.max_speed:g} "
+                "(tts.min_speed, tts.max_speed); 1.0 is normal speed"
+            )
+        return speed
 
     async def _existing(self, conversation_id: str) -> str:
         if await self.conversations.turns(check_conversation_id(conversation_id)) is None and (
@@ -210,6 +239,12 @@ class TtsService:
             raise ShuttingDown("the service is shutting down; try again in a moment")
         slot = self.engines.slot(request.engine).name
         engine = self.engines.loaded(slot)
+        # A document's blocks may name other engines (loaded when the document was checked).
+        others = {
+            segment.engine: self.engines.loaded(segment.engine)
+            for segment in request.segments or ()
+            if segment.engine is not None and segment.engine != slot
+        }
         conversation = request.conversation_id
         if conversation is not None:
             if conversation in self._talking:
@@ -220,7 +255,7 @@ class TtsService:
                 )
             self._talking.add(conversation)
         turn = Turn(request, engine.name, started, on_end=None if conversation is None else self._remember)
-        self._tasks.start_soon(self._run, turn, engine, slot, endpoint)
+        self._tasks.start_soon(self._run, turn, engine, others, slot, endpoint)
         return turn
 
     async def start_text_stream(
@@ -239,14 +274,17 @@ class TtsService:
         request = TurnRequest("", voice, 1.0, False, speaker, text_stream=stream, engine=engine)
         return self.start_turn(request, endpoint, started), stream
 
-    async def _run(self, turn: Turn, engine: Any, slot: str, endpoint: str) -> None:
+    async def _run(self, turn: Turn, engine: Engine, others: dict[str, Engine], slot: str, endpoint: str) -> None:
         conversation = turn.request.conversation_id
         try:
-            with self.engines.using(slot, turn.request.voice) as load_s:
-                turn.timings.engine_load_s = load_s
+            with ExitStack() as busy:
+                turn.timings.engine_load_s = busy.enter_context(self.engines.using(slot, turn.request.voice))
+                for name in others:  # kept loaded while the turn speaks, as its own engine is
+                    voice = next(segment.voice for segment in turn.request.segments or () if segment.engine == name)
+                    busy.enter_context(self.engines.using(name, voice))
                 if conversation is not None:
                     turn.history = await self.conversations.history(conversation)
-                await self.runner.run(turn, engine)
+                await self.runner.run(turn, engine, others)
         finally:
             self.metrics.observe_turn(endpoint, turn.timings, turn.outcome)
             self.access.quotas.charge_audio(turn.timings.audio_s)  # this task runs in its request's context
@@ -353,45 +391,3 @@ class TtsService:
         if engines.default.state == "unloaded":  # unloaded while idle: the next request loads it again
             return "ready", engines.configured, engines.configured_voice()
         return ("loading" if engines.loading else "unavailable"), engines.configured, None
-
-    def health(self) -> dict[str, Any]:
-        engines = self.engines
-        engine = engines.engine
-        llm = self.settings.llm
-        llm_health = self.llm_health
-        reachable, model_ok = llm_health.reachable, llm_health.model_available
-        reasons: list[str] = []
-        if engines.loading:
-            reasons.append(f"the {engines.configured} engine is starting")
-        if engines.error:
-            reasons.append(engines.error + (f"; speaking with {engine.name} instead" if engine and engines.fallback else ""))
-        reasons += [f"{slot.error}; requests for it fail" for slot in engines.slots.values() if slot.error and slot is not engines.default]
-        if llm_health.checked_at is not None and not reachable:
-            reasons.append(f"{self.llm.server} is not reachable at {public_url(llm.url)}: replies (reply true) fail")
-        elif llm_health.failure is not None:
-            reasons.append(f"{llm_health.failure} (at {public_url(llm.url)}): replies (reply true) fail; check its log")
-        elif model_ok is False:
-            fix = f"run `ollama pull {llm.model}`" if llm.provider == "ollama" else "set llm.model to a model it serves"
-            reasons.append(f"{self.llm.server} has no model {llm.model!r}: {fix}")
-        return {
-            "status": "ok" if not reasons else "degraded",
-            "reasons": reasons,
-            "loading": engines.loading,
-            "llm_reachable": reachable,
-            "ollama": reachable,  # the name before llm.provider; kept for existing clients
-            "llm_provider": llm.provider,
-            "llm_model": llm.model,
-            "llm_model_available": model_ok,
-            "llm_failure": llm_health.failure,
-            "environment": self.settings.environment,
-            "engine": engine.name if engine else engines.configured,
-            "configured_engine": engines.configured,
-            "fallback": engines.fallback,
-            "engines": {name: slot.state for name, slot in engines.slots.items()},
-            "voice": engine.default_voice if engine else engines.configured_voice(),
-            "voice_loaded": bool(engine and engine.voice_loaded),
-            "workers": self.workers(),
-            **{name: report() for name, report in self.listeners.items()},
-            "version": __version__,
-        }
-

@@ -31,6 +31,34 @@ class Cancelled(Exception):
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A run of text spoken with one voice at one speed, then an exact pause: a document block, or a run
+    of SSML between its breaks, voice and prosody changes (checked: the voice resolved, the speed allowed)."""
+
+    text: str
+    """The words; empty for a pause alone (an SSML break before any words)."""
+    voice: str
+    speed: float
+    speaker: str | None = None
+    pause_after_ms: int = 0
+    engine: str | None = None
+    """The engine whose voice it is (None: the turn's): a document's blocks may each name one."""
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """What the runner synthesizes in one go: a sentence of its segment, maybe followed by a pause."""
+
+    text: str
+    voice: str
+    speed: float
+    speaker: str | None
+    pause_after_ms: int = 0
+    engine: str | None = None
+    """As its segment's (None: the turn's engine)."""
+
+
+@dataclass(frozen=True)
 class TurnRequest:
     """A checked request (TtsService.check_request)."""
 
@@ -51,6 +79,11 @@ class TurnRequest:
     and streamed text, whose first sentence is still being written."""
     engine: str | None = None
     """The engine that speaks it (None: the default engine)."""
+    segments: tuple[Segment, ...] | None = None
+    """When set (SSML, a document), the runs spoken in turn, each with its voice, speed and pause after
+    it; `text` is then only what is said, without markup."""
+    warnings: tuple[str, ...] = ()
+    """What of the request was not understood and so spoken plainly (unsupported SSML tags)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +169,8 @@ class TurnTimings:
     """Seconds waited for a worker, per synthesis."""
     syntheses: list[tuple[float, float]] = field(default_factory=list)
     """(seconds in the worker, seconds of audio) per synthesis."""
+    paused_s: float = 0.0
+    """Seconds of silence put in for pauses (SSML breaks, pauses after document blocks)."""
     finished_at: float | None = None
     engine_load_s: float | None = None
     """Seconds this turn's engine took to load first (it was not loaded, or unloaded after tts.idle_unload_s)."""
@@ -164,12 +199,17 @@ class TurnTimings:
         return sum(seconds for seconds, _ in self.syntheses)
 
     @property
-    def audio_s(self) -> float:
+    def synthesized_s(self) -> float:
         return sum(audio for _, audio in self.syntheses)
 
     @property
+    def audio_s(self) -> float:
+        """Seconds of audio made, pauses included."""
+        return self.synthesized_s + self.paused_s
+
+    @property
     def real_time_factor(self) -> float | None:
-        return self.synthesis_s / self.audio_s if self.audio_s else None
+        return self.synthesis_s / self.synthesized_s if self.synthesized_s else None
 
     @property
     def total_s(self) -> float | None:
@@ -259,6 +299,8 @@ class Turn:
         self.sent_at_end = False
         """The adapter sends the audio only once the turn has ended well (POST /tts): a cut turn sent none."""
         self.sample_rate: int | None = None
+        self.pending_pause_ms = 0
+        """Pauses asked for since the last audio, put in as silence before the next (or at the end)."""
         self.outcome = "running"
         """ok, cancelled, or the error code, once the turn has ended."""
         self._send, self._receive = anyio.create_memory_object_stream[TurnEvent | _Failure](EVENT_BUFFER)

@@ -18,10 +18,10 @@ from core.access import Principal, current_principal
 from core.config import Settings
 from core.errors import Forbidden, InvalidRequest, ServiceError, TooManyPending, VoiceConflict, VoiceNotFound
 from core.logging import get_logger
+from tts.catalog import Catalog
 from tts.engines import Engine
 from tts.engines.base import VoiceInfo
 from tts.engines.host import EngineHost
-from tts.catalog import Catalog
 from tts.voice_store import Origin, VoiceMeta, VoiceStore
 from tts.voices import check_voice_name, language_matches
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.config import VOICE_NAME_PATTERN
-from core.logging import get_logger
 from core.errors import InvalidVoiceName
+from core.logging import get_logger
 from tts.engines.base import EngineStartError
 
 log = get_logger(__name__)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from core.config import VOICE_NAME_PATTERN, Settings
 from core.errors import (
     BadAudio,
     EngineLoading,
@@ -36,9 +37,8 @@ from core.errors import (
 )
 from core.http import read_json_body, validated
 from core.openapi import raises
-from core.config import VOICE_NAME_PATTERN, Settings
-from tts.http_docs import BODY_ERRORS, constrain, engine_schema, json_body
 from tts.engines import engine_class
+from tts.http_docs import BODY_ERRORS, constrain, engine_schema, json_body
 from tts.http_turns import tts_service
 from tts.service import TtsService
 from tts.voice_manager import VoiceEntry, voice_id

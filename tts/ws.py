@@ -5,7 +5,8 @@ Every message is a JSON object `{"type": ..., <fields>}`, except the audio: each
 followed by exactly one binary frame holding that chunk's PCM16 (mono, little-endian).
 
 Client -> server
-- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?, "engine"?}`: start a generation. One runs
+- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?, "engine"?, "text_format"?}`: start a
+  generation (`text_format` ssml, or text starting with `<speak`, is SSML: core.ssml). One runs
   at a time per socket: a second `text_input` while one runs gets the error `busy` (the running one
   carries on); send `cancel_generation` first to replace it. Replies continue the socket's conversation;
   `conversation_id` switches the socket to an earlier one (after a reload or reconnect).
@@ -30,7 +31,7 @@ Server -> client
 - `audio_chunk` `{"generation_id", "chunk_id", "sample_rate", "text_chunk", "samples", "format": "pcm_s16le"}`
   followed by one binary frame.
 - `generation_complete` `{"generation_id", "chunks", "voice", "engine", "text", "audio_seconds", "timings",
-  "conversation_id"}`.
+  "conversation_id", "warnings"}` (`warnings`: what of the SSML was spoken plainly).
 - `generation_cancelled` `{"generation_id", "chunks", "timings", "conversation_id"}` (the stages reached
   before the cancel).
 - `error` `{"code", "message", "generation_id"?}`; a refused message never closes the socket.
@@ -87,6 +88,7 @@ class TextInput(_Message):
     speed: StrictFloat | None = None
     conversation_id: StrictStr | None = None
     engine: StrictStr | None = None
+    text_format: Literal["text", "ssml"] | None = None
 
 
 class CancelGeneration(_Message):
@@ -243,6 +245,7 @@ class TtsSocket:
             conversation_id=None if message.conversation_id == self.conversation_id else message.conversation_id,
             new_conversation=self.conversation_id,
             engine=message.engine,
+            text_format=message.text_format,
         )
         if request.conversation_id is not None:
             self.conversation_id = request.conversation_id
@@ -280,6 +283,7 @@ class TtsSocket:
                     "audio_seconds": round(turn.timings.audio_s, 3),
                     "timings": turn.timings.as_dict(),
                     "conversation_id": request.conversation_id,
+                    "warnings": list(request.warnings),
                 }
             )
             self._completed = generation

@@ -264,7 +264,7 @@ def start_stack(
 ) -> Iterator[Callable[..., Stack]]:
     """Starts the STT service (unless `stt_running=False`; `stt_model_loads=False` when its model is meant to
     fail) and the TTS service with the dashboard; `security`, `auth` and `tls` are those config sections
-    (with tls, both serve HTTPS and WSS)."""
+    (with tls, both serve HTTPS and WSS), `data_dir` the folder of the stores (jobs)."""
     from stt.server import create_app as create_stt_app
     from tts.server import create_app as create_tts_app
 
@@ -279,11 +279,14 @@ def start_stack(
             security: dict[str, Any] | None = None,
             auth: dict[str, Any] | None = None,
             tls: dict[str, str] | None = None,
+            data_dir: str | None = None,
             **tts: Any,
         ) -> Stack:
             base = tts_settings(voices_dir, llm_url, **tts)
+            where = {} if data_dir is None else {"data_dir": data_dir}
             settings = make_settings(
-                stt=stt or {}, logging={"level": "warning"}, security=security or {}, auth=auth or {}, tls=tls or {}
+                stt=stt or {}, logging={"level": "warning"}, security=security or {}, auth=auth or {}, tls=tls or {},
+                **where,
             )
             verify = client_verify(settings)
             settings.tts, settings.llm = base.tts, base.llm

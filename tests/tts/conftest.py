@@ -31,9 +31,10 @@ def voices_dir(tmp_path: Path) -> Path:
 
 
 def make_settings(voices_dir: Path, llm_url: str, **tts: Any) -> Settings:
-    """`llm`, `conversations`, `data_dir`, `auth` and `security` set those sections; every other keyword is a tts setting."""
+    """`llm`, `conversations`, `data_dir`, `auth`, `security` and `jobs` set those sections; every other keyword is
+    a tts setting."""
     llm = tts.pop("llm", {})
-    others = {key: tts.pop(key) for key in ("conversations", "data_dir", "auth", "security") if key in tts}
+    others = {key: tts.pop(key) for key in ("conversations", "data_dir", "auth", "security", "jobs") if key in tts}
     return Settings(
         logging={"level": "warning"},
         tts={"voices_dir": str(voices_dir), "voice": VOICE, **tts},

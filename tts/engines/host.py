@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 
 from core.config import Settings
 from core.errors import EngineLoading, EngineUnavailable, InvalidRequest
@@ -76,6 +77,8 @@ class EngineHost:
         self.slots[tts.engine].loading = True
         self._factory = factory
         self._options = options or {}
+        self._loop: anyio.lowlevel.EventLoopToken | None = None
+        """The event loop that started the engines, for load_from_thread."""
         self.clock: Callable[[], float] = time.monotonic
         """Seconds, for tts.idle_unload_s (monotonic; a test drives its own)."""
 
@@ -107,12 +110,21 @@ class EngineHost:
     async def start(self) -> None:
         """Start the default engine, then the others when tts.preload says so. Never raises: failures
         are recorded (the default engine's replaced by the fallback)."""
+        self._loop = anyio.lowlevel.current_token()
         await self._load(self.default, fall_back=True)
         if self.settings.tts.preload:
-            for slot in self.slots.values():
-                if slot.engine is None and not slot.error:
-                    async with slot.lock:
-                        await self._load(slot, fall_back=False)
+            await self._load_the_others()
+
+    async def start_all(self) -> None:
+        """Start every engine, whatever tts.preload says (a job worker: its parts may name any)."""
+        await self._load(self.default, fall_back=True)
+        await self._load_the_others()
+
+    async def _load_the_others(self) -> None:
+        for slot in self.slots.values():
+            if slot.engine is None and not slot.error:
+                async with slot.lock:
+                    await self._load(slot, fall_back=False)
 
     async def _load(self, slot: EngineSlot, *, fall_back: bool) -> float:
         """Start `slot`'s engine in a worker thread (it may download and load models); the seconds it took."""
@@ -239,6 +251,17 @@ class EngineHost:
                 retry_after_s=self.settings.tts.retry_after_s,
             )
         return EngineUnavailable(f"{slot.error}. Fix it and restart the service, or set tts.fallback_engine to espeak")
+
+    def load_from_thread(self, name: str | None) -> Engine:
+        """Engine `name` for a thread outside the event loop (a job's worker thread), loaded first if it is not:
+        a job queued before a restart, or left queued past tts.idle_unload_s, may name an engine no request
+        has loaded since. EngineLoading while the service itself is still starting it."""
+        try:
+            return self.loaded(name)
+        except EngineLoading:
+            if self._loop is None or self.slot(name).loading:
+                raise
+            return anyio.from_thread.run(self.get, name, token=self._loop)
 
     def current(self) -> Engine:
         """The default engine, or the error that explains why there is none."""
