@@ -78,10 +78,12 @@ class JobQueue:
     # -- workers ----------------------------------------------------------------------------------
 
     def consumer(self, workers: int, embedded: bool) -> Consumer:
+        """Huey's consumer with `workers` threads; SIGTERM stops a worker process gracefully (embedded, the
+        service's own lifetime does: stop_workers), and its health check replaces a thread that died."""
         kind = _EmbeddedConsumer if embedded else Consumer
         return kind(
             self.huey, workers=workers, worker_type="thread", periodic=False, max_delay=POLL_MAX_S,
-            check_worker_health=False, graceful_signal="TERM",
+            check_worker_health=not embedded, graceful_signal="TERM",
         )  # fmt: skip
 
     def start_workers(self, workers: int) -> None:
