@@ -80,6 +80,7 @@ class TtsRequest(BaseModel):
         "Without it a reply starts a new conversation.",
     )
     engine: StrictStr | None = Field(None, description="Engine from GET /v1/engines; default: the default engine.")
+    speaker: StrictStr | None = Field(None, max_length=200, description="Speaker of a multi-speaker voice (its speakers are in GET /v1/voices); default: the voice's first.")
     text_format: Literal["text", "ssml"] | None = Field(None, description=TEXT_FORMAT)
 
 
@@ -133,8 +134,8 @@ async def _checked(service: TtsService, request: Request) -> TurnRequest:
     body = await read_json_body(request, _body_limit(service), "tts.max_text_length", BODY_EXAMPLE, depth)
     parsed = validated(TtsRequest, body)
     return await service.check_request(
-        parsed.text, parsed.voice, parsed.speed, parsed.reply, conversation_id=parsed.conversation_id, engine=parsed.engine,
-        text_format=parsed.text_format,
+        parsed.text, parsed.voice, parsed.speed, parsed.reply, parsed.speaker, conversation_id=parsed.conversation_id,
+        engine=parsed.engine, text_format=parsed.text_format,
     )
 
 
@@ -269,6 +270,7 @@ def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
             json_schema_extra=text_schema(settings),
         ),
         voice: str | None = Query(None, description="Voice name from GET /voices.", json_schema_extra=VOICE_SCHEMA),
+        speaker: str | None = Query(None, max_length=200, description="Speaker of a multi-speaker voice (its speakers are in GET /v1/voices); default: the voice's first."),
         reply: bool | None = Query(None, description="Speak the LLM's answer; default: tts.reply_default."),
         speed: float | None = Query(None, description="Speaking speed, 1.0 normal.", json_schema_extra=speed_schema(settings)),
         conversation_id: str | None = Query(
@@ -282,7 +284,7 @@ def _sse_get(settings: Settings) -> Callable[..., Awaitable[Response]]:
     ) -> Response:
         started = time.perf_counter()
         checked = await service.check_request(
-            text, voice, speed, reply, conversation_id=conversation_id, engine=engine, text_format=text_format
+            text, voice, speed, reply, speaker, conversation_id=conversation_id, engine=engine, text_format=text_format
         )
         if last_event_id is not None:
             # A browser EventSource reconnects by itself after the stream ends; a turn is not to be

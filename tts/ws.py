@@ -5,7 +5,7 @@ Every message is a JSON object `{"type": ..., <fields>}`, except the audio: each
 followed by exactly one binary frame holding that chunk's PCM16 (mono, little-endian).
 
 Client -> server
-- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?, "engine"?, "text_format"?}`: start a
+- `text_input` `{"text", "voice"?, "reply"?, "speed"?, "conversation_id"?, "engine"?, "speaker"?, "text_format"?}`: start a
   generation (`text_format` ssml, or text starting with `<speak`, is SSML: core.ssml). One runs
   at a time per socket: a second `text_input` while one runs gets the error `busy` (the running one
   carries on); send `cancel_generation` first to replace it. Replies continue the socket's conversation;
@@ -88,6 +88,7 @@ class TextInput(_Message):
     speed: StrictFloat | None = None
     conversation_id: StrictStr | None = None
     engine: StrictStr | None = None
+    speaker: StrictStr | None = None
     text_format: Literal["text", "ssml"] | None = None
 
 
@@ -241,6 +242,7 @@ class TtsSocket:
             message.voice,
             message.speed,
             message.reply,
+            message.speaker,
             # The socket's own id needs no earlier turn: its first reply may have failed before any was recorded.
             conversation_id=None if message.conversation_id == self.conversation_id else message.conversation_id,
             new_conversation=self.conversation_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import threading
 import wave
@@ -289,3 +290,32 @@ def test_uploads_past_max_voice_uploads_at_once_get_429_and_the_first_is_kept(
     assert "1 voice uploads are being checked already (tts.max_voice_uploads)" in error["message"]
     assert first["r"].status_code == 201, first["r"].text
     assert listing(voices_dir) == sorted([f"{VOICE}.onnx", f"{VOICE}.onnx.json", f"{NEW}.onnx", f"{NEW}.onnx.json", f"{NEW}.voice.json"])
+
+
+def test_a_request_picks_a_speaker_of_a_multi_speaker_voice_on_every_native_route(
+    voices_dir: Path, ollama: OllamaDouble
+) -> None:
+    from websockets.sync.client import connect  # only this test speaks WebSocket
+
+    build_piper_voice(voices_dir, "en_US-multi-high", num_speakers=3)
+    spoken = {"text": TEXT, "reply": False, "voice": "en_US-multi-high"}
+    with serve(make_settings(voices_dir, ollama.url)) as (server, client):
+        first = client.post("/tts", json={**spoken, "speaker": "speaker_0"})
+        third = client.post("/tts", json={**spoken, "speaker": "speaker_2"})
+        default = client.post("/tts", json=spoken)
+        unknown = client.post("/tts", json={**spoken, "speaker": "nobody"})
+        sse = client.get("/tts/sse", params={**spoken, "reply": "false", "speaker": "speaker_2"})
+        sse_unknown = client.get("/tts/sse", params={**spoken, "reply": "false", "speaker": "nobody"})
+        with connect(f"{server.ws_url}/ws/tts", open_timeout=10) as ws:
+            ws.recv(timeout=10)  # connection
+            ws.send('{"type": "text_input", "text": "Hello there.", "voice": "en_US-multi-high", "speaker": "nobody"}')
+            ws_error = json.loads(ws.recv(timeout=10))
+    assert first.status_code == third.status_code == default.status_code == 200
+    assert len(first.content) == len(third.content) and first.content != third.content  # sid changes the synthetic tone
+    assert default.content == first.content  # the voice's first speaker
+    refusal = "voice 'en_US-multi-high' has no speaker 'nobody'; its speakers: speaker_0, speaker_1, speaker_2"
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (422, "invalid_request")
+    assert refusal in unknown.json()["error"]["message"]
+    assert sse.status_code == 200 and "event: done" in sse.text
+    assert sse_unknown.status_code == 422 and refusal in sse_unknown.json()["error"]["message"]
+    assert (ws_error["type"], ws_error["code"]) == ("error", "invalid_request") and refusal in ws_error["message"]
