@@ -41,6 +41,12 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 """The key of the request or session being served (None: auth is off, or Wyoming); set by core.guard."""
 
 
+def may_see(owner: str | None, principal: Principal | None) -> bool:
+    """Whether `principal` may see what the key named `owner` made (an uploaded voice, a job): its own, what
+    no key made, and everything for an admin or when keys are off."""
+    return principal is None or owner is None or "admin" in principal.scopes or owner == principal.name
+
+
 def _digest(key: ApiKey) -> bytes:
     if key.sha256 is not None:
         return bytes.fromhex(key.sha256)

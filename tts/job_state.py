@@ -34,6 +34,8 @@ class JobStatus:
     sample_rate: int | None
     bytes: int | None
     warnings: list[str]
+    owner: str | None
+    """The name of the key that submitted it (None: keys were off); other keys but admins do not see it."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of GET /v1/speech/jobs/{id}."""
@@ -58,6 +60,7 @@ class JobStatus:
             },
             "result": None if self.bytes is None else {"bytes": self.bytes, "sample_rate": self.sample_rate},
             "warnings": self.warnings,
+            "owner": self.owner,
         }  # fmt: skip
 
 
@@ -145,7 +148,7 @@ class JobBook:
             job_id, state, reason, spec["created_at"], started, finished, spec["blocks"],
             spec["blocks"] - len(undone), len(parts), len(done), self._count(job_id, "audio_ms") / 1000,
             self._count(job_id, "render_ms") / 1000, spec["format"], None if result is None else result["sample_rate"],
-            None if result is None or state != "done" else result["bytes"], spec["warnings"],
+            None if result is None or state != "done" else result["bytes"], spec["warnings"], spec.get("owner"),
         )  # fmt: skip
 
     def delete(self, job_id: str, parts: int) -> None:

@@ -173,19 +173,22 @@ class JobQueue:
 
     # -- the service's side -----------------------------------------------------------------------
 
-    def submit(self, blocks: list[tuple[Segment, ...]], fmt: str, sample_rate: int | None, warnings: list[str]) -> JobStatus:
+    def submit(
+        self, blocks: list[tuple[Segment, ...]], fmt: str, sample_rate: int | None, warnings: list[str], owner: str | None
+    ) -> JobStatus:
         parts = split_parts(blocks, self.settings.jobs.sentences_per_part)
         job_id = uuid.uuid4().hex
         spec = {
             "id": job_id, "created_at": time.time(), "format": fmt, "sample_rate": sample_rate,
             "blocks": len(blocks), "parts": [dataclasses.asdict(part) for part in parts], "warnings": warnings,
+            "owner": owner,
         }  # fmt: skip
         self.book.create(spec)
         with self._index:
             self.book.index_add(job_id)
         for index in range(len(parts)):
             self._render(job_id, index, 1)
-        log.info("job_queued", job_id=job_id, blocks=len(blocks), parts=len(parts))
+        log.info("job_queued", job_id=job_id, blocks=len(blocks), parts=len(parts), owner=owner)
         return self.book.status(job_id)  # type: ignore[return-value]
 
     def active(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from core.access import current_principal, may_see
 from core.config import Settings
 from core.errors import JobNotDone, JobNotFound, JobsUnavailable, ServiceError, TooManyPending
 from core.logging import get_logger
@@ -94,6 +95,7 @@ class JobsHost:
 
     async def submit(self, blocks: list[tuple[Segment, ...]], fmt: str, sample_rate: int | None, warnings: list[str]) -> JobStatus:
         limit = self.settings.jobs.max_queued
+        principal = current_principal.get()
 
         def submit(queue: JobQueue) -> JobStatus:
             if queue.active() >= limit:
@@ -101,13 +103,13 @@ class JobsHost:
                     f"{limit} jobs are queued or running (jobs.max_queued); wait for one to finish or cancel one",
                     retry_after_s=self.settings.tts.retry_after_s,
                 )
-            return queue.submit(blocks, fmt, sample_rate, warnings)
+            return queue.submit(blocks, fmt, sample_rate, warnings, None if principal is None else principal.name)
 
         return await self._call(submit)
 
     async def status(self, job_id: str) -> JobStatus:
         status = await self._call(lambda queue: queue.book.status(job_id))
-        if status is None:
+        if status is None or not may_see(status.owner, current_principal.get()):  # another key's: as if none
             raise JobNotFound(
                 f"no job {job_id!r}: it was never made, was deleted, or was deleted "
                 f"{self.settings.jobs.retention_s:g} s after it ended (jobs.retention_s)"
@@ -115,7 +117,9 @@ class JobsHost:
         return status
 
     async def list(self) -> list[JobStatus]:
-        return await self._call(lambda queue: queue.list())
+        """The jobs the caller's key may see (all of them with keys off, or for an admin)."""
+        principal = current_principal.get()
+        return [job for job in await self._call(lambda queue: queue.list()) if may_see(job.owner, principal)]
 
     async def delete(self, job_id: str) -> JobStatus | None:
         """Cancel a queued or running job (its status now), or remove an ended one and its audio (None)."""

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from core.access import Principal
+from core.access import Principal, may_see
 from core.audio import decode_file, float32_to_pcm16, wav_bytes
 from core.config import Settings
 from core.errors import InvalidVoice, VoiceConflict
@@ -52,9 +52,7 @@ class VoiceMeta:
     """The language given when it was cloned (Piper voices carry theirs in their config)."""
 
     def visible_to(self, principal: Principal | None) -> bool:
-        if principal is None or self.owner is None or self.shared or "admin" in principal.scopes:
-            return True
-        return self.owner == principal.name
+        return self.shared or may_see(self.owner, principal)
 
 
 class VoiceStore:

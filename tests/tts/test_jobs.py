@@ -212,3 +212,30 @@ def test_blocks_of_two_engines_speak_each_with_its_own_also_in_a_job_after_a_res
         # nowhere near it (a block spoken by the wrong engine would show here).
         assert abs(len(rest) - len(espeak_pcm)) <= len(espeak_pcm) // 50 and any(rest)
     assert abs(len(piper_pcm) - len(espeak_pcm)) > len(espeak_pcm) // 10
+
+
+def test_a_job_is_its_keys_and_the_admins(voices_dir: Path, ollama: OllamaDouble, tmp_path: Path) -> None:
+    keys = [
+        {"name": "ops", "key": "admin-key-0123456789abcdef", "scopes": ["admin"]},
+        {"name": "alice", "key": "alice-key-0123456789abcdef", "scopes": ["speak"]},
+        {"name": "bob", "key": "bob-key-0123456789abcdef", "scopes": ["speak"]},
+    ]
+    alice, bob, ops = ({"Authorization": f"Bearer {key['key']}"} for key in (keys[1], keys[2], keys[0]))
+    settings = make_settings(voices_dir, ollama.url, data_dir=str(tmp_path / "data"), jobs={"workers": 0}, auth={"keys": keys})
+    with serve(settings) as (_, client):
+        submitted = client.post("/v1/speech/jobs", json=DOCUMENT, headers=alice)
+        job_id = submitted.json()["id"]
+        lists = {name: client.get("/v1/speech/jobs", headers=h).json()["jobs"] for name, h in (("alice", alice), ("bob", bob), ("ops", ops))}
+        bob_reads = client.get(f"/v1/speech/jobs/{job_id}", headers=bob)
+        bob_audio = client.get(f"/v1/speech/jobs/{job_id}/audio", headers=bob)
+        bob_cancels = client.delete(f"/v1/speech/jobs/{job_id}", headers=bob)
+        still_queued = client.get(f"/v1/speech/jobs/{job_id}", headers=alice).json()["state"]
+        ops_cancels = client.delete(f"/v1/speech/jobs/{job_id}", headers=ops)
+    assert submitted.status_code == 202 and submitted.json()["owner"] == "alice"
+    assert [job["id"] for job in lists["alice"]] == [job["id"] for job in lists["ops"]] == [job_id]
+    assert lists["bob"] == []
+    # Another key's job is answered as if there were none: its id tells bob nothing.
+    for response in (bob_reads, bob_audio, bob_cancels):
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found")
+    assert still_queued == "queued"
+    assert ops_cancels.status_code == 200 and ops_cancels.json()["state"] == "cancelled"
