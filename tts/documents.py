@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from core.errors import EmptyText, InvalidRequest, RequestTooLarge, ServiceError
 from core.ssml import Pause, SsmlDocument, parse_ssml
-from tts.turn import Segment, TurnRequest
+from tts.segments import Segment
+from tts.turn import TurnRequest
 
 if TYPE_CHECKING:
     from tts.service import TtsService

@@ -20,7 +20,7 @@ from core.encode import StreamEncoder
 from core.text import SpeechSplitter
 from tts.engines import Engine
 from tts.runner import synthesize
-from tts.turn import Fragment, Segment
+from tts.segments import Fragment, Segment
 
 
 class Stopped(Exception):

@@ -33,7 +33,7 @@ from tts.engines import Engine
 from tts.job_render import Part, Stopped, join_parts, part_bytes, part_from_bytes, render_part, split_parts
 from tts.job_results import UNREACHABLE, open_results
 from tts.job_state import JobBook, JobStatus
-from tts.turn import Segment
+from tts.segments import Segment
 
 log = get_logger(__name__)
 

@@ -20,7 +20,7 @@ from tts.engines import Engine
 from tts.job_results import UNREACHABLE
 from tts.job_state import JobStatus
 from tts.jobs import JobQueue
-from tts.turn import Segment
+from tts.segments import Segment
 
 log = get_logger(__name__)
 

@@ -25,7 +25,8 @@ from core.llm import LlmClient, LlmStats, chat_messages
 from core.logging import get_logger
 from core.text import SpeechSplitter
 from tts.engines import AudioChunk, Engine
-from tts.turn import AudioPiece, Cancelled, Fragment, ReplyText, Segment, Turn, TurnRequest
+from tts.segments import Fragment, Segment
+from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnRequest
 from tts.workers import WorkerPool
 
 log = get_logger(__name__)

@@ -44,7 +44,8 @@ from tts.engines.host import EngineFactory, EngineHost
 from tts.jobs_host import JobsHost
 from tts.metrics import TtsMetrics
 from tts.runner import EMPTY_RATE, TurnRunner
-from tts.turn import AudioPiece, Segment, TextStream, Turn, TurnRequest
+from tts.segments import Segment
+from tts.turn import AudioPiece, TextStream, Turn, TurnRequest
 from tts.voice_manager import VoiceManager
 from tts.workers import WorkerPool
 

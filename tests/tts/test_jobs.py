@@ -197,8 +197,8 @@ def test_blocks_of_two_engines_speak_each_with_its_own_also_in_a_job_after_a_res
         piper = client.post("/tts", json={"text": "Hello there.", "reply": False})
         espeak = client.post("/tts", json={"text": "Good night.", "reply": False, "engine": "espeak"})
         job_id = client.post("/v1/speech/jobs", json=document).json()["id"]
-    with serve(make_settings(voices_dir, ollama.url, **two_engines, jobs={"workers": 1})) as (server, client):
-        assert server.app.state.service.engines.slots["espeak"].engine is None
+    with serve(make_settings(voices_dir, ollama.url, **two_engines, jobs={"workers": 1})) as (_, client):
+        # No request names espeak here: only the job's part can load it (without that it waits forever).
         done = finished(client, job_id)
         audio = client.get(f"/v1/speech/jobs/{job_id}/audio")
     assert spoken.status_code == 200, spoken.text
