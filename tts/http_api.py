@@ -108,6 +108,8 @@ def server_timing(timings: TurnTimings) -> str:
     parts = []
     if timings.engine_load_s is not None:
         parts.append(f'engine_load;dur={_ms(timings.engine_load_s)};desc="Loading the engine"')
+    if timings.voice_load_s is not None:
+        parts.append(f'voice_load;dur={_ms(timings.voice_load_s)};desc="Loading the voice again"')
     if timings.llm is not None:
         if timings.llm.time_to_first_token_s is not None:
             parts.append(f'llm_ttft;dur={_ms(timings.llm.time_to_first_token_s)};desc="LLM time to first token"')

@@ -280,6 +280,7 @@ class TtsService:
         try:
             with ExitStack() as busy:
                 turn.timings.engine_load_s = busy.enter_context(self.engines.using(slot, turn.request.voice))
+                turn.timings.voice_load_s = await self.engines.reload_voice(slot, turn.request.voice)
                 for name in others:  # kept loaded while the turn speaks, as its own engine is
                     voice = next(segment.voice for segment in turn.request.segments or () if segment.engine == name)
                     busy.enter_context(self.engines.using(name, voice))

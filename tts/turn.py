@@ -146,6 +146,8 @@ class TurnTimings:
     """Seconds of silence put in for pauses (SSML breaks, pauses after document blocks)."""
     finished_at: float | None = None
     engine_load_s: float | None = None
+    voice_load_s: float | None = None
+    """Seconds its voice took to load again (unloaded after tts.idle_unload_s while its engine stayed loaded)."""
     """Seconds this turn's engine took to load first (it was not loaded, or unloaded after tts.idle_unload_s)."""
 
     def _since(self, moment: float | None) -> float | None:
@@ -216,6 +218,7 @@ class TurnTimings:
                 "max_wait_s": _round(max(self.queue_waits) if self.queue_waits else None),
             },
             "engine_load_s": _round(self.engine_load_s),
+            "voice_load_s": _round(self.voice_load_s),
             "total_s": _round(self.total_s),
         }
 

@@ -200,3 +200,7 @@ def test_an_idle_voice_is_unloaded_while_its_engine_serves(voices_dir: Path, oll
     assert [e["voice"] for e in logs if e["event"] == "voice_loaded"] == [VOICE]  # loaded again when asked for
     assert again.status_code == first.status_code == 200
     assert len(frames(first)[1]) // 2 == expected_samples(voices_dir / f"{VOICE}.onnx", TEXT)
+    # The first request after says so in its timings; the one with the voice still loaded does not.
+    assert "voice_load;dur=" in first.headers["server-timing"] and "voice_load" not in again.headers["server-timing"]
+    turns = [entry for entry in logs if entry["event"] == "turn"]
+    assert "voice_load_s" not in turns[0] and turns[-1]["voice_load_s"] > 0

@@ -181,7 +181,7 @@ def test_sse_event_sequence_and_audio(voices_dir: Path, ollama: OllamaDouble) ->
         assert pcm == reference
         assert all(chunk["samples"] * 2 == len(base64.b64decode(chunk["audio"])) for chunk in audio)
         timings = events[-2][1]["timings"]
-        assert set(timings) == {"llm", "tts", "queue", "engine_load_s", "total_s"}
+        assert set(timings) == {"llm", "tts", "queue", "engine_load_s", "voice_load_s", "total_s"}
         assert timings["llm"]["tokens"] == len(REPLY.split())
         assert timings["engine_load_s"] is None  # the engine was loaded at start-up
         assert timings["tts"]["syntheses"] == 4

@@ -109,6 +109,10 @@ class Engine(ABC):
         """Samples per second of the default voice's audio, when known without synthesizing."""
         return None
 
+    def load_voice(self, voice: str) -> None:  # noqa: B027 (optional hook: most engines load nothing per voice)
+        """Load `voice` now (one unloaded for idleness, before a turn speaks with it), so its turn can say how
+        long that took."""
+
     @property
     def voice_loaded(self) -> bool:
         """Whether the default voice is ready to speak without loading first."""

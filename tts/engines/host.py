@@ -49,6 +49,8 @@ class EngineSlot:
     """When each voice last finished speaking (the host's clock): a voice idle past the limit is unloaded."""
     load_s: float | None = None
     """Seconds its last load on demand took, until the next turn with it reports them (then None)."""
+    unloaded_voices: set[str] = field(default_factory=set)
+    """Voices unloaded for idleness and not spoken since: the next turn with one loads it first, and says so."""
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     """Held while it loads on demand: concurrent first requests load it once."""
 
@@ -200,10 +202,12 @@ class EngineHost:
                 for voice, used in list(slot.voices_used.items()):
                     if now - used >= idle_s:
                         del slot.voices_used[voice]
+                        slot.unloaded_voices.add(voice)
                         engine.unload_voice(voice)  # loaded again by the next request that names it
                 continue
             slot.engine = None
             slot.voices_used.clear()
+            slot.unloaded_voices.clear()  # the engine's reload is reported instead
             engine.close()
             unloaded.append(slot.name)
             log.info("engine_unloaded", engine=slot.name, reason="idle", idle_s=round(now - slot.last_used, 1))
@@ -279,6 +283,22 @@ class EngineHost:
         finally:
             slot.active -= 1
             slot.last_used = slot.voices_used[voice] = self.clock()
+
+    async def reload_voice(self, name: str, voice: str) -> float | None:
+        """Load `voice` of engine `name` again if it was unloaded for idleness: the seconds it took, for the turn's
+        timings (None: it was loaded). A voice that fails to load is left to the turn, whose synthesis then
+        raises the error that says why."""
+        slot = self.slots[name]
+        if voice not in slot.unloaded_voices or slot.engine is None:
+            return None
+        slot.unloaded_voices.discard(voice)
+        started = time.perf_counter()
+        try:
+            await anyio.to_thread.run_sync(slot.engine.load_voice, voice)
+        except Exception as exc:
+            log.warning("voice_reload_failed", engine=name, voice=voice, reason=f"{exc.__class__.__name__}: {exc}")
+            return None
+        return time.perf_counter() - started
 
     def set_default(self, name: str) -> str:
         """Make engine `name` the default; the previous default's name."""

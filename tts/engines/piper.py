@@ -218,6 +218,9 @@ class PiperEngine(Engine):
         for chunk in piper_voice.synthesize(text, syn_config=config):
             yield AudioChunk(chunk.audio_float_array, chunk.sample_rate, text)
 
+    def load_voice(self, voice: str) -> None:
+        self._voice(voice)
+
     def unload_voice(self, name: str) -> None:
         with self._lock:
             if self._cache.pop(name, None) is not None:
