@@ -30,10 +30,19 @@ from stt.events import ConfigApplied, Heard, Partial, Refused, ResetDone, Sessio
 from stt.finals import Final
 from stt.metrics import SttMetrics
 from stt.model import ModelHolder
-from stt.partials import PartialStabilizer
+from stt.partials import ArrivalPace, PartialStabilizer
 from stt.pools import Pools
 from stt.speculation import Speculation, Speculator
-from stt.stream import BufferLimitReached, Event, NoSpeech, SpeechEnded, SpeechStarted, Utterance, UtteranceSegmenter
+from stt.stream import (
+    SAMPLE_RATE,
+    BufferLimitReached,
+    Event,
+    NoSpeech,
+    SpeechEnded,
+    SpeechStarted,
+    Utterance,
+    UtteranceSegmenter,
+)
 from stt.turns import TurnModelHolder, TurnTaker
 
 log = get_logger(__name__)
@@ -85,6 +94,7 @@ class SttSession:
         self.utterances = 0
         self._partial_running = False
         self._last_partial_at = 0.0
+        self._pace = ArrivalPace()
         self._utterance_seq = 0
         self._stabilizer = PartialStabilizer()
         self._last_speech_at = 0.0
@@ -350,6 +360,7 @@ class SttSession:
         """Partials in flight belong to the utterance just closed: they are dropped, not sent."""
         self._utterance_seq += 1
         self._stabilizer = PartialStabilizer()
+        self._pace = ArrivalPace()
 
     def _maybe_partial(self) -> None:
         if not (self.partials and self.segmenter.speech_confirmed) or self._partial_running:
@@ -360,6 +371,8 @@ class SttSession:
             self._metrics.partials.labels("skipped").inc()
             return  # finals are behind: partials are shed first
         now = time.perf_counter()
+        if not self._pace.in_real_time(self.segmenter.utterance_samples / SAMPLE_RATE, now):
+            return  # sent at once: its final comes soon anyway, and a partial would take the CPU from it
         if now - self._last_partial_at < self._settings.partial_interval_ms / 1000:
             return
         engine = self._model.engine

@@ -31,14 +31,12 @@ from core.config import SttSettings
 from core.logging import get_logger
 from stt.engine import Transcript, WhisperEngine
 from stt.metrics import SttMetrics
+from stt.partials import MAX_PACE
 from stt.pools import TranscriptionPool
 from stt.stream import Utterance, UtteranceSegmenter
 from stt.turns import pause_windows, paused_long_enough
 
 log = get_logger(__name__)
-
-MAX_PACE = 2.0
-"""Audio seconds per wall-clock second above which a pause arrives too fast to be worth a head start."""
 
 
 @dataclass

@@ -152,6 +152,11 @@ class UtteranceSegmenter:
         return self._in_speech
 
     @property
+    def utterance_samples(self) -> int:
+        """Samples of the utterance being heard (not yet cut)."""
+        return self._utterance_samples
+
+    @property
     def held_samples(self) -> int:
         return self.queued_samples + self._utterance_samples
 
