@@ -18,7 +18,7 @@ the batch took (peer requests/s over ours), so below 1 is faster there too.
   Home Assistant sends an LLM's reply): first audio-chunk and synthesize-stopped for the sentence and the
   paragraph, requests/s with 4 clients.
 
-    python -m bench.peers_bench [--rounds 10] [--peers-venv DIR] [--only stt|tts] [--transcribe-nice 0] [--json FILE]
+    python -m bench.peers_bench [--rounds 10] [--peers-venv DIR] [--only stt|tts] [--transcribe-nice 0] [--piper-threads 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -132,13 +132,13 @@ def memory_mb(pid: int) -> tuple[float, float]:
 # --------------------------------------------------------------------------- the sides
 
 
-def our_config(path: Path, voice: Path, model: Path, ports: dict[str, int], nice: int) -> Path:
+def our_config(path: Path, voice: Path, model: Path, ports: dict[str, int], nice: int, piper_threads: int) -> Path:
     config = {
         "logging": {"level": "warning"},
         "stt": {"host": "127.0.0.1", "port": ports["ours_stt_http"], "model": str(model), "beam_size": 1, "language": "en",
                 "transcribe_nice": nice, "wyoming": {"port": ports["ours_stt_wyoming"]}},
         "tts": {"host": "127.0.0.1", "port": ports["ours_tts_http"], "voices_dir": str(voice.parent), "voice": VOICE_NAME,
-                "piper": {"download": False}, "wyoming": {"port": ports["ours_tts_wyoming"]}},
+                "piper": {"download": False, "threads": piper_threads}, "wyoming": {"port": ports["ours_tts_wyoming"]}},
     }  # fmt: skip
     path.write_text(yaml.safe_dump(config))
     return path
@@ -158,12 +158,14 @@ def commands(python: Path, config: Path, voice: Path, model: Path, cache: Path, 
     }  # fmt: skip
 
 
-async def http_ready(url: str, timeout: float = 180.0) -> None:
+async def http_ready(url: str, loaded: str | None = None, timeout: float = 180.0) -> None:
+    """Until `url` answers 200 (with the JSON field `loaded` true, when given)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
+                response = await client.get(url)
+                if response.status_code == 200 and (loaded is None or response.json().get(loaded)):
                     return
             await asyncio.sleep(0.2)
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
@@ -242,7 +244,7 @@ async def warm_up(bench: Bench, only: str | None) -> None:
     if only != "stt":
         await ready(ports["ours_tts_wyoming"], "tts")
         await ready(ports["wyoming_piper"], "tts")
-        await http_ready(f"{bench.ours_tts}/health")
+        await http_ready(f"{bench.ours_tts}/health", loaded="voice_loaded")
         await http_ready(bench.piper_http.replace("/synthesize", "/info"))
         await bench.tts_http(True)
         await bench.tts_http(False)
@@ -250,14 +252,14 @@ async def warm_up(bench: Bench, only: str | None) -> None:
         await bench.tts_wyoming(ports["wyoming_piper"])
 
 
-def measure(rounds: int, venv: Path, only: str | None, nice: int) -> tuple[Figures, dict[str, tuple[float, float]]]:
+def measure(rounds: int, venv: Path, only: str | None, nice: int, piper_threads: int) -> tuple[Figures, dict[str, tuple[float, float]]]:
     cache = default_cache_dir()
     voice = build_costed_voice()
     model = build_whisper_model(cache / "whisper-tiny", shape="tiny")
     python = peers_python(venv)
     names = ("ours_stt_http", "ours_stt_wyoming", "ours_tts_http", "ours_tts_wyoming", "piper_http", "wyoming_piper", "wyoming_whisper")
     ports = {name: _free_port() for name in names}
-    config = our_config(cache / "peers-bench.yaml", voice, model, ports, nice)
+    config = our_config(cache / "peers-bench.yaml", voice, model, ports, nice, piper_threads)
     wanted = {"stt": ("ours_stt", "wyoming_whisper"), "tts": ("ours_tts", "piper_http", "wyoming_piper")}
     started = [name for kind, group in wanted.items() if only in (None, kind) for name in group]
     bench = Bench(ports, float32_to_pcm16(make_speech(COMMAND, lead_silence_s=0.3, trail_silence_s=0.5)))
@@ -299,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transcribe-nice", type=int, default=0, help=(
         "our stt.transcribe_nice (default 0, not the service's 10: the peer transcribes at normal priority, and on a "
         "machine that other programs keep busy a niced transcription yields to them)"))  # fmt: skip
+    parser.add_argument("--piper-threads", type=int, default=0, help="our tts.piper.threads (default 0, the service's)")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
     args = parser.parse_args(argv)
-    figures, memory = measure(args.rounds, args.peers_venv, args.only, args.transcribe_nice)
+    figures, memory = measure(args.rounds, args.peers_venv, args.only, args.transcribe_nice, args.piper_threads)
     if args.json:
         args.json.write_text(json.dumps({"figures": figures, "memory_mb": memory}, indent=1))
     print(f"\nours against the peers, {args.rounds} interleaved rounds, {os.cpu_count()} cores:\n")
