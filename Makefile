@@ -41,6 +41,7 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.job_bench
 	$(PY) -m bench.openai_bench
 	$(PY) -m bench.wyoming_bench
+	$(PY) -m bench.peers_bench
 
 # Re-resolve the ranges of requirements*.txt in a throw-away environment and pin the result. Run the
 # whole suite (make test) with the new lock before committing it.

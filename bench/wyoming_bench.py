@@ -9,7 +9,7 @@ in one run, on the same models.
   same beam size (1) and language (en), faster-whisper's default temperatures on both.
 
 Each side runs as its own process (ours: `python -m tts.server`/`stt.server`; the peers from a separate
-virtual environment, created on first use: their pins clash with ours). Rounds alternate which side
+virtual environment, bench/peers_venv.py, created on first use: their pins clash with ours). Rounds alternate which side
 goes first. Ours must be no slower on any figure (median ratio <= 1.0 + noise allowance) and faster on
 the paragraph's time to first audio.
 
@@ -36,13 +36,13 @@ from wyoming.info import Describe
 from wyoming.tts import Synthesize
 
 from bench.costed_piper_voice import VOICE_NAME, build_costed_voice
+from bench.peers_venv import DEFAULT_VENV, peers_python
 from bench.stt_bench import _free_port, _server_environment, default_cache_dir
 from core.audio import float32_to_pcm16
 from core.config import PROJECT_ROOT
 from tests.fixtures.speech import make_speech
 from tests.fixtures.whisper_model import build_whisper_model
 
-PEERS = ("wyoming-piper==2.5.2", "wyoming-faster-whisper==3.8.1")
 SENTENCE = "The quick brown fox jumps over the lazy dog while a busy farmer counts twelve sheep near the river."
 PARAGRAPH = (
     "Good morning, here is your summary for today. The weather is mild with a light breeze from the west, "
@@ -57,21 +57,13 @@ NOISE = 1.03
 """Ratios up to this count as even: the rounds of one run on a shared 2-core VM drift by a few percent."""
 
 
-def peers_python(venv: Path) -> Path:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating the peers' virtual environment in {venv} ({', '.join(PEERS)})", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEERS], check=True)
-    return python
-
-
 @contextlib.contextmanager
-def process(command: list[str], log: Path) -> Iterator[None]:
+def process(command: list[str], log: Path) -> Iterator[int]:
+    """The command as a child process, its output in `log`; yields its pid."""
     with open(log, "wb") as output:
         child = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_server_environment(), stdout=output, stderr=subprocess.STDOUT)
     try:
-        yield
+        yield child.pid
     finally:
         child.terminate()
         try:
@@ -220,7 +212,7 @@ def report(results: dict[str, dict[str, list[float]]]) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--peers-venv", type=Path, default=default_cache_dir() / "peers")
+    parser.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV)
     args = parser.parse_args(argv)
     table, passed = report(measure(args.rounds, args.peers_venv))
     print(f"\nour Wyoming listeners against wyoming-piper and wyoming-faster-whisper, {args.rounds} rounds:\n")
