@@ -208,12 +208,16 @@ def _describe(error: dict[str, Any], settings_cls: type[BaseModel], source: str)
     message = error["msg"].removeprefix("Value error, ")
     if not location:  # a rule across sections: its message names the keys
         return f"{message} (set by {source})"
-    return f"{key}: {message} (got {_shown(error.get('input'))}; set by {origin})"
+    shown = _shown(error.get("input"))
+    return f"{key}: {message} ({'' if shown is None else f'got {shown}; '}set by {origin})"
 
 
-def _shown(value: Any) -> str:
-    # A URL's userinfo is a password (llm.url, a Redis or S3 URL): the message is printed and logged.
-    if isinstance(value, str) and "://" in value and "@" in value:
+def _shown(value: Any) -> str | None:
+    # The message is printed and logged: a URL's userinfo is a password (llm.url, a Redis or S3 URL, with or
+    # without a scheme), and a section or list item (an auth key) may hold a key: its path says where it is.
+    if isinstance(value, (dict, list, tuple)):
+        return None
+    if isinstance(value, str) and "@" in value:
         return repr(public_url(value)) + " (credentials not shown)"
     return repr(value)
 

@@ -167,7 +167,7 @@ class Catalog:
             voices = parse_catalog(json.loads(bytes(body)))
         except (httpx.HTTPError, ValueError) as exc:
             raise CatalogUnavailable(
-                f"the Piper voice catalog at {public_url(url)} cannot be read ({exc.__class__.__name__}: {exc}); "
+                f"the Piper voice catalog at {public_url(url)} cannot be read ({_why(exc)}); "
                 "check tts.piper.catalog_url and the network"
             ) from None
         log.info("catalog_fetched", url=public_url(url), voices=len(voices))
@@ -263,7 +263,7 @@ class Catalog:
                         job.update(bytes_done=job.bytes_done + len(chunk))
         except httpx.HTTPError as exc:
             raise CatalogUnavailable(
-                f"downloading {Path(file.path).name} from {public_url(url)} failed ({exc.__class__.__name__}: {exc}); "
+                f"downloading {Path(file.path).name} from {public_url(url)} failed ({_why(exc)}); "
                 "nothing was kept: try again"
             ) from None
         if size != file.size_bytes or digest.hexdigest() != file.md5_digest:
@@ -271,3 +271,11 @@ class Catalog:
                 f"{Path(file.path).name} from {public_url(url)} does not match the catalog (size {size} of "
                 f"{file.size_bytes} bytes, MD5 {digest.hexdigest()} instead of {file.md5_digest}); nothing was kept"
             )
+
+
+def _why(exc: Exception) -> str:
+    """What went wrong, for a client: never the URL as httpx words it (its userinfo and query may be secrets)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    text = str(exc)
+    return exc.__class__.__name__ if "://" in text or "@" in text else f"{exc.__class__.__name__}: {text}"

@@ -88,7 +88,7 @@ async def check_document(
     first = segments[0]
     text = " ".join(segment.text.replace("\n", " ") for segment in segments if segment.text)
     request = TurnRequest(
-        text, first.voice, first.speed, False, first.speaker, engine=service.engines.slot(document.engine).name,
+        text, first.voice, first.speed, False, first.speaker, engine=first.engine,
         segments=tuple(segments),
         warnings=tuple(warnings),
     )

@@ -59,6 +59,8 @@ class JobsHost:
                 await anyio.to_thread.run_sync(self._open)
             except UNREACHABLE as exc:
                 log.warning("jobs_unavailable", reason=str(exc))
+            except Exception:  # a job record it cannot read must not take the whole service down
+                log.exception("jobs_open_failed")
         interval = min(SWEEP_EVERY_S, jobs.lease_s / 2)
         while True:
             await anyio.sleep(interval)
@@ -69,6 +71,8 @@ class JobsHost:
                 await anyio.to_thread.run_sync(queue.sweep)
             except UNREACHABLE as exc:
                 log.warning("jobs_sweep_failed", reason=str(exc))
+            except Exception:  # as above: logged, and the next sweep tries again
+                log.exception("jobs_sweep_failed")
 
     async def aclose(self) -> None:
         queue = self.queue

@@ -285,7 +285,11 @@ class TtsService:
                     voice = next(segment.voice for segment in turn.request.segments or () if segment.engine == name)
                     busy.enter_context(self.engines.using(name, voice))
                 if conversation is not None:
-                    turn.history = await self.conversations.history(conversation)
+                    try:
+                        turn.history = await self.conversations.history(conversation)
+                    except Exception:  # a broken store: the reply is answered without its history, never lost
+                        log.exception("conversation_not_read", conversation=conversation)
+                        turn.history = []
                 await self.runner.run(turn, engine, others)
         finally:
             self.metrics.observe_turn(endpoint, turn.timings, turn.outcome)

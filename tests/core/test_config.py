@@ -534,3 +534,17 @@ def test_an_llm_url_that_does_not_parse_is_refused_at_load_without_showing_its_p
 def test_llm_urls_with_encoded_passwords_schemeless_or_ipv6_load(tmp_path: Path, url: str) -> None:
     path = write_yaml(tmp_path, f"llm:\n  url: '{url}'\n")
     assert load_settings(path).llm.url == url
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "secret"),
+    [
+        ("llm:\n  url: 'admin:p/ssw0rd@host:11434'\n", "p/ssw0rd"),  # no scheme: still a URL with a password
+        ("auth:\n  keys:\n    - {name: a, key: shortsecret123, scopes: [admin]}\n", "shortsecret123"),
+    ],
+)
+def test_a_configuration_error_never_prints_a_secret(tmp_path: Path, yaml_text: str, secret: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_yaml(tmp_path, yaml_text))
+    assert secret not in str(caught.value)
+    assert "set by" in str(caught.value)  # still says where the bad value is

@@ -204,3 +204,17 @@ def test_an_idle_voice_is_unloaded_while_its_engine_serves(voices_dir: Path, oll
     assert "voice_load;dur=" in first.headers["server-timing"] and "voice_load" not in again.headers["server-timing"]
     turns = [entry for entry in logs if entry["event"] == "turn"]
     assert "voice_load_s" not in turns[0] and turns[-1]["voice_load_s"] > 0
+
+
+def test_a_document_of_another_engine_speaks_while_the_default_is_unloaded(voices_dir: Path, ollama: OllamaDouble) -> None:
+    now = [1000.0]
+    document = {"blocks": [{"text": TEXT, "engine": "espeak"}], "format": "wav"}
+    with serve(settings(voices_dir, ollama, idle_unload_s=60)) as (server, client):
+        server.app.state.service.engines.clock = lambda: now[0]
+        client.post("/tts", json={"text": TEXT})  # piper, the default, used at 1000
+        now[0] += 61  # the next request's sweep unloads piper: nothing but the document's engine is needed
+        spoken = client.post("/v1/speech", json=document)
+        states = {name: e["state"] for name, e in engines_of(client).items()}
+    assert spoken.status_code == 200, spoken.text
+    assert states == {"piper": "unloaded", "espeak": "ready"}
+    assert near_espeak(len(frames(spoken)[1]) // 2)

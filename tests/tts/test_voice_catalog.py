@@ -145,3 +145,17 @@ def test_an_unreachable_catalog_says_which_setting(voices_dir: Path, ollama: Oll
     assert (response.status_code, error["code"]) == (502, "catalog_unavailable")
     assert error["message"].startswith("the Piper voice catalog at http://127.0.0.1:9/voices.json cannot be read (")
     assert error["message"].endswith("check tts.piper.catalog_url and the network")
+
+
+def test_a_catalog_error_names_no_secret_of_its_url(
+    voices_dir: Path, ollama: OllamaDouble, repository: PiperCatalogDouble
+) -> None:
+    # httpx words a status error with the whole URL, userinfo and query included; the client gets the status.
+    host = repository.url.split("://", 1)[1]
+    piper = {"catalog_url": f"http://reader:s3cret-pw@{host}/missing.json?token=s3cret-token"}
+    with serve(make_settings(voices_dir, ollama.url, piper=piper)) as (_, http):
+        response = http.get("/v1/voices/catalog")
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (502, "catalog_unavailable")
+    assert f"the Piper voice catalog at http://{host}/missing.json cannot be read (HTTP 404)" in error["message"]
+    assert "s3cret" not in response.text

@@ -265,7 +265,10 @@ class EngineHost:
         except EngineLoading:
             if self._loop is None or self.slot(name).loading:
                 raise
-            return anyio.from_thread.run(self.get, name, token=self._loop)
+            try:
+                return anyio.from_thread.run(self.get, name, token=self._loop)
+            except anyio.RunFinishedError:  # the service stopped meanwhile: the part goes back in the queue
+                raise EngineLoading("the service is stopping; the engine loads when it runs again") from None
 
     def current(self) -> Engine:
         """The default engine, or the error that explains why there is none."""
