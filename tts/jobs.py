@@ -19,7 +19,8 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from huey import RedisHuey, SqliteHuey
@@ -72,6 +73,8 @@ class JobQueue:
         self._render = self.huey.task(name="render_part")(self._render_part)
         self._join = self.huey.task(name="join_parts")(self._join_parts)
         self.stopping = threading.Event()
+        self._rendering = 0
+        self._rendering_lock = threading.Lock()
         self._consumer: Consumer | None = None
         self._index = threading.Lock()
 
@@ -100,6 +103,21 @@ class JobQueue:
 
     # -- the tasks (in a worker thread, of any process) ------------------------------------------------
 
+    @property
+    def rendering(self) -> bool:
+        """Whether a part renders in a thread of this process now."""
+        return self._rendering > 0
+
+    @contextmanager
+    def _renders(self) -> Iterator[None]:
+        with self._rendering_lock:
+            self._rendering += 1
+        try:
+            yield
+        finally:
+            with self._rendering_lock:
+                self._rendering -= 1
+
     def _render_part(self, job_id: str, index: int, attempt: int) -> None:
         book, jobs = self.book, self.settings.jobs
         spec = book.spec(job_id)
@@ -114,7 +132,8 @@ class JobQueue:
             book.claim(job_id, index, attempt, jobs.lease_s)
 
         try:
-            rendered = render_part(self.engine, part, lambda: self.stopping.is_set() or book.ended(job_id), heartbeat)
+            with self._renders():
+                rendered = render_part(self.engine, part, lambda: self.stopping.is_set() or book.ended(job_id), heartbeat)
         except EngineLoading:
             book.release(job_id, index)
             self._render.schedule((job_id, index, attempt), delay=LOADING_RETRY_S)  # not an attempt: try once loaded

@@ -147,6 +147,11 @@ class JobsHost:
     async def read(self, job_id: str, start: int, length: int) -> bytes:
         return await self._call(lambda queue: queue.results.read(f"{job_id}/audio", start, length))
 
+    def rendering(self) -> bool:
+        """Whether a job's part renders in this process now (its engines must stay loaded)."""
+        queue = self.queue
+        return queue is not None and queue.rendering
+
     def health(self) -> dict[str, Any]:
         jobs = self.settings.jobs
         return {"backend": jobs.backend, "storage": jobs.storage, "open": self.queue is not None}

@@ -106,6 +106,7 @@ class TtsService:
         self._tasks: TaskGroup | None = None
         self.conversations = open_store(settings.conversations, settings.resolve_path(settings.data_dir))
         self.jobs = JobsHost(settings, self.engines.load_from_thread)
+        self.engines.in_use_elsewhere = self.jobs.rendering
         self._talking: set[str] = set()
         """Conversations with a turn under way."""
         self.listeners: dict[str, Callable[[], dict[str, Any]]] = {}

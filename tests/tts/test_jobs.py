@@ -239,3 +239,26 @@ def test_a_job_is_its_keys_and_the_admins(voices_dir: Path, ollama: OllamaDouble
         assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found")
     assert still_queued == "queued"
     assert ops_cancels.status_code == 200 and ops_cancels.json()["state"] == "cancelled"
+
+
+def test_no_engine_is_unloaded_for_idleness_while_a_job_renders(voices_dir: Path, ollama: OllamaDouble, tmp_path: Path) -> None:
+    # Job threads speak without a turn: the idle sweep must see them (else it unloads the engine mid-job).
+    gate, now = Gate(), [1000.0]
+    settings = make_settings(
+        voices_dir, ollama.url, data_dir=str(tmp_path / "data"), engines=["espeak"], idle_unload_s=60, jobs={"workers": 1}
+    )
+    with serve(settings, engine_factory=gated_factory(gate)) as (server, client):
+        server.app.state.service.engines.clock = lambda: now[0]
+        job_id = client.post("/v1/speech/jobs", json=DOCUMENT).json()["id"]
+        assert gate.entered.wait(10)
+        now[0] += 61  # piper idle for turns; the espeak request below runs the sweep
+        during = client.post("/tts", json={"text": "Hello there.", "reply": False, "engine": "espeak"})
+        states_during = {e["name"]: e["state"] for e in client.get("/v1/engines").json()["engines"]}
+        gate.open.set()
+        done = finished(client, job_id)
+        now[0] += 61
+        client.post("/tts", json={"text": "Hello there.", "reply": False, "engine": "espeak"})
+        states_after = {e["name"]: e["state"] for e in client.get("/v1/engines").json()["engines"]}
+    assert during.status_code == 200 and done["state"] == "done"
+    assert states_during["piper"] == "ready"
+    assert states_after["piper"] == "unloaded"  # the sweep works once the job is done

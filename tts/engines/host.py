@@ -81,6 +81,9 @@ class EngineHost:
         self._options = options or {}
         self._loop: anyio.lowlevel.EventLoopToken | None = None
         """The event loop that started the engines, for load_from_thread."""
+        self.in_use_elsewhere: Callable[[], bool] = lambda: False
+        """Whether something besides turns speaks with the engines now (the service's job threads, which do not
+        go through `using`): nothing is unloaded for idleness meanwhile."""
         self.clock: Callable[[], float] = time.monotonic
         """Seconds, for tts.idle_unload_s (monotonic; a test drives its own)."""
 
@@ -191,7 +194,7 @@ class EngineHost:
         """Unload every engine unused for tts.idle_unload_s and not speaking now, and every voice of a loaded
         engine unused that long; the names of the engines unloaded."""
         idle_s = self.settings.tts.idle_unload_s
-        if not idle_s:
+        if not idle_s or self.in_use_elsewhere():
             return []
         now, unloaded = self.clock(), []
         for slot in self.slots.values():
