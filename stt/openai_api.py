@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
-from core.errors import InvalidRequest, RequestTooLarge, ServiceError, UnsupportedMediaType
+from core.errors import InvalidRequest, RequestTooLarge, ServiceError
 from core.http import CLIENT_CLOSED_REQUEST, on_disconnect, validated
 from core.logging import get_logger
+from core.multipart import FORM_OVERHEAD_BYTES, read_multipart
 from core.openai_wire import (
     TRANSCRIPTION_ERRORS,
     TRANSCRIPTION_RESPONSES,
@@ -37,7 +37,6 @@ log = get_logger(__name__)
 
 MODEL_NAME = "whisper-1"
 """What OpenAI clients send; it, and any other name, means the configured model."""
-FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 16
 """OpenAI's form has eight fields (timestamp_granularities[] may repeat); more is not a transcription request."""
 
@@ -54,29 +53,12 @@ _FORM = {**transcription_body(), **raises(*TRANSCRIPTION_ERRORS)}
 async def _read_form(request: Request, limit: int) -> tuple[bytes, TranscriptionForm]:
     """The uploaded file and the other fields, the body bounded by `limit` bytes while it is read, and held
     in memory (never spooled to a file on disk)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UnsupportedMediaType("send multipart/form-data with the audio in the field 'file' (as OpenAI's API takes it)")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-
-    async def bounded() -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            yield chunk
-
-    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=MAX_FORM_FIELDS)  # type: ignore[arg-type]
-    parser.spool_max_size = limit  # the file part stays in memory: bounded by `limit`, no file on disk
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise InvalidRequest(
-            f"the form could not be read ({exc.message}); send multipart/form-data with the audio in 'file' "
-            f"and at most {MAX_FORM_FIELDS} other fields, as OpenAI's API takes it"
-        ) from None
+    form = await read_multipart(
+        request, limit, lambda: _too_large(limit), max_files=1, max_fields=MAX_FORM_FIELDS,
+        expected="send multipart/form-data with the audio in the field 'file' (as OpenAI's API takes it)",
+        allowed=f"send multipart/form-data with the audio in 'file' and at most {MAX_FORM_FIELDS} other fields, "
+        "as OpenAI's API takes it",
+    )  # fmt: skip
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

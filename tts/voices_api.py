@@ -11,14 +11,13 @@ Errors take the /v1 (OpenAI) shape.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core.config import VOICE_NAME_PATTERN, Settings
 from core.errors import (
@@ -36,6 +35,7 @@ from core.errors import (
     VoiceNotFound,
 )
 from core.http import read_json_body, validated
+from core.multipart import FORM_OVERHEAD_BYTES, read_multipart
 from core.openapi import raises
 from tts.engines import engine_class
 from tts.http_docs import BODY_ERRORS, constrain, engine_schema, json_body
@@ -46,7 +46,6 @@ from tts.voices import MAX_VOICE_NAME_LENGTH
 
 Service = Annotated[TtsService, Depends(tts_service)]
 VOICE_PATH_SCHEMA = {"pattern": VOICE_NAME_PATTERN, "maxLength": MAX_VOICE_NAME_LENGTH}
-FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 8
 JSON_LIMIT = 1024
 _LOOKUP = (InvalidRequest, InvalidVoiceName, VoiceNotFound, EngineLoading, EngineUnavailable)
@@ -156,26 +155,11 @@ def _list_voices(settings: Settings) -> Callable[..., Awaitable[dict[str, Any]]]
 async def _read_form(request: Request, limit: int) -> tuple[dict[str, bytes], dict[str, str]]:
     """The files and text fields of a multipart body, bounded by `limit` bytes while it is read and held in
     memory (no spooling to disk)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UnsupportedMediaType("send multipart/form-data: files 'model' and 'config' (Piper) or 'file' (a clip)")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-
-    async def bounded() -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            yield chunk
-
-    parser = MultiPartParser(request.headers, bounded(), max_files=2, max_fields=MAX_FORM_FIELDS)  # type: ignore[arg-type]
-    parser.spool_max_size = limit
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise InvalidRequest(f"the form could not be read ({exc.message}); send at most two files") from None
+    form = await read_multipart(
+        request, limit, lambda: _too_large(limit), max_files=2, max_fields=MAX_FORM_FIELDS,
+        expected="send multipart/form-data: files 'model' and 'config' (Piper) or 'file' (a clip)",
+        allowed="send at most two files",
+    )
     try:
         files = {key: await value.read() for key, value in form.items() if isinstance(value, UploadFile)}
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
