@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -20,6 +20,7 @@ from core.audio import decode_file
 from core.config import SttSettings
 from core.errors import TooManyPending
 from core.logging import get_logger
+from core.slots import slot_or_refuse
 from stt.engine import WHISPER_SAMPLE_RATE, FileInfo, FileRequest, Segment, WhisperEngine
 from stt.metrics import SttMetrics
 from stt.pools import TranscriptionPool
@@ -86,22 +87,16 @@ class FileTranscriber:
             decode_file, data, WHISPER_SAMPLE_RATE, self.settings.max_upload_seconds, "stt.max_upload_seconds"
         )
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def slot(self) -> AbstractAsyncContextManager[None]:
         """One of stt.max_uploads, held inside the block: taken before an upload is read (its bytes are
         held in memory until it is transcribed), or TooManyPending when every one is taken."""
-        token = object()
-        try:
-            self._uploads.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
-            raise TooManyPending(
+        return slot_or_refuse(
+            self._uploads,
+            lambda: TooManyPending(
                 f"{self.settings.max_uploads} files are being transcribed already (stt.max_uploads); try again shortly",
                 retry_after_s=UPLOAD_RETRY_AFTER_S,
-            ) from None
-        try:
-            yield
-        finally:
-            self._uploads.release_on_behalf_of(token)
+            ),
+        )
 
     @asynccontextmanager
     async def open(self, engine: WhisperEngine, data: bytes, request: FileRequest) -> AsyncIterator[FileTranscription]:

@@ -8,8 +8,8 @@ admin shares it; voices put in the folders by hand are everyone's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import anyio
@@ -18,6 +18,7 @@ from core.access import Principal, current_principal
 from core.config import Settings
 from core.errors import Forbidden, InvalidRequest, ServiceError, TooManyPending, VoiceConflict, VoiceNotFound
 from core.logging import get_logger
+from core.slots import slot_or_refuse
 from tts.catalog import Catalog
 from tts.engines import Engine
 from tts.engines.base import VoiceInfo
@@ -63,23 +64,18 @@ class VoiceManager:
         self.catalog = Catalog(settings.tts.piper, self.store)
         self._uploads = anyio.CapacityLimiter(settings.tts.max_voice_uploads)
 
-    @asynccontextmanager
-    async def upload_slot(self) -> AsyncIterator[None]:
+    def upload_slot(self) -> AbstractAsyncContextManager[None]:
         """One of tts.max_voice_uploads, held inside the block (taken before an upload is read: its bytes stay
         in memory until the voice is kept), or TooManyPending when every one is taken."""
-        token = object()
-        try:
-            self._uploads.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
-            limit = self.settings.tts.max_voice_uploads
-            raise TooManyPending(
-                f"{limit} voice uploads are being checked already (tts.max_voice_uploads); try again shortly",
-                retry_after_s=self.settings.tts.retry_after_s,
-            ) from None
-        try:
-            yield
-        finally:
-            self._uploads.release_on_behalf_of(token)
+        tts = self.settings.tts
+        return slot_or_refuse(
+            self._uploads,
+            lambda: TooManyPending(
+                f"{tts.max_voice_uploads} voice uploads are being checked already (tts.max_voice_uploads); "
+                "try again shortly",
+                retry_after_s=tts.retry_after_s,
+            ),
+        )
 
     def visible(self, engine: str, names: list[str]) -> list[str]:
         """The voices of `names` the caller's key may see. Blocking."""
