@@ -21,10 +21,9 @@ from stt.chain import AudioChain
 from stt.engine import Transcript, WhisperEngine
 from stt.finals import Final, FinalBatcher
 from stt.pools import TranscriptionPool
-from stt.server import SttService
 from stt.stream import Utterance
 from tests.fixtures.speech import make_speech, to_pcm16
-from tests.stt.test_server import FRAME_BYTES, receive, send_json, session, stream, stt_server
+from tests.stt.test_server import FRAME_BYTES, model_load_held_by, receive, send_json, session, stream, stt_server
 
 PHRASES = ["Please turn on the kitchen lights.", "What is the weather like tomorrow?", "Stop.", "Play some music, please."]
 
@@ -114,23 +113,13 @@ async def test_a_final_whose_session_was_reset_while_it_waited_is_dropped(engine
 
 
 def test_sessions_ending_together_get_their_own_transcripts_from_one_batch(make_settings) -> None:
-    gate = threading.Event()
-
-    def hold_model_loading(service: SttService) -> None:
-        # The finals of all three sessions wait for the model together (our loader hook, held), then queue at once.
-        load = service.model.load
-
-        async def gated() -> None:
-            await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
-            await load()
-
-        service.model.load = gated  # type: ignore[method-assign]
+    gate = threading.Event()  # the finals of all three sessions wait for the model together, then queue at once
 
     # The window is the longest allowed: the batch forms once all three live sessions' finals are queued.
     settings = make_settings(stt={"batch_max_size": 4, "batch_window_ms": 1000, "max_concurrent": 1, "language": "en"})
     audios = _audios()[:3]
     try:
-        with stt_server(settings, hold_model_loading) as server, ExitStack() as stack:
+        with stt_server(settings, model_load_held_by(gate)) as server, ExitStack() as stack:
             sockets = [stack.enter_context(session(server)) for _ in audios]
             for ws, audio in zip(sockets, audios):
                 stream(ws, audio)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import anyio
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -15,28 +14,17 @@ from websockets.sync.client import connect
 from stt.events import Partial, Transcribed
 from stt.server import SttService
 from tests.fixtures.speech import make_speech
-from tests.stt.test_server import PHRASE, receive, send_json, session, stream, stt_server
+from tests.stt.test_server import PHRASE, model_load_held_by, receive, send_json, session, stream, stt_server
 from tests.stt.test_turns import counter, run_session
 
 
 def test_a_backlog_past_the_bound_refuses_new_sessions_with_1013(make_settings) -> None:
-    gate = threading.Event()
-
-    def hold_model_loading(service: SttService) -> None:
-        # Transcription falls behind deterministically while the model load is held (our loader hook,
-        # not faster-whisper): utterances queue and the backlog grows by exactly their audio.
-        load = service.model.load
-
-        async def gated() -> None:
-            await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
-            await load()
-
-        service.model.load = gated  # type: ignore[method-assign]
+    gate = threading.Event()  # while the model load is held the backlog grows by exactly the utterances' audio
 
     settings = make_settings(stt={"max_backlog_seconds": 1.0, "partial_interval_ms": 0})
     speech = make_speech(PHRASE, lead_silence_s=0.1, trail_silence_s=0)
     try:
-        with stt_server(settings, hold_model_loading) as server, session(server) as ws:
+        with stt_server(settings, model_load_held_by(gate)) as server, session(server) as ws:
             health = lambda: httpx.get(f"{server.http_url}/health").json()  # noqa: E731
             assert health()["backlog_seconds"] == 0.0
             stream(ws, speech)

@@ -37,6 +37,22 @@ def stt_server(settings: Settings, before_start: Callable[[SttService], None] | 
         yield server
 
 
+def model_load_held_by(gate: threading.Event) -> Callable[[SttService], None]:
+    """A `before_start` that holds the model load until `gate` is set: transcription then lags behind the audio
+    deterministically (this replaces our own loader hook, not faster-whisper), and utterances queue."""
+
+    def hold(service: SttService) -> None:
+        load = service.model.load
+
+        async def gated() -> None:
+            await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
+            await load()
+
+        service.model.load = gated  # type: ignore[method-assign]
+
+    return hold
+
+
 def wait_until_settled(server: RunningServer) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -229,22 +245,11 @@ def test_long_speech_is_cut_at_max_utterance_seconds(make_settings) -> None:
 
 def test_buffer_limit_is_reported_and_accepted_audio_is_still_transcribed(make_settings) -> None:
     settings = make_settings(stt={"max_buffer_seconds": 3, "max_utterance_seconds": 2, "speech_pad_ms": 0})
-    gate = threading.Event()
-
-    def hold_model_loading(service: SttService) -> None:
-        # Reaching the limit needs transcription to lag behind the audio; holding the model load
-        # does that deterministically (this replaces our own loader hook, not faster-whisper).
-        load = service.model.load
-
-        async def gated() -> None:
-            await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
-            await load()
-
-        service.model.load = gated  # type: ignore[method-assign]
+    gate = threading.Event()  # reaching the limit needs transcription to lag behind the audio
 
     speech = make_speech("one two three four five six seven eight nine ten eleven twelve", lead_silence_s=0, trail_silence_s=0)
     try:
-        with stt_server(settings, hold_model_loading) as server, session(server) as ws:
+        with stt_server(settings, model_load_held_by(gate)) as server, session(server) as ws:
             assert httpx.get(f"{server.http_url}/health").json()["loading"] is True
             stream(ws, np.concatenate([speech, speech]))
             # config is answered directly, so its reply proves every frame before it was processed.
