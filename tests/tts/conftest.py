@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from core.audio import float32_to_pcm16, resample
 from core.config import Settings
 from tests.fixtures.piper_voice import build_piper_voice
 from tests.fixtures.server import RunningServer, run_server
@@ -28,6 +30,28 @@ def voices_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "voices"
     build_piper_voice(folder, VOICE)
     return folder
+
+
+LOW_VOICE = "en_US-test-low"
+"""A second synthetic voice, at 16 kHz: mixed rates in one text or document."""
+
+
+@pytest.fixture
+def voices(tmp_path: Path) -> Path:
+    """The voices folder with VOICE (22,050 Hz) and LOW_VOICE (16 kHz)."""
+    folder = tmp_path / "voices"
+    build_piper_voice(folder, VOICE)
+    build_piper_voice(folder, LOW_VOICE, sample_rate=16000)
+    return folder
+
+
+def low_voice_at_22k(voices: Path, text: str) -> bytes:
+    """LOW_VOICE's speech of `text` as PiperVoice gives it, resampled to 22,050 Hz PCM16 as the service joins it."""
+    from piper import PiperVoice, SynthesisConfig
+
+    low = PiperVoice.load(voices / f"{LOW_VOICE}.onnx")
+    audio = np.concatenate([chunk.audio_float_array for chunk in low.synthesize(text, syn_config=SynthesisConfig())])
+    return float32_to_pcm16(resample(audio, 16000, 22050))
 
 
 def make_settings(voices_dir: Path, llm_url: str, **tts: Any) -> Settings:

@@ -8,18 +8,14 @@ import math
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
-from piper import PiperVoice, SynthesisConfig
 
-from core.audio import float32_to_pcm16, resample
 from tests.fixtures.ollama_double import OllamaDouble
-from tests.fixtures.piper_voice import build_piper_voice, expected_samples
-from tests.tts.conftest import VOICE, make_settings, serve
+from tests.fixtures.piper_voice import expected_samples
+from tests.tts.conftest import LOW_VOICE, VOICE, low_voice_at_22k, make_settings, serve
 from tests.tts.test_streaming import wav_pcm
 
 RATE = 22050
-LOW_VOICE = "en_US-test-low"
 
 CHAPTER = (
     "It was a bright cold day in April. The clocks were striking thirteen. Winston Smith slipped quickly "
@@ -27,24 +23,10 @@ CHAPTER = (
 )
 
 
-@pytest.fixture
-def voices(tmp_path: Path) -> Path:
-    folder = tmp_path / "voices"
-    build_piper_voice(folder, VOICE)
-    build_piper_voice(folder, LOW_VOICE, sample_rate=16000)
-    return folder
-
-
 def spoken(client, text: str, **fields: object) -> bytes:  # type: ignore[no-untyped-def]
     response = client.post("/tts", json={"text": text, "reply": False, **fields})
     assert response.status_code == 200, response.text
     return wav_pcm(response.content)[1]
-
-
-def low_voice_at_22k(voices: Path, text: str) -> bytes:
-    low = PiperVoice.load(voices / f"{LOW_VOICE}.onnx")
-    audio = np.concatenate([chunk.audio_float_array for chunk in low.synthesize(text, syn_config=SynthesisConfig())])
-    return float32_to_pcm16(resample(audio, 16000, RATE))
 
 
 def test_blocks_speak_in_order_with_their_voices_speeds_and_pauses(voices: Path, ollama: OllamaDouble) -> None:

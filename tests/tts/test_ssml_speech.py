@@ -19,23 +19,15 @@ from wyoming.tts import Synthesize
 
 from core.audio import float32_to_pcm16, resample
 from tests.fixtures.ollama_double import OllamaDouble
-from tests.fixtures.piper_voice import build_piper_voice, expected_samples
-from tests.tts.conftest import VOICE, make_settings, serve
+from tests.fixtures.piper_voice import expected_samples
+from tests.tts.conftest import LOW_VOICE, VOICE, make_settings, serve
 from tests.tts.test_server import error_of
 from tests.tts.test_streaming import sse_events, wav_pcm
 from tests.tts.test_wyoming import audio_of, until
 
 RATE = 22050
-LOW_VOICE = "en_US-test-low"
-"""A second synthetic voice at 16 kHz: mixed rates in one text."""
 
 
-@pytest.fixture
-def voices(tmp_path: Path) -> Path:
-    folder = tmp_path / "voices"
-    build_piper_voice(folder, VOICE)
-    build_piper_voice(folder, LOW_VOICE, sample_rate=16000)
-    return folder
 
 
 def samples(voices: Path, text: str, speed: float = 1.0) -> int:
