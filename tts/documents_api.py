@@ -32,10 +32,10 @@ from tts.http_docs import (
     speed_schema,
     text_schema,
 )
-from tts.http_turns import abandoned, encoded_body, first_event, tts_service, warnings_headers
+from tts.http_turns import abandoned, encoded_body, first_audio, tts_service, warnings_headers
 from tts.runner import EMPTY_RATE
 from tts.service import TtsService
-from tts.turn import AudioPiece, Cancelled
+from tts.turn import Cancelled
 
 AudioFormatName = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 BODY_EXAMPLE = '{"blocks": [{"text": "Hello."}, {"ssml": "<speak>Bye<break time=\\"1s\\"/></speak>"}], "format": "wav"}'
@@ -158,11 +158,9 @@ async def speech(request: Request, service: Service) -> Response:
     ).request
     turn = service.start_turn(checked, "speech", started)
     try:
-        first = await first_event(turn, request, (AudioPiece,))
+        first, rate = await first_audio(turn, request, EMPTY_RATE)
     except Cancelled:
         return abandoned()
-    assert first is None or isinstance(first, AudioPiece)
-    rate = first.sample_rate if first else (turn.sample_rate or EMPTY_RATE)
     output_rate = body.sample_rate or rate
     encoder = StreamEncoder(body.format, rate, output_rate)
     headers: dict[str, Any] = {

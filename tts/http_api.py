@@ -48,7 +48,7 @@ from tts.http_docs import (
     text_schema,
     tts_request_body,
 )
-from tts.http_turns import abandoned, first_event, tts_service, warnings_headers
+from tts.http_turns import abandoned, first_audio, first_event, tts_service, warnings_headers
 from tts.runner import EMPTY_RATE
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, ReplyText, Turn, TurnEvent, TurnRequest, TurnTimings
@@ -234,11 +234,9 @@ async def tts_stream(request: Request, service: Service) -> Response:
     turn = service.start_turn(await _checked(service, request), "stream", started)
     raw = "audio/pcm" in request.headers.get("accept", "").lower()
     try:
-        first = await first_event(turn, request, (AudioPiece,))
+        first, rate = await first_audio(turn, request, EMPTY_RATE)
     except Cancelled:
         return abandoned()
-    assert first is None or isinstance(first, AudioPiece)
-    rate = first.sample_rate if first else (turn.sample_rate or EMPTY_RATE)
     headers = {
         "X-Sample-Rate": str(rate),
         "X-Channels": "1",

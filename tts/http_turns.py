@@ -43,6 +43,14 @@ async def first_event(turn: Turn, request: Request, wanted: tuple[type, ...]) ->
         raise
 
 
+async def first_audio(turn: Turn, request: Request, default_rate: int) -> tuple[AudioPiece | None, int]:
+    """The turn's first audio (None when it spoke nothing) and its sample rate (`default_rate` when no rate is
+    known), as first_event watches for it: Cancelled when the client left first."""
+    first = await first_event(turn, request, (AudioPiece,))
+    assert first is None or isinstance(first, AudioPiece)
+    return first, first.sample_rate if first else (turn.sample_rate or default_rate)
+
+
 def abandoned() -> Response:
     log.info("request_abandoned", reason="client disconnected")
     return Response(status_code=CLIENT_CLOSED_REQUEST)

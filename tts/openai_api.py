@@ -37,7 +37,7 @@ from tts.http_docs import (
     speed_schema,
     text_schema,
 )
-from tts.http_turns import abandoned, encode_turn, encoded_body, first_event, tts_service, warnings_headers
+from tts.http_turns import abandoned, encode_turn, encoded_body, first_audio, tts_service, warnings_headers
 from tts.service import TtsService
 from tts.turn import AudioPiece, Cancelled, Turn
 
@@ -170,12 +170,10 @@ async def speech(request: Request, service: Service) -> Response:
         log.debug("instructions_ignored", engine=service.engines.configured)
     turn = service.start_turn(checked, "openai", started)
     try:
-        first = await first_event(turn, request, (AudioPiece,))
+        first, rate = await first_audio(turn, request, OUTPUT_RATE)
     except Cancelled:
         return abandoned()
-    assert first is None or isinstance(first, AudioPiece)
     fmt = FORMATS[body.response_format]
-    rate = first.sample_rate if first else (turn.sample_rate or OUTPUT_RATE)
     encoder = StreamEncoder(fmt.name, rate, OUTPUT_RATE)
     if body.stream_format == "sse":
         return StreamingResponse(
