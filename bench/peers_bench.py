@@ -43,7 +43,7 @@ from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
 from bench.costed_piper_voice import VOICE_NAME, build_costed_voice
 from bench.peers_venv import DEFAULT_VENV, peers_python
 from bench.stt_bench import _free_port, _is_final, default_cache_dir
-from bench.wyoming_bench import COMMAND, PARAGRAPH, SENTENCE, SETTLE_S, process, ready, transcribe
+from bench.wyoming_bench import COMMAND, PARAGRAPH, SENTENCE, SETTLE_S, audio_until, process, ready, transcribe
 from core.audio import float32_to_pcm16
 from tests.fixtures.speech import make_speech
 from tests.fixtures.whisper_model import build_whisper_model
@@ -77,15 +77,7 @@ async def wyoming_stream(port: int, text: str) -> tuple[float, float]:
         await client.write_event(SynthesizeStart().event())
         await client.write_event(SynthesizeChunk(text=text).event())
         await client.write_event(SynthesizeStop().event())
-        first = None
-        while True:
-            event = await client.read_event()
-            if event is None or event.type == "error":
-                raise SystemExit(f"streamed synthesis failed on port {port}: {event}")
-            if event.type == "audio-chunk" and first is None:
-                first = time.perf_counter() - started
-            if event.type == "synthesize-stopped":
-                return first or 0.0, time.perf_counter() - started
+        return await audio_until(client, started, "synthesize-stopped", f"streamed synthesis failed on port {port}")
 
 
 async def ws_transcribe(url: str, pcm: bytes, realtime: bool) -> float:

@@ -92,15 +92,20 @@ async def synthesize(port: int, text: str) -> tuple[float, float]:
     async with AsyncTcpClient("127.0.0.1", port, read_timeout=120) as client:
         started = time.perf_counter()
         await client.write_event(Synthesize(text=text).event())
-        first = None
-        while True:
-            event = await client.read_event()
-            if event is None or event.type == "error":
-                raise SystemExit(f"synthesize failed on port {port}: {event}")
-            if event.type == "audio-chunk" and first is None:
-                first = time.perf_counter() - started
-            if event.type == "audio-stop":
-                return first or 0.0, time.perf_counter() - started
+        return await audio_until(client, started, "audio-stop", f"synthesize failed on port {port}")
+
+
+async def audio_until(client: AsyncTcpClient, started: float, last: str, failed: str) -> tuple[float, float]:
+    """(seconds from `started` to the first audio-chunk, to the event `last`) of a synthesis being answered."""
+    first = None
+    while True:
+        event = await client.read_event()
+        if event is None or event.type == "error":
+            raise SystemExit(f"{failed}: {event}")
+        if event.type == "audio-chunk" and first is None:
+            first = time.perf_counter() - started
+        if event.type == last:
+            return first or 0.0, time.perf_counter() - started
 
 
 async def transcribe(port: int, pcm: bytes, realtime: bool) -> float:
