@@ -39,7 +39,7 @@ def run_worker(settings: Settings, workers: int, engine_factory: EngineFactory =
         return 2
     # Every engine of tts.engines, loaded now: a part may name any of them, and a worker serves all jobs.
     engines = EngineHost(settings, engine_factory)
-    anyio.run(engines.start_all)
+    anyio.run(engines.start, True)
     try:
         engine = engines.current()
     except ServiceError as exc:  # neither the engine nor its fallback could start: nothing to render with

@@ -112,24 +112,16 @@ class EngineHost:
 
     # -- starting, loading, unloading ---------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the default engine, then the others when tts.preload says so. Never raises: failures
-        are recorded (the default engine's replaced by the fallback)."""
+    async def start(self, every: bool = False) -> None:
+        """Start the default engine, then the others when tts.preload (or `every`: a job worker, whose parts may
+        name any) says so. Never raises: failures are recorded (the default engine's replaced by the fallback)."""
         self._loop = anyio.lowlevel.current_token()
         await self._load(self.default, fall_back=True)
-        if self.settings.tts.preload:
-            await self._load_the_others()
-
-    async def start_all(self) -> None:
-        """Start every engine, whatever tts.preload says (a job worker: its parts may name any)."""
-        await self._load(self.default, fall_back=True)
-        await self._load_the_others()
-
-    async def _load_the_others(self) -> None:
-        for slot in self.slots.values():
-            if slot.engine is None and not slot.error:
-                async with slot.lock:
-                    await self._load(slot, fall_back=False)
+        if every or self.settings.tts.preload:
+            for slot in self.slots.values():
+                if slot.engine is None and not slot.error:
+                    async with slot.lock:
+                        await self._load(slot, fall_back=False)
 
     async def _load(self, slot: EngineSlot, *, fall_back: bool) -> float:
         """Start `slot`'s engine in a worker thread (it may download and load models); the seconds it took."""
