@@ -134,8 +134,7 @@ class VoiceManager:
         see, as if it did not exist. Blocking."""
         principal = current_principal.get()
         if principal is not None and not self.store.meta(engine, name).visible_to(principal):
-            shown = [other for other in available() if self.store.meta(engine, other).visible_to(principal)]
-            raise VoiceNotFound(name, shown, engine)
+            raise VoiceNotFound(name, self.visible(engine, available()), engine)
 
     async def _find(self, id_: str) -> tuple[str, Engine, str, VoiceMeta]:
         """(engine name, engine, voice name, its meta) of a voice the caller may see."""
