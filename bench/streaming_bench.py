@@ -17,34 +17,33 @@ Measured, alternately so drift hits every side equally (medians over --rounds):
                 what no server can beat. Targets: stream within 30 ms of the floor, and >= 3x sooner
                 than /tts.
 * voice to voice: end of speech (the frame holding the last loud sample, sent in real time) -> the
-  final transcript -> POST /tts/stream (reply true) -> its first audio byte, with each stage.
+  final transcript -> POST /tts/stream (reply true) -> its first audio byte, with each stage, for
+  `silence` at 600 ms (with and without speculative finals) and `smart_turn` with speculative finals
+  (bench/voice_turn.py). Goal: <= 900 ms with smart_turn.
 
-    python -m bench.streaming_bench [--rounds 5] [--turns 3] [--no-voice]
+    python -m bench.streaming_bench [--rounds 5] [--turns 3] [--no-voice] [--smart-turn-model PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
-import numpy as np
 
 from bench.costed_piper_voice import VOICE_NAME, build_costed_voice, cache_dir
+from bench.voice_turn import print_turns, run_turns
 from core.config import Settings
-from core.llm import OllamaClient
+from core.llm import OllamaClient, chat_messages
 from core.text import SpeechSplitter
+from stt.smart_turn import fetch as fetch_smart_turn
 from tests.fixtures.ollama_double import OllamaDouble, ollama_double
 from tests.fixtures.server import run_server
 
@@ -58,8 +57,6 @@ TOKEN_RATE = 30.0
 FLOOR_SLACK_S = 0.030
 SPEEDUP_TARGET = 3.0
 QUESTION = "What is the weather like today?"
-FRAME_MS = 20
-SPEECH_LEVEL = 0.02
 
 
 def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Settings:
@@ -144,7 +141,7 @@ def floor_once(settings: Settings, voice: Any) -> tuple[float, float, str]:
         llm = OllamaClient(settings.llm)
         splitter = SpeechSplitter(settings.tts.first_fragment_min_words, settings.tts.first_fragment_max_words)
         started = time.perf_counter()
-        stream = llm.stream_reply(QUESTION)
+        stream = llm.stream_reply(chat_messages(settings.llm.system_prompt, [], QUESTION))
         try:
             async for piece in stream:
                 for fragment in splitter.feed(piece):
@@ -164,100 +161,6 @@ def floor_once(settings: Settings, voice: Any) -> tuple[float, float, str]:
     return until_fragment, synthesis, fragment
 
 
-# -- voice to voice ------------------------------------------------------------------------------
-
-
-def speech_frames(sample_rate: int) -> tuple[list[bytes], int, float]:
-    """Real-time PCM16 frames of QUESTION spoken by espeak-ng, the index of the frame holding the last
-    loud sample, and the speech's length in seconds."""
-    from core.audio import float32_to_pcm16
-    from tests.fixtures.speech import make_speech
-
-    audio = make_speech(QUESTION, sample_rate=sample_rate, lead_silence_s=0.5, trail_silence_s=2.0)
-    loud = np.flatnonzero(np.abs(audio) >= SPEECH_LEVEL)
-    step = sample_rate * FRAME_MS // 1000
-    pcm = float32_to_pcm16(audio)
-    frames = [pcm[i * 2 : (i + step) * 2] for i in range(0, len(audio), step)]
-    return frames, int(loud[-1]) // step, (loud[-1] - loud[0]) / sample_rate
-
-
-def _is_final(message: dict[str, Any]) -> bool:
-    return message.get("type") in ("transcript", "error", "no_speech")
-
-
-def voice_turn(stt_ws_url: str, tts: httpx.Client, sample_rate: int) -> dict[str, Any]:
-    from websockets.sync.client import connect
-
-    frames, end_frame, _ = speech_frames(sample_rate)
-    got: dict[str, Any] = {}
-    done = threading.Event()
-    with connect(stt_ws_url, open_timeout=10, close_timeout=5) as ws:
-        ready = json.loads(ws.recv(timeout=30))
-        if ready.get("type") != "ready":
-            raise SystemExit(f"/ws/stt did not open a session: {ready}")
-
-        def read() -> None:
-            for raw in ws:
-                message = json.loads(raw)
-                if _is_final(message):
-                    got["at"], got["message"] = time.perf_counter(), message
-                    done.set()
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        start = time.perf_counter()
-        speech_end = 0.0
-        for index, frame in enumerate(frames):
-            if done.is_set():
-                break
-            delay = start + (index + 1) * FRAME_MS / 1000 - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            ws.send(frame)
-            if index == end_frame:
-                speech_end = time.perf_counter()
-        if not done.wait(30):
-            raise SystemExit("no transcript from /ws/stt")
-        message = got["message"]
-        if message["type"] != "transcript":
-            raise SystemExit(f"/ws/stt answered {message}")
-        transcript_at = got["at"]
-        # The random-weight Whisper writes garbage (or nothing); the Ollama double answers anyway.
-        text = message.get("text", "").strip() or QUESTION
-        asked = time.perf_counter()
-        first_audio, timing = ttfa_stream(tts, text)
-        audio_at = asked + first_audio
-    stt_timings = message.get("timings") or {}
-    return {
-        "total": audio_at - speech_end,
-        "speech_end_to_transcript": transcript_at - speech_end,
-        "transcribe": float(message.get("transcribe_seconds", 0.0)),
-        "transcript_to_request": asked - transcript_at,
-        "tts_first_audio": first_audio,
-        "llm_ttft": timing.get("llm_ttft", 0.0) / 1000,
-        "tts_first_synthesis": timing.get("tts", 0.0) / 1000,
-        "queue": timing.get("queue", 0.0) / 1000,
-        "server_ttfa": timing.get("ttfa", 0.0) / 1000,
-        "stt_timings": stt_timings,
-    }
-
-
-@contextmanager
-def stt_service(settings: Settings) -> Iterator[Any]:
-    from stt.server import create_app as create_stt_app
-
-    app = create_stt_app(settings)
-    with run_server(app) as server:
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=server.http_url, timeout=5) as client:
-            while not client.get("/health").json().get("whisper_loaded"):
-                if time.monotonic() > deadline:
-                    raise SystemExit("the STT model did not load")
-                time.sleep(0.1)
-        yield server
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -270,6 +173,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="TTFA samples per side (default 5)")
     parser.add_argument("--turns", type=int, default=3, help="voice-to-voice turns (default 3)")
     parser.add_argument("--no-voice", action="store_true", help="skip the voice-to-voice part (no STT model)")
+    parser.add_argument("--smart-turn-model", type=Path, help="the Smart Turn ONNX file (default: fetched into the bench cache)")
     args = parser.parse_args()
 
     from piper import PiperVoice
@@ -313,12 +217,10 @@ def main() -> int:
                 first_synth.append(synth)
                 floors.append(until + synth)
 
-            turns: list[dict[str, Any]] = []
+            turns: dict[str, list[dict[str, Any]]] = {}
             if whisper_dir is not None:
-                with stt_service(settings) as stt_server:
-                    url = f"{stt_server.ws_url}/ws/stt"
-                    voice_turn(url, client, settings.stt.sample_rate)  # warm-up
-                    turns = [voice_turn(url, client, settings.stt.sample_rate) for _ in range(args.turns)]
+                model = args.smart_turn_model or fetch_smart_turn(cache_dir() / "smart-turn-v3.2-cpu.onnx")
+                turns = run_turns(settings, model, QUESTION, args.turns, lambda text: ttfa_stream(client, text))
 
     median = statistics.median
     whole_m, stream_m, floor_m = median(whole), median(streamed), median(floors)
@@ -349,23 +251,7 @@ def main() -> int:
     print(f"/tts / stream: {speedup:.1f}x sooner (target >= {SPEEDUP_TARGET:g}x): {'met' if ok_speedup else 'MISSED'}")
     if turns:
         print()
-        print(f"voice to voice (end of speech -> first reply audio byte), {len(turns)} turns, medians:")
-        rows = (
-            ("total", "total"),
-            ("  end of speech -> final transcript", "speech_end_to_transcript"),
-            ("    of which transcription (server)", "transcribe"),
-            ("  transcript -> request sent", "transcript_to_request"),
-            ("  request -> first audio byte (/tts/stream)", "tts_first_audio"),
-            ("    LLM time to first token", "llm_ttft"),
-            ("    waiting for a worker", "queue"),
-            ("    synthesis of the first fragment", "tts_first_synthesis"),
-            ("    server time to first audio", "server_ttfa"),
-        )
-        for label, key in rows:
-            values = [turn[key] for turn in turns]
-            print(f"{label:<44}{_ms(median(values)):>10} {_ms(min(values)):>10} {_ms(max(values)):>10}")
-        if turns[-1]["stt_timings"]:
-            print(f"  STT timings of the last turn: {turns[-1]['stt_timings']}")
+        print_turns(turns)
     return 0 if ok_floor and ok_speedup else 1
 
 
