@@ -7,7 +7,8 @@ bench/peers_bench.py on which ours was behind.
 2. Concurrency: 8 syntheses of the sentence by 1, 2 and 4 threads sharing one voice (what wyoming-piper's
    global lock, our tts.max_concurrent: 2 and piper-http's threaded Flask do), with onnxruntime's default
    threads and with tts.piper.threads-style sessions (intra_op threads set, inter_op 1), and with the
-   intra-op pool's spinning off.
+   intra-op pool's spinning off, and with the engine's adaptive sessions (tts/engines/piper_sessions.py:
+   all cores for a lone synthesis, one each while several run).
 
     python -m bench.piper_probe [--rounds 10]
 """
@@ -30,7 +31,9 @@ from piper.config import PiperConfig
 
 from bench.costed_piper_voice import build_costed_voice
 from bench.wyoming_bench import SENTENCE
+from core.priority import available_cores
 from core.text import SpeechSplitter
+from tts.engines.piper_sessions import SynthesisLoad, load_aware_session
 
 JOBS = 8
 
@@ -50,10 +53,26 @@ def voice_with(model: Path, threads: int | None, spinning: bool = True) -> Piper
     return PiperVoice(config=config, session=session)
 
 
+LOAD = SynthesisLoad()
+"""Counts every synthesis of this probe, as PiperEngine counts its own: the adaptive voice picks its sessions by it."""
+
+
+def adaptive_voice(model: Path) -> PiperVoice:
+    """The voice as PiperEngine builds it with tts.piper.adaptive_threads: all cores alone, one each when shared."""
+    config = PiperConfig.from_dict(json.loads(Path(f"{model}.json").read_text(encoding="utf-8")))
+    session = load_aware_session(model, LOAD, max(1, available_cores() // 2))
+    if session is None:
+        raise SystemExit(f"{model}: its shared sessions do not speak as a plain session does")
+    return PiperVoice(config=config, session=session)  # type: ignore[arg-type]
+
+
 def speak(voice: PiperVoice, texts: list[str]) -> tuple[float, float]:
     """(seconds, seconds of audio) of synthesizing `texts` one after another."""
     started = time.perf_counter()
-    samples = sum(len(chunk.audio_float_array) for text in texts for chunk in voice.synthesize(text))
+    samples = 0
+    for text in texts:
+        with LOAD.run():
+            samples += sum(len(chunk.audio_float_array) for chunk in voice.synthesize(text))
     return time.perf_counter() - started, samples / voice.config.sample_rate
 
 
@@ -115,6 +134,7 @@ def concurrency(model: Path, rounds: int) -> None:
         "intra_op 1 (tts.piper.threads: 1)": voice_with(model, 1),
         "intra_op 2 (tts.piper.threads: 2)": voice_with(model, 2),
         "default threads, spinning off": voice_with(model, None, spinning=False),
+        "adaptive (tts.piper.adaptive_threads)": adaptive_voice(model),
     }
     cases = [(name, threads) for name in sessions for threads in (1, 2, 4)]
     rates: dict[tuple[str, int], list[float]] = {case: [] for case in cases}

@@ -23,7 +23,13 @@ class PiperSettings(Section):
     """Run Piper voices on CUDA through onnxruntime-gpu."""
     threads: int = Field(0, ge=0, le=256)
     """onnxruntime threads per synthesis; 0 lets onnxruntime choose (one per core). With several workers
-    on few cores, cores / tts.max_concurrent avoids oversubscription."""
+    on few cores, cores / tts.max_concurrent avoids oversubscription (but a lone request then runs on fewer
+    cores): tts.piper.adaptive_threads has both."""
+    adaptive_threads: bool = False
+    """With threads 0, on CPU and tts.max_concurrent above 1: a synthesis that runs alone uses every core, and
+    while several run each uses cores / tts.max_concurrent, so concurrent requests do not oversubscribe the
+    cores. Each voice then holds two onnxruntime sessions over one copy of its weights: about 85 MB more
+    resident memory for a medium voice."""
     cache_size: int = Field(4, ge=1, le=64)
     """Piper voices kept loaded in memory; the least recently used one is dropped first."""
     speaker_id: int | None = Field(None, ge=0)

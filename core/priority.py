@@ -1,4 +1,5 @@
-"""Background work at a lower CPU priority than the event loop, so the loop and short calls keep pace.
+"""The cores this process may use, and background work at a lower CPU priority than the event loop, so
+the loop and short calls keep pace.
 
 On Linux a thread's nice value is its own (setpriority on its thread id) and every thread it starts
 inherits it. A model built from a thread that lowered its priority therefore runs all of its worker
@@ -15,6 +16,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity and cpusets respected where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def build_at_nice(build: Callable[[], T], nice: int) -> T:

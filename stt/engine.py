@@ -20,7 +20,7 @@ import numpy as np
 
 from core.config import SttSettings
 from core.logging import get_logger
-from core.priority import build_at_nice
+from core.priority import available_cores, build_at_nice
 
 log = get_logger(__name__)
 
@@ -131,13 +131,6 @@ def add_windows_cuda_dll_dirs() -> list[Path]:
         os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
         log.info("cuda_dll_directory_added", path=str(directory))
     return added
-
-
-def available_cores() -> int:
-    """Cores this process may run on (affinity and cpusets respected where the OS says)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def cpu_threads(stt: SttSettings) -> int:

@@ -17,7 +17,9 @@ from typing import Any
 from core.config import Settings, TtsSettings
 from core.errors import EngineError, InvalidRequest, VoiceNotFound
 from core.logging import get_logger
+from core.priority import available_cores
 from tts.engines.base import AudioChunk, Engine, EngineStartError, VoiceInfo
+from tts.engines.piper_sessions import SynthesisLoad, load_aware_session
 from tts.voices import (
     Downloader,
     check_voice_name,
@@ -45,6 +47,9 @@ class PiperEngine(Engine):
         self._loading: dict[str, threading.Lock] = {}
         """One lock per voice name, held while that voice loads (names are checked voice names: few)."""
         self._use_cuda = tts.piper.use_cuda
+        self._synthesis_load = SynthesisLoad()
+        """The syntheses under way in all of this engine's voices, by which their ONNX runs pick a session."""
+        self._max_concurrent = tts.max_concurrent
 
     @classmethod
     def own_default_voice(cls, tts: TtsSettings) -> str:
@@ -126,11 +131,17 @@ class PiperEngine(Engine):
     def _load(self, model: Path, config: Path):  # -> PiperVoice
         from piper import PiperVoice
 
+        narrow = max(1, available_cores() // self._max_concurrent)
+        adaptive = self.settings.adaptive_threads and not self.settings.threads and not self._use_cuda
+        if adaptive and narrow < available_cores():
+            session = load_aware_session(model, self._synthesis_load, narrow)
+            if session is not None:
+                return PiperVoice(config=self._piper_config(config), session=session)  # type: ignore[arg-type]
+            log.warning("piper_shared_sessions_unusable", model=str(model), action="one session on default threads")
         if not self.settings.threads:
             return PiperVoice.load(model, config_path=config, use_cuda=self._use_cuda)
         # PiperVoice.load takes no session options; build the same voice with a thread count.
         import onnxruntime
-        from piper.config import PiperConfig
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.settings.threads
@@ -141,9 +152,15 @@ class PiperEngine(Engine):
             else ["CPUExecutionProvider"]
         )
         return PiperVoice(
-            config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))),
+            config=self._piper_config(config),
             session=onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers),
         )
+
+    @staticmethod
+    def _piper_config(config: Path):  # -> PiperConfig
+        from piper.config import PiperConfig
+
+        return PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
 
     def _config(self, name: str) -> dict[str, Any]:
         """A voice's .onnx.json, read without loading the voice."""
@@ -215,8 +232,9 @@ class PiperEngine(Engine):
             noise_scale=self.settings.noise_scale,
             noise_w_scale=self.settings.noise_w_scale,
         )
-        for chunk in piper_voice.synthesize(text, syn_config=config):
-            yield AudioChunk(chunk.audio_float_array, chunk.sample_rate, text)
+        with self._synthesis_load.run():
+            for chunk in piper_voice.synthesize(text, syn_config=config):
+                yield AudioChunk(chunk.audio_float_array, chunk.sample_rate, text)
 
     def load_voice(self, voice: str) -> None:
         self._voice(voice)
