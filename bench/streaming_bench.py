@@ -18,8 +18,8 @@ Measured, alternately so drift hits every side equally (medians over --rounds):
                 than /tts.
 * voice to voice: end of speech (the frame holding the last loud sample, sent in real time) -> the
   final transcript -> POST /tts/stream (reply true) -> its first audio byte, with each stage, for
-  `silence` at 600 ms (with and without speculative finals) and `smart_turn` with speculative finals
-  (bench/voice_turn.py). Goal: <= 900 ms with smart_turn.
+  `silence` at 600 ms (with and without speculative finals) and `smart_turn` with speculative finals,
+  with partials on and off (bench/voice_turn.py). Goal: <= 900 ms with smart_turn.
 
     python -m bench.streaming_bench [--rounds 5] [--turns 3] [--no-voice] [--smart-turn-model PATH]
 """

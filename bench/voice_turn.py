@@ -98,6 +98,8 @@ def _final_message(ws: Any, frames: list[bytes], end_frame: int) -> tuple[dict[s
             speech_end = time.perf_counter()
     if not done.wait(30):
         raise SystemExit("no transcript from /ws/stt")
+    if not speech_end:
+        raise SystemExit(f"/ws/stt answered before the end of speech: {got['message']}")
     if got["message"]["type"] != "transcript":
         raise SystemExit(f"/ws/stt answered {got['message']}")
     return got["message"], speech_end, got["at"]

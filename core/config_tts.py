@@ -28,7 +28,8 @@ class PiperSettings(Section):
     adaptive_threads: bool = False
     """With threads 0, on CPU and tts.max_concurrent above 1: a synthesis that runs alone uses every core, and
     while several run each uses cores / tts.max_concurrent, so concurrent requests do not oversubscribe the
-    cores. Each voice then holds two onnxruntime sessions over one copy of its weights: about 85 MB more
+    cores (speech jobs rendered in this process, jobs.workers, run beside them and are not in that share).
+    Each voice then holds two onnxruntime sessions over one copy of its weights: about 85 MB more
     resident memory for a medium voice."""
     cache_size: int = Field(4, ge=1, le=64)
     """Piper voices kept loaded in memory; the least recently used one is dropped first."""

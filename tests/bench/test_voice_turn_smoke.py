@@ -32,8 +32,7 @@ def test_every_turn_config_gives_a_transcript_to_the_reply_side(make_settings: C
         (turn,) = turns
         assert {key for _, key in ROWS} <= set(turn)
         assert turn["tts_first_audio"] == 0.25 and turn["server_ttfa"] == 0.24
-        # The transcript comes after the last speech frame, and the total holds it and the reply's first audio.
-        assert 0 < turn["speech_end_to_transcript"] < turn["total"]
-        assert turn["total"] >= turn["speech_end_to_transcript"] + turn["tts_first_audio"]
+        # Measured from the last speech frame sent (not from zero), and the server transcribed something.
+        assert 0 < turn["speech_end_to_transcript"] < 30 and turn["transcribe"] > 0
     smart = results["smart_turn + speculative"][0]["stt_timings"]
     assert "turn_probability" in smart and "turn_probability" not in results["silence 600"][0]["stt_timings"]

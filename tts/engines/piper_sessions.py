@@ -26,6 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from core.logging import get_logger
+
+log = get_logger(__name__)
+
 SHARED_MIN_ELEMENTS = 1024
 """Float initializers of at least this many elements are shared between the sessions: all but ~1% of a
 VITS voice's bytes."""
@@ -55,7 +59,7 @@ class SynthesisLoad:
                 self._running -= 1
 
     def shared(self) -> bool:
-        """Whether another synthesis runs beside the caller's (an ONNX run outside any synthesis counts as one)."""
+        """Whether another synthesis runs beside the caller's (a run outside any synthesis is not counted)."""
         return self._running > 1
 
 
@@ -99,7 +103,11 @@ def load_aware_session(model: Path, load: SynthesisLoad, narrow_threads: int) ->
             options.add_initializer(name, value)
         return onnxruntime.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
 
-    wide, narrow = session(0), session(narrow_threads)
+    try:
+        wide, narrow = session(0), session(narrow_threads)
+    except Exception as exc:  # onnxruntime's own error types; the caller then loads the voice plainly
+        log.warning("piper_shared_sessions_failed", model=str(model), error=str(exc))
+        return None
     plain = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     if not all(_same_audio(plain, candidate) for candidate in (wide, narrow)):
         return None
