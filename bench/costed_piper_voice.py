@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from bench.stt_bench import default_cache_dir
 from tests.fixtures.piper_voice import voice_config
 
 BUILDER_VERSION = "costed-piper-medium-1"
@@ -29,14 +29,9 @@ FRAMES_PER_ID = 2.5
 """exp(duration logit): each phoneme id lasts ceil(2.5 * length_scale) frames."""
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("VOICE_ASSISTANT_BENCH_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "voice-assistant-bench"
-
-
 def build_costed_voice(voices_dir: Path | None = None, *, seed: int = 1234) -> Path:
     """The voice's .onnx path, building it first when the cache lacks this builder version."""
-    voices_dir = voices_dir or cache_dir() / "piper"
+    voices_dir = voices_dir or default_cache_dir() / "piper"
     model_path = voices_dir / f"{VOICE_NAME}.onnx"
     marker = voices_dir / f".{VOICE_NAME}.version"
     if model_path.is_file() and marker.is_file() and marker.read_text() == BUILDER_VERSION:

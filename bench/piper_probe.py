@@ -8,7 +8,7 @@ bench/peers_bench.py on which ours was behind.
    global lock, our tts.max_concurrent: 2 and piper-http's threaded Flask do), with onnxruntime's default
    threads and with tts.piper.threads-style sessions (intra_op threads set, inter_op 1), and with the
    intra-op pool's spinning off, and with the engine's adaptive sessions (tts/engines/piper_sessions.py:
-   all cores for a lone synthesis, one each while several run).
+   all cores for a lone synthesis, a share of them each while several run).
 
     python -m bench.piper_probe [--rounds 10]
 """
@@ -58,7 +58,7 @@ LOAD = SynthesisLoad()
 
 
 def adaptive_voice(model: Path) -> PiperVoice:
-    """The voice as PiperEngine builds it with tts.piper.adaptive_threads: all cores alone, one each when shared."""
+    """The voice as PiperEngine builds it with tts.piper.adaptive_threads: all cores alone, a share when shared."""
     config = PiperConfig.from_dict(json.loads(Path(f"{model}.json").read_text(encoding="utf-8")))
     session = load_aware_session(model, LOAD, max(1, available_cores() // 2))
     if session is None:

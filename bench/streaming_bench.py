@@ -38,12 +38,13 @@ from typing import Any
 import anyio
 import httpx
 
-from bench.costed_piper_voice import VOICE_NAME, build_costed_voice, cache_dir
+from bench.costed_piper_voice import VOICE_NAME, build_costed_voice
+from bench.stt_bench import default_cache_dir
+from bench.turn_bench import cached_model as cached_smart_turn_model
 from bench.voice_turn import print_turns, run_turns
 from core.config import Settings
 from core.llm import OllamaClient, chat_messages
 from core.text import SpeechSplitter
-from stt.smart_turn import fetch as fetch_smart_turn
 from tests.fixtures.ollama_double import OllamaDouble, ollama_double
 from tests.fixtures.server import run_server
 
@@ -186,7 +187,7 @@ def main() -> int:
     if not args.no_voice:
         from tests.fixtures.whisper_model import build_whisper_model
 
-        whisper_dir = build_whisper_model(cache_dir() / "whisper-tiny", shape="tiny")
+        whisper_dir = build_whisper_model(default_cache_dir() / "whisper-tiny", shape="tiny")
 
     double: OllamaDouble
     with ollama_double() as double:
@@ -219,7 +220,7 @@ def main() -> int:
 
             turns: dict[str, list[dict[str, Any]]] = {}
             if whisper_dir is not None:
-                model = args.smart_turn_model or fetch_smart_turn(cache_dir() / "smart-turn-v3.2-cpu.onnx")
+                model = args.smart_turn_model or cached_smart_turn_model()
                 turns = run_turns(settings, model, QUESTION, args.turns, lambda text: ttfa_stream(client, text))
 
     median = statistics.median

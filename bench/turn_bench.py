@@ -288,6 +288,11 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cached_model() -> Path:
+    """The Smart Turn model in the bench cache, fetched from the pipecat-ai wheel when it is missing."""
+    return fetch(default_cache_dir() / "smart-turn-v3.2-cpu.onnx")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.turn_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -302,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.logging import configure_logging
 
     configure_logging(LoggingSettings(level="warning"), "bench")
-    model_path = args.model or fetch(default_cache_dir() / "smart-turn-v3.2-cpu.onnx")
+    model_path = args.model or cached_model()
     result = run_bench(model_path, sources, args.limit)
     result["verdicts"] = {source: verdict(result["results"], source) for source in sources}
     print(json.dumps(result, indent=2) if args.json else format_table(result))

@@ -131,9 +131,10 @@ class PiperEngine(Engine):
     def _load(self, model: Path, config: Path):  # -> PiperVoice
         from piper import PiperVoice
 
-        narrow = max(1, available_cores() // self._max_concurrent)
+        cores = available_cores()
+        narrow = max(1, cores // self._max_concurrent)
         adaptive = self.settings.adaptive_threads and not self.settings.threads and not self._use_cuda
-        if adaptive and narrow < available_cores():
+        if adaptive and narrow < cores:
             session = load_aware_session(model, self._synthesis_load, narrow)
             if session is not None:
                 return PiperVoice(config=self._piper_config(config), session=session)  # type: ignore[arg-type]
