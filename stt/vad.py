@@ -6,9 +6,10 @@ state and 64-sample context carried over gives exactly the probabilities of the 
 
 faster-whisper's Silero graph runs its LSTM over the windows of one stream in sequence (batch 1), so
 it cannot score two streams in one call. `_batched_session` loads the same graph with one node
-changed: the encoder's windows go to the LSTM as a batch of one time step each, with a state per
-batch row. One call then scores the next window of every session at once (`score_batch`): 64
-real-time streams cost about 31 model calls a second instead of 2,000.
+changed (stt/vad_graph.py, built in a child process): the encoder's windows go to the LSTM as a batch
+of one time step each, with a state per batch row. One call then scores the next window of every
+session at once (`score_batch`): 64 real-time streams cost about 31 model calls a second instead of
+2,000.
 A single stream keeps faster-whisper's graph, which scores all its windows in one call.
 Blocking (onnxruntime): callers run `process` and `score_batch` in a worker thread.
 """
@@ -21,6 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.logging import get_logger
+from stt import vad_graph
+
+logger = get_logger(__name__)
+
 WINDOW_SAMPLES = 512
 """Silero's window at 16 kHz: 32 ms."""
 _CONTEXT_SAMPLES = 64
@@ -30,33 +36,27 @@ _HIDDEN = 128
 @functools.cache
 def _batched_session() -> object:
     """faster-whisper's Silero v6 with a batch of streams instead of a sequence of windows (one per process)."""
-    import onnx
     import onnxruntime
     from faster_whisper.utils import get_assets_path
 
-    model = onnx.load(f"{get_assets_path()}/silero_vad_v6.onnx")
-    graph = model.graph
-    lstm = next(node for node in graph.node if node.op_type == "LSTM")
-    to_lstm = next(node for node in graph.node if node.op_type == "Transpose" and node.output[0] == lstm.input[0])
-    perm = next(attribute for attribute in to_lstm.attribute if attribute.name == "perm")
-    # Encoder output [streams, 128, 1]: was [streams, 1, 128] (a sequence of windows of one stream),
-    # now [1, streams, 128] (one time step of many streams). The decoder after the LSTM is per-row either way.
-    perm.ints[:] = [2, 0, 1]
-    for value in [*graph.input, *graph.output]:
-        if value.name in ("h", "c", "hn", "cn"):
-            value.type.tensor_type.shape.dim[1].dim_param = "streams"
+    source = f"{get_assets_path()}/silero_vad_v6.onnx"
+    try:
+        model = vad_graph.build_in_child(source)
+    except vad_graph.GraphBuildError as exc:
+        # Batched scoring is worth the memory onnx costs here: 64 streams would otherwise cost 2,000 calls a second.
+        logger.warning("vad_graph_child_failed", error=str(exc), fallback="built in this process (+16 MB)")
+        model = vad_graph.batched_graph(source)
     options = onnxruntime.SessionOptions()
     # As faster-whisper's own session: one thread; the VAD worker pool (stt.vad_workers) gives the parallelism.
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = 1
     options.log_severity_level = 4
-    return onnxruntime.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"], sess_options=options
-    )
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"], sess_options=options)
 
 
 def load() -> None:
-    """Build the batched model now (about 50 ms), so the first session does not pay for it."""
+    """Build the batched model now (about half a second, in a child process), so the first session does not
+    pay for it. Blocking."""
     _batched_session()
 
 
