@@ -110,3 +110,13 @@ def build_costed_voice(voices_dir: Path | None = None, *, seed: int = 1234) -> P
 
 if __name__ == "__main__":
     print(build_costed_voice())  # noqa: T201 (a command-line tool's answer)
+
+
+def bench_voice(kind: str, cache: Path) -> tuple[Path, str]:
+    """(voices folder, voice name): this costed medium voice, or the test suite's toy voice (no torch needed)."""
+    if kind == "costed":
+        return build_costed_voice().parent, VOICE_NAME
+    from tests.fixtures.piper_voice import build_piper_voice
+
+    build_piper_voice(cache / "toy-voices", "en_US-test-medium")
+    return cache / "toy-voices", "en_US-test-medium"

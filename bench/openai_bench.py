@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.costed_piper_voice import VOICE_NAME, build_costed_voice
+from bench.costed_piper_voice import bench_voice
 from bench.stt_bench import default_cache_dir
 from core.audio import float32_to_pcm16, wav_bytes
 from core.config import Settings
@@ -59,16 +59,6 @@ def first_byte(client: httpx.Client, fmt: str) -> float:
             if chunk and not elapsed:
                 elapsed = time.perf_counter() - started
     return elapsed
-
-
-def voice(kind: str, cache: Path) -> tuple[Path, str]:
-    """(voices folder, voice name): the costed medium voice, or the test suite's toy voice."""
-    if kind == "costed":
-        return build_costed_voice().parent, VOICE_NAME
-    from tests.fixtures.piper_voice import build_piper_voice
-
-    build_piper_voice(cache / "toy-voices", "en_US-test-medium")
-    return cache / "toy-voices", "en_US-test-medium"
 
 
 def bench_speech(rounds: int, voices: Path, name: str) -> dict[str, Any]:
@@ -144,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args(argv)
-    speech = bench_speech(args.rounds, *voice(args.voice, args.cache_dir))
+    speech = bench_speech(args.rounds, *bench_voice(args.voice, args.cache_dir))
     files = bench_file(max(1, args.rounds // 2), args.shape, args.seconds, args.cache_dir)
     checks = {
         "mp3_first_byte": speech["ratios"]["mp3"] <= TTFB_TARGET,

@@ -21,7 +21,10 @@ Measured, alternately so drift hits every side equally (medians over --rounds):
   `silence` at 600 ms (with and without speculative finals) and `smart_turn` with speculative finals,
   with partials on and off (bench/voice_turn.py). Goal: <= 900 ms with smart_turn.
 
-    python -m bench.streaming_bench [--rounds 5] [--turns 3] [--no-voice] [--smart-turn-model PATH]
+    python -m bench.streaming_bench [--rounds 5] [--turns 3] [--no-voice] [--smart-turn-model PATH] [--voice costed|toy]
+
+`--voice toy --no-voice` runs the TTS half on the test suite's toy voice (no torch): a smoke run, its figures
+mean nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 import anyio
 import httpx
 
-from bench.costed_piper_voice import VOICE_NAME, build_costed_voice
+from bench.costed_piper_voice import bench_voice
 from bench.stt_bench import default_cache_dir
 from bench.turn_bench import cached_model as cached_smart_turn_model
 from bench.voice_turn import print_turns, run_turns
@@ -60,7 +63,7 @@ SPEEDUP_TARGET = 3.0
 QUESTION = "What is the weather like today?"
 
 
-def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Settings:
+def _settings(voices_dir: Path, voice: str, llm_url: str, whisper_dir: Path | None) -> Settings:
     stt: dict[str, Any] = {}
     if whisper_dir is not None:
         stt = {
@@ -76,7 +79,7 @@ def _settings(voices_dir: Path, llm_url: str, whisper_dir: Path | None) -> Setti
         stt=stt,
         tts={
             "voices_dir": str(voices_dir),
-            "voice": VOICE_NAME,
+            "voice": voice,
             "max_concurrent": 2,
             "queue_timeout_s": 600,
             "piper": {"download": False},
@@ -169,91 +172,108 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
 
 
-def main() -> int:
+ROWS = (
+    ("POST /tts (whole reply)", "whole"),
+    ("POST /tts/stream (client side)", "stream"),
+    ("  in the server (Server-Timing ttfa)", "server_ttfa"),
+    ("    until the first fragment was cut", "server_until_fragment"),
+    ("    synthesis of the first fragment", "server_synthesis"),
+    ("floor: LLM's first fragment + its synthesis", "floor"),
+    ("  LLM until the first fragment", "until_fragment"),
+    ("  direct synthesis of that fragment", "first_synthesis"),
+)
+"""(label, key) of each time-to-first-audio figure, in the order printed."""
+
+
+def tts_rounds(client: httpx.Client, settings: Settings, voice: Any, rounds: int) -> tuple[dict[str, list[float]], str]:
+    """Each figure of ROWS per round, sides alternating within a round; and the floor's first fragment."""
+    ttfa_whole(client)  # warm both paths and the voice
+    ttfa_stream(client)
+    floor_once(settings, voice)
+    figures: dict[str, list[float]] = {key: [] for _, key in ROWS}
+    fragment = ""
+    for _ in range(rounds):
+        figures["whole"].append(ttfa_whole(client))
+        seconds, timing = ttfa_stream(client)
+        figures["stream"].append(seconds)
+        ttfa, synthesis, queue = (timing.get(name, 0.0) / 1000 for name in ("ttfa", "tts", "queue"))
+        figures["server_ttfa"].append(ttfa)
+        figures["server_synthesis"].append(synthesis)
+        figures["server_until_fragment"].append(ttfa - synthesis - queue)
+        until, synth, fragment = floor_once(settings, voice)
+        figures["until_fragment"].append(until)
+        figures["first_synthesis"].append(synth)
+        figures["floor"].append(until + synth)
+    return figures, fragment
+
+
+def print_tts(figures: dict[str, list[float]], fragment: str, voice: str, rounds: int) -> bool:
+    """The table, and whether both targets were met."""
+    median = statistics.median
+    words = len(REPLY.split())
+    print(f"reply: {words} words at {TOKEN_RATE:g} tokens/s from the Ollama double ({words / TOKEN_RATE:.1f} s)")
+    print(f"voice: {voice}; tts.max_concurrent 2; medians of {rounds} rounds")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"first fragment ({len(fragment.split())} words): {fragment!r}")
+    print()
+    print(f"{'time to first audio':<44}{'median':>10}{'min':>11}{'max':>11}")
+    for label, key in ROWS:
+        values = figures[key]
+        print(f"{label:<44}{_ms(median(values)):>10} {_ms(min(values)):>10} {_ms(max(values)):>10}")
+    gap = median(figures["stream"]) - median(figures["floor"])
+    speedup = median(figures["whole"]) / median(figures["stream"])
+    ok_floor = gap <= FLOOR_SLACK_S
+    ok_speedup = speedup >= SPEEDUP_TARGET
+    print()
+    print(f"stream - floor: {gap * 1000:+.1f} ms (target <= {FLOOR_SLACK_S * 1000:.0f} ms): {'met' if ok_floor else 'MISSED'}")
+    print(f"/tts / stream: {speedup:.1f}x sooner (target >= {SPEEDUP_TARGET:g}x): {'met' if ok_speedup else 'MISSED'}")
+    return ok_floor and ok_speedup
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="TTFA samples per side (default 5)")
     parser.add_argument("--turns", type=int, default=3, help="voice-to-voice turns (default 3)")
     parser.add_argument("--no-voice", action="store_true", help="skip the voice-to-voice part (no STT model)")
     parser.add_argument("--smart-turn-model", type=Path, help="the Smart Turn ONNX file (default: fetched into the bench cache)")
-    args = parser.parse_args()
+    parser.add_argument("--voice", choices=("costed", "toy"), default="costed",
+                        help="the costed medium voice (needs torch), or the test suite's toy voice (a smoke run)")  # fmt: skip
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    args = parser.parse_args(argv)
 
     from piper import PiperVoice
 
     from tts.server import create_app
 
-    model_path = build_costed_voice()
-    voices_dir = model_path.parent
+    voices_dir, voice_name = bench_voice(args.voice, args.cache_dir)
     whisper_dir = None
     if not args.no_voice:
         from tests.fixtures.whisper_model import build_whisper_model
 
-        whisper_dir = build_whisper_model(default_cache_dir() / "whisper-tiny", shape="tiny")
+        whisper_dir = build_whisper_model(args.cache_dir / "whisper-tiny", shape="tiny")
 
     double: OllamaDouble
     with ollama_double() as double:
         behaviour = double.behaviour
         behaviour.reply, behaviour.tokens = REPLY, "words"
         behaviour.token_rate, behaviour.first_token_s = TOKEN_RATE, 1 / TOKEN_RATE
-        settings = _settings(voices_dir, double.url, whisper_dir)
-        voice = PiperVoice.load(model_path)
+        settings = _settings(voices_dir, voice_name, double.url, whisper_dir)
+        voice = PiperVoice.load(voices_dir / f"{voice_name}.onnx")
         app = create_app(settings)
         logging.getLogger().setLevel(logging.WARNING)
         with run_server(app) as server, httpx.Client(base_url=server.http_url, timeout=120) as client:
             wait_engine(app)
-            ttfa_whole(client)  # warm both paths and the voice
-            ttfa_stream(client)
-            floor_once(settings, voice)
-            whole, streamed, floors, until_fragment, first_synth, server_side = [], [], [], [], [], []
-            server_synth, server_until = [], []
-            fragment = ""
-            for _ in range(args.rounds):
-                whole.append(ttfa_whole(client))
-                seconds, timing = ttfa_stream(client)
-                streamed.append(seconds)
-                server_side.append(timing.get("ttfa", 0.0) / 1000)
-                server_synth.append(timing.get("tts", 0.0) / 1000)
-                server_until.append((timing.get("ttfa", 0.0) - timing.get("tts", 0.0) - timing.get("queue", 0.0)) / 1000)
-                until, synth, fragment = floor_once(settings, voice)
-                until_fragment.append(until)
-                first_synth.append(synth)
-                floors.append(until + synth)
-
+            figures, fragment = tts_rounds(client, settings, voice, args.rounds)
             turns: dict[str, list[dict[str, Any]]] = {}
             if whisper_dir is not None:
                 model = args.smart_turn_model or cached_smart_turn_model()
                 turns = run_turns(settings, model, QUESTION, args.turns, lambda text: ttfa_stream(client, text))
 
-    median = statistics.median
-    whole_m, stream_m, floor_m = median(whole), median(streamed), median(floors)
-    words = len(REPLY.split())
-    print(f"reply: {words} words at {TOKEN_RATE:g} tokens/s from the Ollama double ({words / TOKEN_RATE:.1f} s)")
-    print(f"voice: costed synthetic medium Piper voice; tts.max_concurrent 2; medians of {args.rounds} rounds")
-    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"first fragment ({len(fragment.split())} words): {fragment!r}")
-    print()
-    print(f"{'time to first audio':<44}{'median':>10}{'min':>11}{'max':>11}")
-    for label, values in (
-        ("POST /tts (whole reply)", whole),
-        ("POST /tts/stream (client side)", streamed),
-        ("  in the server (Server-Timing ttfa)", server_side),
-        ("    until the first fragment was cut", server_until),
-        ("    synthesis of the first fragment", server_synth),
-        ("floor: LLM's first fragment + its synthesis", floors),
-        ("  LLM until the first fragment", until_fragment),
-        ("  direct synthesis of that fragment", first_synth),
-    ):
-        print(f"{label:<44}{_ms(median(values)):>10} {_ms(min(values)):>10} {_ms(max(values)):>10}")
-    gap = stream_m - floor_m
-    speedup = whole_m / stream_m
-    ok_floor = gap <= FLOOR_SLACK_S
-    ok_speedup = speedup >= SPEEDUP_TARGET
-    print()
-    print(f"stream - floor: {gap * 1000:+.1f} ms (target <= {FLOOR_SLACK_S * 1000:.0f} ms): {'met' if ok_floor else 'MISSED'}")
-    print(f"/tts / stream: {speedup:.1f}x sooner (target >= {SPEEDUP_TARGET:g}x): {'met' if ok_speedup else 'MISSED'}")
+    met = print_tts(figures, fragment, voice_name, args.rounds)
     if turns:
         print()
         print_turns(turns)
-    return 0 if ok_floor and ok_speedup else 1
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
