@@ -11,7 +11,7 @@ the batch took (peer requests/s over ours), so below 1 is faster there too.
 
 - STT (ours over /ws/stt and over Wyoming, against wyoming-faster-whisper over Wyoming): end of audio ->
   transcript, the utterance streamed in real time and sent at once; 4 clients sending it at once (the
-  median client); the STT process's resident memory (peak and at the end).
+  median client); the STT process's resident memory (peak, and at the end after IDLE_BEFORE_MEMORY_S idle).
 - TTS against piper-http (whole WAV per request): ours `/tts/stream` first audio byte for a sentence and
   a 60-word paragraph, `POST /tts` whole 20-word sentence, requests/s with 4 clients.
 - TTS against wyoming-piper, both streaming (synthesize-start, the text in one chunk, synthesize-stop, as
@@ -45,11 +45,16 @@ from bench.peers_venv import DEFAULT_VENV, peers_python
 from bench.stt_bench import _free_port, _is_final, default_cache_dir
 from bench.wyoming_bench import COMMAND, PARAGRAPH, SENTENCE, SETTLE_S, audio_until, process, ready, transcribe
 from core.audio import float32_to_pcm16
+from core.config import SttSettings
 from tests.fixtures.speech import make_speech
 from tests.fixtures.whisper_model import build_whisper_model
 
 CLIENTS = 4
 REQUESTS_PER_CLIENT = 2
+IDLE_BEFORE_MEMORY_S = SttSettings().trim_memory_after_s + 1.0
+"""Idle time before the memory is read at the end, as a voice assistant spends most of its time between
+conversations: longer than our stt.trim_memory_after_s, after which the memory the transcriptions freed is
+handed back (core/memory.py)."""
 FRAME_BYTES = 3200
 """100 ms of 16 kHz PCM16, what the real-time clients send at a time."""
 Figures = dict[str, dict[str, list[float]]]
@@ -261,6 +266,7 @@ def measure(rounds: int, venv: Path, only: str | None, nice: int, piper_threads:
         asyncio.run(warm_up(bench, only))
         for _ in range(rounds):
             asyncio.run(bench.one_round(only))
+        time.sleep(IDLE_BEFORE_MEMORY_S)
         memory = {name: memory_mb(pids[name]) for name in ("ours_stt", "wyoming_whisper") if name in pids}
     return bench.figures, memory
 

@@ -76,6 +76,8 @@ class SttSettings(Section):
     """Least time between two partial transcripts of an utterance being spoken; 0 turns partials off."""
     vad_workers: int = Field(2, ge=1, le=64)
     """Threads scoring voice activity for all connections (about 1 ms of work per second of audio)."""
+    trim_memory_after_s: float = Field(30.0, ge=0.0, le=3_600.0)
+    """Once the transcription workers have been idle this long, the memory their work freed is handed back to the system (glibc malloc_trim: about 60 MB after two concurrent transcriptions of tiny; the next transcription then takes about 10 ms longer, so the default waits for the end of a conversation); 0 never does."""
     transcribe_nice: int = Field(10, ge=0, le=19)
     """How much lower the CPU priority of the transcription threads is (Linux nice), so the audio intake keeps pace under load; 0: the same."""
     vad_batch_max_size: int = Field(64, ge=1, le=1_024)

@@ -15,7 +15,7 @@ past stt.max_backlog_seconds a new session is refused (1013) instead of joining 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -87,6 +87,23 @@ class TranscriptionPool:
     def release_partial(self, token: object) -> None:
         self._limiter.release_on_behalf_of(token)
         self._notify()
+
+    async def trim_when_idle(self, trim: Callable[[], object], idle_s: float) -> None:
+        """Run `trim` in a thread once no transcription has run for `idle_s` since the last one finished (the
+        memory the workers freed goes back to the system: core/memory.py). Runs until cancelled."""
+        while True:
+            await self._changed.wait()  # a transcription finished
+            while await self._finishes_within(idle_s):
+                pass
+            if self.busy == 0:
+                await anyio.to_thread.run_sync(trim)
+
+    async def _finishes_within(self, seconds: float) -> bool:
+        changed = self._changed
+        with anyio.move_on_after(seconds):
+            await changed.wait()
+            return True
+        return False
 
     @asynccontextmanager
     async def window(self) -> AsyncIterator[None]:

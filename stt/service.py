@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from faster_whisper.vad import get_vad_model
 
-from core import __version__
+from core import __version__, memory
 from core.access import Access
 from core.config import Settings
 from core.errors import Overloaded, ServiceError
@@ -64,6 +64,8 @@ class SttService:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._load_model)
             tasks.start_soon(self.turn_models.load)
+            if self.settings.stt.trim_memory_after_s and memory.trim_available():
+                tasks.start_soon(self.pools.transcribe.trim_when_idle, memory.trim, self.settings.stt.trim_memory_after_s)
             try:
                 yield self
             finally:
