@@ -108,10 +108,6 @@ def build_costed_voice(voices_dir: Path | None = None, *, seed: int = 1234) -> P
     return model_path
 
 
-if __name__ == "__main__":
-    print(build_costed_voice())  # noqa: T201 (a command-line tool's answer)
-
-
 def bench_voice(kind: str, cache: Path) -> tuple[Path, str]:
     """(voices folder, voice name): this costed medium voice, or the test suite's toy voice (no torch needed)."""
     if kind == "costed":
@@ -120,3 +116,8 @@ def bench_voice(kind: str, cache: Path) -> tuple[Path, str]:
 
     build_piper_voice(cache / "toy-voices", "en_US-test-medium")
     return cache / "toy-voices", "en_US-test-medium"
+
+
+if __name__ == "__main__":
+    print(build_costed_voice())  # noqa: T201 (a command-line tool's answer)
+

@@ -266,8 +266,10 @@ def measure(rounds: int, venv: Path, only: str | None, nice: int, piper_threads:
         asyncio.run(warm_up(bench, only))
         for _ in range(rounds):
             asyncio.run(bench.one_round(only))
-        time.sleep(IDLE_BEFORE_MEMORY_S)
-        memory = {name: memory_mb(pids[name]) for name in ("ours_stt", "wyoming_whisper") if name in pids}
+        memory: dict[str, tuple[float, float]] = {}
+        if only != "tts":
+            time.sleep(IDLE_BEFORE_MEMORY_S)
+            memory = {name: memory_mb(pids[name]) for name in ("ours_stt", "wyoming_whisper")}
     return bench.figures, memory
 
 

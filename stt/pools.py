@@ -91,12 +91,15 @@ class TranscriptionPool:
     async def trim_when_idle(self, trim: Callable[[], object], idle_s: float) -> None:
         """Run `trim` in a thread once no transcription has run for `idle_s` since the last one finished (the
         memory the workers freed goes back to the system: core/memory.py). Runs until cancelled."""
+        changed = self._changed
         while True:
-            await self._changed.wait()  # a transcription finished
+            await changed.wait()  # a transcription finished
             while await self._finishes_within(idle_s):
                 pass
+            changed = self._changed
             if self.busy == 0:
                 await anyio.to_thread.run_sync(trim)
+            # A transcription that finished during the trim is waited for again from here (`changed` is set).
 
     async def _finishes_within(self, seconds: float) -> bool:
         changed = self._changed

@@ -64,8 +64,8 @@ class SttService:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._load_model)
             tasks.start_soon(self.turn_models.load)
-            if self.settings.stt.trim_memory_after_s and memory.trim_available():
-                tasks.start_soon(self.pools.transcribe.trim_when_idle, memory.trim, self.settings.stt.trim_memory_after_s)
+            if (idle_s := self.settings.stt.trim_memory_after_s) and memory.trim_available():
+                tasks.start_soon(self.pools.transcribe.trim_when_idle, memory.trim, idle_s)
             try:
                 yield self
             finally:

@@ -36,16 +36,20 @@ _HIDDEN = 128
 @functools.cache
 def _batched_session() -> object:
     """faster-whisper's Silero v6 with a batch of streams instead of a sequence of windows (one per process)."""
-    import onnxruntime
     from faster_whisper.utils import get_assets_path
 
     source = f"{get_assets_path()}/silero_vad_v6.onnx"
     try:
-        model = vad_graph.build_in_child(source)
-    except vad_graph.GraphBuildError as exc:
+        return _session(vad_graph.build_in_child(source))
+    except Exception as exc:  # the child could not run, or wrote something that is not the model
         # Batched scoring is worth the memory onnx costs here: 64 streams would otherwise cost 2,000 calls a second.
-        logger.warning("vad_graph_child_failed", error=str(exc), fallback="built in this process (+16 MB)")
-        model = vad_graph.batched_graph(source)
+        logger.warning("vad_graph_child_failed", error=str(exc), fallback="built in this process (+14 MB)")
+        return _session(vad_graph.batched_graph(source))
+
+
+def _session(model: bytes) -> object:
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     # As faster-whisper's own session: one thread; the VAD worker pool (stt.vad_workers) gives the parallelism.
     options.inter_op_num_threads = 1

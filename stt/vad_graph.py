@@ -1,9 +1,9 @@
 """faster-whisper's Silero v6 graph rewritten to score a batch of streams, built in a child process.
 
 Editing the graph needs the `onnx` package, and importing it costs the process that does so about
-16 MB for good: the STT service never needs it otherwise. So the service runs this file as a script
-(`python stt/vad_graph.py SOURCE`), which writes the rewritten model to stdout, and loads the bytes
-with onnxruntime alone. The script imports nothing from the project, so it runs from any directory.
+14 MB for good: the STT service never needs it otherwise. So the service runs this module in a child
+(`python -m stt.vad_graph SOURCE`), which writes the rewritten model to stdout, and loads the bytes with
+onnxruntime alone.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The child's working directory, so that `-m stt.vad_graph` finds this file from wherever the service runs."""
 _BUILD_TIMEOUT_S = 60.0
 """Generous: the child imports onnx and rewrites a 2 MB graph, about half a second here."""
 
@@ -40,9 +42,12 @@ def batched_graph(source: str) -> bytes:
 
 def build_in_child(source: str) -> bytes:
     """`batched_graph(source)`, computed by a child Python so that this process never imports onnx. Blocking."""
+    if not sys.executable or getattr(sys, "frozen", False):
+        raise GraphBuildError("no Python to run it with (sys.executable is unset, or this is a frozen build)")
     try:
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), source],
+            [sys.executable, "-m", "stt.vad_graph", source],
+            cwd=_PROJECT_ROOT,
             capture_output=True,
             timeout=_BUILD_TIMEOUT_S,
             check=False,
@@ -57,7 +62,7 @@ def build_in_child(source: str) -> bytes:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: vad_graph.py SILERO_ONNX  (writes the batched model to stdout)", file=sys.stderr)
+        print("usage: python -m stt.vad_graph SILERO_ONNX  (writes the batched model to stdout)", file=sys.stderr)
         return 2
     sys.stdout.buffer.write(batched_graph(argv[0]))
     return 0

@@ -1,4 +1,4 @@
-"""The batched Silero graph is built by a child process, so the STT service never imports onnx (about 16 MB)."""
+"""The batched Silero graph is built by a child process, so the STT service never imports onnx (about 14 MB)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,12 @@ def test_without_a_child_the_graph_is_built_here_and_scores_the_same(
     assert "/nonexistent/python" in logs[0]["error"]
     for got, want in zip(scored, expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_child_that_writes_something_else_falls_back_too(monkeypatch: pytest.MonkeyPatch, fresh_session: None) -> None:
+    # What a stray print in the child's start-up (a sitecustomize, a .pth file) would do to its stdout.
+    monkeypatch.setattr(vad_graph, "build_in_child", lambda source: b"hello\n" + vad_graph.batched_graph(source))
+    with capture_logs() as logs:
+        scores = vad.score_batch([vad.StreamingVad(), vad.StreamingVad()], [np.zeros(1024, np.float32)] * 2)
+    assert [log["event"] for log in logs] == ["vad_graph_child_failed"]
+    assert [len(result.probabilities) for result in scores] == [2, 2]
