@@ -18,7 +18,7 @@ the batch took (peer requests/s over ours), so below 1 is faster there too.
   Home Assistant sends an LLM's reply): first audio-chunk and synthesize-stopped for the sentence and the
   paragraph, requests/s with 4 clients.
 
-    python -m bench.peers_bench [--rounds 10] [--peers-venv DIR] [--only stt|tts] [--transcribe-nice 0] [--piper-threads 0] [--partial-interval-ms 700] [--json FILE]
+    python -m bench.peers_bench [--rounds 10] [--peers-venv DIR] [--only stt|tts] [--transcribe-nice 0] [--piper-threads 0] [--partial-interval-ms 700] [--set SECTION.KEY=VALUE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -129,7 +129,9 @@ def memory_mb(pid: int) -> tuple[float, float]:
 # --------------------------------------------------------------------------- the sides
 
 
-def our_config(path: Path, voice: Path, model: Path, ports: dict[str, int], nice: int, piper_threads: int, partials_ms: int = 700) -> Path:
+def our_config(path: Path, voice: Path, model: Path, ports: dict[str, int], nice: int, piper_threads: int, partials_ms: int = 700,
+               settings: Sequence[str] = ()) -> Path:
+    """Our services' config file; `settings`: more of them as "section.key=value" (a YAML value), set last."""
     config = {
         "logging": {"level": "warning"},
         "stt": {"host": "127.0.0.1", "port": ports["ours_stt_http"], "model": str(model), "beam_size": 1, "language": "en",
@@ -137,6 +139,13 @@ def our_config(path: Path, voice: Path, model: Path, ports: dict[str, int], nice
         "tts": {"host": "127.0.0.1", "port": ports["ours_tts_http"], "voices_dir": str(voice.parent), "voice": VOICE_NAME,
                 "piper": {"download": False, "threads": piper_threads}, "wyoming": {"port": ports["ours_tts_wyoming"]}},
     }  # fmt: skip
+    for setting in settings:
+        dotted, _, value = setting.partition("=")
+        *sections, key = dotted.split(".")
+        section = config
+        for name in sections:
+            section = section.setdefault(name, {})
+        section[key] = yaml.safe_load(value)
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -249,14 +258,15 @@ async def warm_up(bench: Bench, only: str | None) -> None:
         await bench.tts_wyoming(ports["wyoming_piper"])
 
 
-def measure(rounds: int, venv: Path, only: str | None, nice: int, piper_threads: int, partials_ms: int) -> tuple[Figures, dict[str, tuple[float, float]]]:
+def measure(rounds: int, venv: Path, only: str | None, nice: int, piper_threads: int, partials_ms: int,
+            settings: Sequence[str] = ()) -> tuple[Figures, dict[str, tuple[float, float]]]:
     cache = default_cache_dir()
     voice = build_costed_voice()
     model = build_whisper_model(cache / "whisper-tiny", shape="tiny")
     python = peers_python(venv)
     names = ("ours_stt_http", "ours_stt_wyoming", "ours_tts_http", "ours_tts_wyoming", "piper_http", "wyoming_piper", "wyoming_whisper")
     ports = {name: _free_port() for name in names}
-    config = our_config(cache / "peers-bench.yaml", voice, model, ports, nice, piper_threads, partials_ms)
+    config = our_config(cache / "peers-bench.yaml", voice, model, ports, nice, piper_threads, partials_ms, settings)
     wanted = {"stt": ("ours_stt", "wyoming_whisper"), "tts": ("ours_tts", "piper_http", "wyoming_piper")}
     started = [name for kind, group in wanted.items() if only in (None, kind) for name in group]
     bench = Bench(ports, float32_to_pcm16(make_speech(COMMAND, lead_silence_s=0.3, trail_silence_s=0.5)))
@@ -303,9 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine that other programs keep busy a niced transcription yields to them)"))  # fmt: skip
     parser.add_argument("--piper-threads", type=int, default=0, help="our tts.piper.threads (default 0, the service's)")
     parser.add_argument("--partial-interval-ms", type=int, default=700, help="our stt.partial_interval_ms (default 700, the service's; 0: no partials)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="another of our settings, e.g. tts.piper.adaptive_threads=true (repeatable)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
     args = parser.parse_args(argv)
-    figures, memory = measure(args.rounds, args.peers_venv, args.only, args.transcribe_nice, args.piper_threads, args.partial_interval_ms)
+    figures, memory = measure(args.rounds, args.peers_venv, args.only, args.transcribe_nice, args.piper_threads,
+                              args.partial_interval_ms, args.set)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"figures": figures, "memory_mb": memory}, indent=1))
     print(f"\nours against the peers, {args.rounds} interleaved rounds, {os.cpu_count()} cores:\n")
