@@ -25,12 +25,12 @@ class PiperSettings(Section):
     """onnxruntime threads per synthesis; 0 lets onnxruntime choose (one per core). With several workers
     on few cores, cores / tts.max_concurrent avoids oversubscription (but a lone request then runs on fewer
     cores): tts.piper.adaptive_threads has both."""
-    adaptive_threads: bool = False
+    adaptive_threads: bool = True
     """With threads 0, on CPU and tts.max_concurrent above 1: a synthesis that runs alone uses every core, and
     while several run each uses cores / tts.max_concurrent, so concurrent requests do not oversubscribe the
     cores (speech jobs rendered in this process, jobs.workers, run beside them and are not in that share).
     Each voice then holds two onnxruntime sessions over one copy of its weights: about 85 MB more
-    resident memory for a medium voice."""
+    resident memory for a medium voice (false: one session on onnxruntime's default threads)."""
     cache_size: int = Field(4, ge=1, le=64)
     """Piper voices kept loaded in memory; the least recently used one is dropped first."""
     speaker_id: int | None = Field(None, ge=0)

@@ -119,15 +119,13 @@ def _engine(voices_dir: Path, **tts: Any) -> PiperEngine:
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="with one core both sessions would have one thread")
-def test_the_engine_builds_its_cpu_voices_on_load_aware_sessions_when_asked(voices_dir: Path) -> None:
-    adaptive = {"adaptive_threads": True}
-    engine = _engine(voices_dir, piper=adaptive)
+def test_the_engine_builds_its_cpu_voices_on_load_aware_sessions_by_default(voices_dir: Path) -> None:
+    engine = _engine(voices_dir)
     assert isinstance(engine._voice(VOICE).session, LoadAwareSession)
     chunks = list(engine.synthesize(TEXT, VOICE, 1.0))
     assert sum(len(chunk.samples) for chunk in chunks) == expected_samples(voices_dir / f"{VOICE}.onnx", TEXT)
-    # Not asked (the default), a fixed thread count, or one worker (a synthesis then always runs alone):
-    # one session.
-    for tts in ({}, {"piper": {**adaptive, "threads": 1}}, {"piper": adaptive, "max_concurrent": 1}):
+    # Turned off, a fixed thread count, or one worker (a synthesis then always runs alone): one session.
+    for tts in ({"piper": {"adaptive_threads": False}}, {"piper": {"threads": 1}}, {"max_concurrent": 1}):
         assert not isinstance(_engine(voices_dir, **tts)._voice(VOICE).session, LoadAwareSession)
 
 
