@@ -60,7 +60,8 @@ LOAD = SynthesisLoad()
 def adaptive_voice(model: Path) -> PiperVoice:
     """The voice as PiperEngine builds it with tts.piper.adaptive_threads: all cores alone, a share when shared."""
     config = PiperConfig.from_dict(json.loads(Path(f"{model}.json").read_text(encoding="utf-8")))
-    session = load_aware_session(model, LOAD, max(1, available_cores() // 2))
+    plain = PiperVoice.load(model).session
+    session = load_aware_session(model, LOAD, max(1, available_cores() // 2), plain)
     if session is None:
         raise SystemExit(f"{model}: its shared sessions do not speak as a plain session does")
     return PiperVoice(config=config, session=session)  # type: ignore[arg-type]

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from piper import PiperVoice, SynthesisConfig
 from piper.config import PiperConfig
+from structlog.testing import capture_logs
 
 from core.config import Settings
 from core.priority import available_cores
 from tests.fixtures.piper_voice import build_piper_voice, expected_samples
-from tests.tts.conftest import VOICE
+from tests.tts.conftest import VOICE, wait_for
 from tts.engines.piper import PiperEngine
 from tts.engines.piper_sessions import LoadAwareSession, SynthesisLoad, _same_audio, load_aware_session
 
@@ -34,6 +35,12 @@ class Recording:
     def run(self, *args: Any) -> Any:
         self.runs += 1
         return self.session.run(*args)
+
+
+def _plain(model: Path) -> Any:
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
 def _voice(model: Path, session: Any) -> PiperVoice:
@@ -70,7 +77,7 @@ def test_a_voice_on_load_aware_sessions_speaks_as_piper_voice_load_does(
     for name, speakers in (("en_US-one-medium", 1), ("en_US-many-medium", 3)):
         model = build_piper_voice(tmp_path, name, num_speakers=speakers)
         reference = PiperVoice.load(model)
-        session = load_aware_session(model, SynthesisLoad(), narrow_threads=1)
+        session = load_aware_session(model, SynthesisLoad(), 1, _plain(model))
         assert session is not None and session._weights
         gc.collect()  # the weights must outlive everything but the session
         ours = _voice(model, session)
@@ -83,7 +90,7 @@ def test_a_voice_on_load_aware_sessions_speaks_as_piper_voice_load_does(
 def test_a_run_takes_the_wide_session_alone_and_the_narrow_one_while_another_runs(tmp_path: Path) -> None:
     model = build_piper_voice(tmp_path, "en_US-one-medium")
     load = SynthesisLoad()
-    session = load_aware_session(model, load, narrow_threads=1)
+    session = load_aware_session(model, load, 1, _plain(model))
     assert isinstance(session, LoadAwareSession)
     wide, narrow = Recording(session._wide), Recording(session._narrow)
     session._wide, session._narrow = wide, narrow
@@ -100,15 +107,10 @@ def test_a_run_takes_the_wide_session_alone_and_the_narrow_one_while_another_run
 
 
 def test_the_check_at_load_tells_a_session_that_speaks_otherwise(tmp_path: Path) -> None:
-    import onnxruntime
-
-    def plain(model: Path) -> Any:
-        return onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-
-    ours = plain(build_piper_voice(tmp_path, "en_US-ours-medium"))
+    ours = _plain(build_piper_voice(tmp_path, "en_US-ours-medium"))
     # The same graph at another sample rate: another tone in every sample, the same length.
-    other = plain(build_piper_voice(tmp_path, "en_US-other-medium", sample_rate=16000))
-    assert _same_audio(ours, plain(tmp_path / "en_US-ours-medium.onnx"))
+    other = _plain(build_piper_voice(tmp_path, "en_US-other-medium", sample_rate=16000))
+    assert _same_audio(ours, _plain(tmp_path / "en_US-ours-medium.onnx"))
     assert not _same_audio(ours, other)
 
 
@@ -119,23 +121,36 @@ def _engine(voices_dir: Path, **tts: Any) -> PiperEngine:
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="with one core both sessions would have one thread")
-def test_the_engine_builds_its_cpu_voices_on_load_aware_sessions_by_default(voices_dir: Path) -> None:
+def test_the_engine_puts_its_cpu_voices_on_load_aware_sessions_by_default(voices_dir: Path) -> None:
     engine = _engine(voices_dir)
-    assert isinstance(engine._voice(VOICE).session, LoadAwareSession)
+    assert engine.narrow_threads() == 1
+    voice = engine._voice(VOICE)
+    # The voice speaks at once on its plain session; the shared ones replace it when built.
+    assert sum(len(chunk.samples) for chunk in engine.synthesize(TEXT, VOICE, 1.0)) == expected_samples(
+        voices_dir / f"{VOICE}.onnx", TEXT
+    )
+    wait_for(lambda: isinstance(voice.session, LoadAwareSession), 30)
     chunks = list(engine.synthesize(TEXT, VOICE, 1.0))
     assert sum(len(chunk.samples) for chunk in chunks) == expected_samples(voices_dir / f"{VOICE}.onnx", TEXT)
     # Turned off, a fixed thread count, or one worker (a synthesis then always runs alone): one session.
     for tts in ({"piper": {"adaptive_threads": False}}, {"piper": {"threads": 1}}, {"max_concurrent": 1}):
-        assert not isinstance(_engine(voices_dir, **tts)._voice(VOICE).session, LoadAwareSession)
+        assert _engine(voices_dir, **tts).narrow_threads() is None
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="with one core no load-aware session is tried")
-def test_a_voice_whose_shared_sessions_fail_the_check_loads_plainly(
-    voices_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failure", ["unusable", "failed"])
+def test_a_voice_whose_shared_sessions_fail_keeps_its_plain_session(
+    voices_dir: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    monkeypatch.setattr("tts.engines.piper.load_aware_session", lambda *args: None)
-    engine = _engine(voices_dir, piper={"adaptive_threads": True})
-    voice = engine._voice(VOICE)
+    def load_aware_session(*args: Any) -> None:
+        if failure == "failed":
+            raise RuntimeError("onnxruntime could not build it")
+
+    monkeypatch.setattr("tts.engines.piper.load_aware_session", load_aware_session)
+    with capture_logs() as logs:
+        engine = _engine(voices_dir)
+        voice = engine._voice(VOICE)
+        wait_for(lambda: any(log["event"] == f"piper_shared_sessions_{failure}" for log in logs), 30)
     assert not isinstance(voice.session, LoadAwareSession)
     chunks = list(engine.synthesize(TEXT, VOICE, 1.0))
     assert sum(len(chunk.samples) for chunk in chunks) == expected_samples(voices_dir / f"{VOICE}.onnx", TEXT)

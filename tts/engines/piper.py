@@ -131,16 +131,42 @@ class PiperEngine(Engine):
     def _load(self, model: Path, config: Path):  # -> PiperVoice
         from piper import PiperVoice
 
+        if self.settings.threads:
+            return self._load_on_threads(model, config)
+        voice = PiperVoice.load(model, config_path=config, use_cuda=self._use_cuda)
+        narrow = self.narrow_threads()
+        if narrow is not None:
+            # Built while the voice already speaks on its plain session: for a medium voice they and their check
+            # take about 1.5 s more than the plain session's 0.6 s, which no request should wait for.
+            threading.Thread(
+                target=self._share_sessions, args=(voice, model, narrow), name="piper-sessions", daemon=True
+            ).start()
+        return voice
+
+    def narrow_threads(self) -> int | None:
+        """The narrow session's threads when this engine's voices get load-aware sessions (tts.piper.adaptive_threads,
+        on CPU, with threads 0 and more workers than one core each can run alone); None when they do not."""
         cores = available_cores()
         narrow = max(1, cores // self._max_concurrent)
         adaptive = self.settings.adaptive_threads and not self.settings.threads and not self._use_cuda
-        if adaptive and narrow < cores:
-            session = load_aware_session(model, self._synthesis_load, narrow)
-            if session is not None:
-                return PiperVoice(config=self._piper_config(config), session=session)  # type: ignore[arg-type]
+        return narrow if adaptive and narrow < cores else None
+
+    def _share_sessions(self, voice: Any, model: Path, narrow: int) -> None:
+        """Put `voice` on load-aware sessions (tts/engines/piper_sessions.py), or leave it on its plain one."""
+        try:
+            session = load_aware_session(model, self._synthesis_load, narrow, voice.session)
+        except Exception as exc:  # onnx's and onnxruntime's own errors: the plain session serves on
+            log.warning("piper_shared_sessions_failed", model=str(model), error=str(exc))
+            return
+        if session is None:
             log.warning("piper_shared_sessions_unusable", model=str(model), action="one session on default threads")
-        if not self.settings.threads:
-            return PiperVoice.load(model, config_path=config, use_cuda=self._use_cuda)
+            return
+        voice.session = session  # the next ONNX run takes it; one under way finishes on the plain session
+        log.info("piper_shared_sessions_ready", model=model.name, narrow_threads=narrow)
+
+    def _load_on_threads(self, model: Path, config: Path):  # -> PiperVoice
+        from piper import PiperVoice
+
         # PiperVoice.load takes no session options; build the same voice with a thread count.
         import onnxruntime
 

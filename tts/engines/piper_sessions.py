@@ -12,8 +12,8 @@ otherwise (a run that began wide stays wide to its end).
 The weights are held once: both sessions read the same buffers (SessionOptions.add_initializer). Only the
 large float tensors are shared: onnxruntime's graph optimizations gave wrong shapes ("Attempting to
 broadcast an axis by a dimension other than 1") when the small ones (norm gains, shape constants) were
-overridden too, so every voice is checked against a plain session once at load, and a voice whose shared
-sessions do not give the plain session's audio is not built this way (the caller loads it plainly).
+overridden too, so every voice is checked against its plain session once, and a voice whose shared
+sessions do not give the plain session's audio keeps the plain one.
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ class LoadAwareSession:
         return session.run(output_names, input_feed, run_options)
 
 
-def load_aware_session(model: Path, load: SynthesisLoad, narrow_threads: int) -> LoadAwareSession | None:
+def load_aware_session(model: Path, load: SynthesisLoad, narrow_threads: int, plain: Any) -> LoadAwareSession | None:
     """Two CPU sessions of `model` sharing its weights: onnxruntime's default threads (one per core), and
     `narrow_threads` (cores / tts.max_concurrent, so that that many syntheses at once fill the cores).
-    None when they do not give a plain session's audio."""
+    None when they do not give the audio of `plain`, a plain session of the same model."""
     import onnx
     import onnxruntime
     from onnx import numpy_helper
@@ -108,7 +108,6 @@ def load_aware_session(model: Path, load: SynthesisLoad, narrow_threads: int) ->
     except Exception as exc:  # onnxruntime's own error types; the caller then loads the voice plainly
         log.warning("piper_shared_sessions_failed", model=str(model), error=str(exc))
         return None
-    plain = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     if not all(_same_audio(plain, candidate) for candidate in (wide, narrow)):
         return None
     return LoadAwareSession(wide, narrow, load, [value for _, value in shared])
