@@ -33,6 +33,10 @@ log = get_logger(__name__)
 
 ATTRIBUTION = Attribution(name="voice-assistant", url="https://github.com/OHF-Voice/wyoming")
 VERSION = __version__
+LINGER_S = 2.0
+"""How long a closing connection discards what the client still sends (a client that reads the end closes at once)."""
+LINGER_MAX_BYTES = 16 * 1_048_576
+"""How much of it at most, so a client that keeps sending cannot hold the connection open."""
 
 
 def error_event(error: ServiceError) -> Event:
@@ -173,8 +177,28 @@ class Handler(AsyncEventHandler):
                     await self.disconnect()
                     self.tasks.cancel_scope.cancel()
         finally:
-            self.writer.close()
+            await self._close()
             self._ended.set()
+
+    async def _close(self) -> None:
+        """Close so that what was written last (an error) reaches the client. Closing a socket with unread input
+        makes the kernel reset the connection, and the client may then lose what it had not read yet (the rest
+        of a refused oversized event is such input). So this end is shut first (the client reads to the end),
+        what the client still sends is discarded for a moment, and then the socket closes."""
+        if self.writer.is_closing():  # reset by the client, or closed: nothing to read, nothing to protect
+            self.writer.close()
+            return
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            discarded = 0
+            with anyio.move_on_after(LINGER_S):
+                while discarded < LINGER_MAX_BYTES and (data := await self.reader.read(65_536)):
+                    discarded += len(data)
+        except (ConnectionError, OSError):
+            pass  # the client has gone: nothing left to protect
+        finally:
+            self.writer.close()
 
     async def drain(self) -> None:
         """Shutdown (from the listener's task): once the events already read are handled, `finish` runs
