@@ -26,10 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from core.logging import get_logger
-
-log = get_logger(__name__)
-
 SHARED_MIN_ELEMENTS = 1024
 """Float initializers of at least this many elements are shared between the sessions: all but ~1% of a
 VITS voice's bytes."""
@@ -81,7 +77,8 @@ class LoadAwareSession:
 def load_aware_session(model: Path, load: SynthesisLoad, narrow_threads: int, plain: Any) -> LoadAwareSession | None:
     """Two CPU sessions of `model` sharing its weights: onnxruntime's default threads (one per core), and
     `narrow_threads` (cores / tts.max_concurrent, so that that many syntheses at once fill the cores).
-    None when they do not give the audio of `plain`, a plain session of the same model."""
+    None when they do not give the audio of `plain`, a plain session of the same model; raises what onnx or
+    onnxruntime raise when they cannot be built."""
     import onnx
     import onnxruntime
     from onnx import numpy_helper
@@ -103,11 +100,7 @@ def load_aware_session(model: Path, load: SynthesisLoad, narrow_threads: int, pl
             options.add_initializer(name, value)
         return onnxruntime.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
 
-    try:
-        wide, narrow = session(0), session(narrow_threads)
-    except Exception as exc:  # onnxruntime's own error types; the caller then loads the voice plainly
-        log.warning("piper_shared_sessions_failed", model=str(model), error=str(exc))
-        return None
+    wide, narrow = session(0), session(narrow_threads)  # a failure to build them is the caller's to report
     if not all(_same_audio(plain, candidate) for candidate in (wide, narrow)):
         return None
     return LoadAwareSession(wide, narrow, load, [value for _, value in shared])
