@@ -114,6 +114,11 @@ class WyomingSettings(Section):
     """Wyoming clients served at once; the next one gets an error event and is disconnected."""
     max_event_bytes: int = Field(1_048_576, ge=1_024, le=67_108_864)
     """Largest data or payload of one event (an audio chunk, a text); a larger one is refused and the client disconnected."""
+    close_linger_s: float = Field(2.0, ge=0.0, le=60.0)
+    """How long a closing connection discards what the client still sends, so its last event (an error) is read
+    rather than lost to a reset; a client that reads to the end closes at once. 0 closes at once."""
+    close_linger_max_bytes: int = Field(16_777_216, ge=0, le=1_073_741_824)
+    """Most bytes discarded that way, so a client that keeps sending cannot hold a closing connection open."""
     allow_unauthenticated: bool = False
     """Wyoming has no authentication: listening on a non-loopback address needs this set (with a warning logged)."""
     zeroconf: bool = False

@@ -33,10 +33,6 @@ log = get_logger(__name__)
 
 ATTRIBUTION = Attribution(name="voice-assistant", url="https://github.com/OHF-Voice/wyoming")
 VERSION = __version__
-LINGER_S = 2.0
-"""How long a closing connection discards what the client still sends (a client that reads the end closes at once)."""
-LINGER_MAX_BYTES = 16 * 1_048_576
-"""How much of it at most, so a client that keeps sending cannot hold the connection open."""
 
 
 def error_event(error: ServiceError) -> Event:
@@ -133,6 +129,7 @@ class Handler(AsyncEventHandler):
         self.session_id = uuid.uuid4().hex[:12]
         self.tasks: TaskGroup | None = None
         self._bounded = _BoundedReader(reader, limits.max_event_bytes, setting, max_json_depth)
+        self._limits = limits
         self._write_lock = anyio.Lock()
         self._queue, self._events = anyio.create_memory_object_stream[Event | _Drain](EVENT_QUEUE)
         self._unreadable: ServiceError | None = None
@@ -184,7 +181,7 @@ class Handler(AsyncEventHandler):
         """Close so that what was written last (an error) reaches the client. Closing a socket with unread input
         makes the kernel reset the connection, and the client may then lose what it had not read yet (the rest
         of a refused oversized event is such input). So this end is shut first (the client reads to the end),
-        what the client still sends is discarded for a moment, and then the socket closes."""
+        what the client still sends is discarded for a moment (close_linger_s), and then the socket closes."""
         if self.writer.is_closing():  # reset by the client, or closed: nothing to read, nothing to protect
             self.writer.close()
             return
@@ -192,8 +189,8 @@ class Handler(AsyncEventHandler):
             if self.writer.can_write_eof():
                 self.writer.write_eof()
             discarded = 0
-            with anyio.move_on_after(LINGER_S):
-                while discarded < LINGER_MAX_BYTES and (data := await self.reader.read(65_536)):
+            with anyio.move_on_after(self._limits.close_linger_s):
+                while discarded < self._limits.close_linger_max_bytes and (data := await self.reader.read(65_536)):
                     discarded += len(data)
         except (ConnectionError, OSError):
             pass  # the client has gone: nothing left to protect

@@ -201,6 +201,32 @@ def test_an_event_over_max_event_bytes_is_refused_and_ends_the_connection(make_s
     assert end is None, "the rest of an oversized event cannot be skipped: the connection ends"
 
 
+def test_a_closing_connection_discards_at_most_close_linger_max_bytes(make_settings) -> None:
+    """A client that keeps sending after its oversized event cannot hold the closing connection open: with a
+    linger long enough to outlast the test, only the byte bound can end it before the client is done."""
+    settings = make_settings(stt={"wyoming": {"max_event_bytes": 1024, "close_linger_s": 60, "close_linger_max_bytes": 65_536}})
+    flood = 64 * 1_048_576
+
+    async def main(port: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b'{"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, "payload_length": 4096}\n')
+        sent = 0
+        try:
+            while sent < flood:
+                writer.write(bytes(65_536))
+                await writer.drain()
+                sent += 65_536
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+        return sent
+
+    with run_server(create_app(settings)) as running:
+        wait_until_settled(running)
+        sent = asyncio.run(main(port_of(running)))
+    assert sent < flood, "the server closed the connection after discarding close_linger_max_bytes"
+
+
 def _in_own_loop(make_settings: Any, test: Any) -> tuple[Any, list[dict[str, Any]], list[Any]]:
     """Runs `test(listener, port)` against an STT service and Wyoming listener in this thread's own event
     loop, so the test can drain the listener itself; returns its result, the log and the loop's errors."""
