@@ -1,10 +1,17 @@
-"""Hands the heap memory that model work freed back to the operating system (glibc's malloc_trim).
+"""Keeps the heap of model work small: fewer malloc arenas, no MKL buffer cache, and glibc's malloc_trim.
 
 glibc keeps what a thread frees in that thread's arena for its next allocation. A CTranslate2 worker
 that ran a transcription keeps its activations' memory that way: measured with the tiny-shaped Whisper
 and two workers, resident memory stayed 120 MB above the loaded model until `malloc_trim(0)` (5 ms)
 gave 63 MB of it back. Trimming costs the next run some page faults, so a service trims only once its
 workers have been idle for a while. Elsewhere (musl, macOS) there is no malloc_trim and nothing is done.
+
+Two settings keep the peak and what stays lower in the first place. glibc gives each thread that allocates
+an arena of its own, up to 8 per core, so each worker keeps its own free memory; two arenas shared by all
+threads keep it in one place. And Intel MKL (CTranslate2's CPU backend on Intel CPUs) keeps the buffers it
+freed in a cache of its own, which malloc_trim cannot reach. Measured with the tiny-shaped Whisper, two
+workers, two concurrent transcriptions: peak 449 -> 415 MB, after a trim 281 -> 244 MB, and transcription
+times the same within the noise.
 """
 
 from __future__ import annotations
@@ -26,6 +33,30 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None
+
+
+M_ARENA_MAX = -8
+"""glibc's mallopt parameter for the most arenas (malloc.h)."""
+MKL_NO_BUFFER_CACHE = "MKL_DISABLE_FAST_MM"
+"""The environment variable that turns MKL's buffer cache off; read by MKL at its first allocation."""
+
+
+def limit_arenas(count: int) -> bool:
+    """Let the threads that allocate from now on share at most `count` malloc arenas (0: glibc's default).
+    False where the C library has no such setting (not glibc)."""
+    if not count:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, count))
+
+
+def drop_mkl_buffer_cache() -> None:
+    """Turn MKL's cache of freed buffers off, unless the environment already says what it wants. Must run
+    before the first model allocates (CTranslate2 reads nothing else; nothing happens without MKL)."""
+    os.environ.setdefault(MKL_NO_BUFFER_CACHE, "1")
 
 
 def trim_available() -> bool:

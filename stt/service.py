@@ -57,6 +57,10 @@ class SttService:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SttService]:
         """The service's lifetime: the model loads in the background while the service already answers."""
+        # Before any model allocates: both only apply to allocations (and threads) that come later.
+        memory.limit_arenas(self.settings.stt.malloc_arena_max)
+        if not self.settings.stt.mkl_buffer_cache:
+            memory.drop_mkl_buffer_cache()
         # Silero VAD ships inside faster-whisper and loads in a blink; loading it before serving keeps
         # the first session's ONNX load off the event loop.
         await anyio.to_thread.run_sync(get_vad_model)
