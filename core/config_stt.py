@@ -79,9 +79,9 @@ class SttSettings(Section):
     trim_memory_after_s: float = Field(30.0, ge=0.0, le=3_600.0)
     """Once the transcription workers have been idle this long, the memory their work freed is handed back to the system (glibc malloc_trim: about 60 MB after two concurrent transcriptions of tiny; the next transcription then takes about 10 ms longer, so the default waits for the end of a conversation); 0 never does."""
     malloc_arena_max: int = Field(2, ge=0, le=1_024)
-    """glibc malloc arenas the STT process's threads share (Linux). glibc's default, up to 8 per core, lets each transcription worker keep what it freed in its own; 2 kept the peak and the idle memory about 20 and 35 MB lower with two workers of tiny, at the same speed. 0: glibc's default."""
+    """glibc malloc arenas the STT process's threads share. glibc's default, up to 8 per core, lets each transcription worker keep what it freed in its own; 2 kept the peers bench's peak about 50 MB and its memory at the end about 70 MB lower (with mkl_buffer_cache off; two workers of tiny), latencies within the VM's noise. More workers share the same arenas: raise it with stt.max_concurrent if transcriptions slow down. 0, or MALLOC_ARENA_MAX / GLIBC_TUNABLES in the environment: glibc's own count."""
     mkl_buffer_cache: bool = False
-    """Whether Intel MKL (CTranslate2's CPU backend on Intel CPUs) keeps the buffers it freed for reuse; off kept the peak about 30 MB lower at the same speed. The MKL_DISABLE_FAST_MM environment variable, where set, wins."""
+    """Whether Intel MKL (the CPU allocator of CTranslate2's x86-64 builds) keeps the buffers it freed for reuse, where malloc_trim cannot reach them; off kept the peak about 30 MB lower at the same speed. Any non-empty MKL_DISABLE_FAST_MM in the environment turns it off whatever this says."""
     transcribe_nice: int = Field(10, ge=0, le=19)
     """How much lower the CPU priority of the transcription threads is (Linux nice), so the audio intake keeps pace under load; 0: the same."""
     vad_batch_max_size: int = Field(64, ge=1, le=1_024)

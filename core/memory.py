@@ -8,10 +8,10 @@ workers have been idle for a while. Elsewhere (musl, macOS) there is no malloc_t
 
 Two settings keep the peak and what stays lower in the first place. glibc gives each thread that allocates
 an arena of its own, up to 8 per core, so each worker keeps its own free memory; two arenas shared by all
-threads keep it in one place. And Intel MKL (CTranslate2's CPU backend on Intel CPUs) keeps the buffers it
-freed in a cache of its own, which malloc_trim cannot reach. Measured with the tiny-shaped Whisper, two
-workers, two concurrent transcriptions: peak 449 -> 415 MB, after a trim 281 -> 244 MB, and transcription
-times the same within the noise.
+threads keep it in one place. And Intel MKL (the CPU allocator of CTranslate2's x86-64 builds, whatever the
+CPU's vendor) keeps the buffers it freed in a cache of its own, which malloc_trim cannot reach. Measured in
+one process with the tiny-shaped Whisper, two workers, two concurrent transcriptions: peak 449 -> 415 MB,
+after a trim 281 -> 244 MB, transcription times the same within the noise (the service's figures: README).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ log = get_logger(__name__)
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc_function(name: str) -> Callable[[int], int] | Callable[[int, int], int] | None:
+    if os.name != "posix":  # Windows: CDLL(None) is no C library there
+        return None
     try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+        return getattr(ctypes.CDLL(None), name)  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None
 
@@ -38,30 +40,34 @@ def _malloc_trim() -> Callable[[int], int] | None:
 M_ARENA_MAX = -8
 """glibc's mallopt parameter for the most arenas (malloc.h)."""
 MKL_NO_BUFFER_CACHE = "MKL_DISABLE_FAST_MM"
-"""The environment variable that turns MKL's buffer cache off; read by MKL at its first allocation."""
+"""The environment variable that turns MKL's buffer cache off (any non-empty value); MKL reads it once, at its
+first allocation."""
+
+
+def _operator_set_arenas() -> bool:
+    """Whether the environment tells glibc the arena count itself (MALLOC_ARENA_MAX, or GLIBC_TUNABLES)."""
+    return bool(os.environ.get("MALLOC_ARENA_MAX")) or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def limit_arenas(count: int) -> bool:
-    """Let the threads that allocate from now on share at most `count` malloc arenas (0: glibc's default).
-    False where the C library has no such setting (not glibc)."""
-    if not count:
+    """Let the threads that get their arena from now on share at most `count` malloc arenas (threads that have
+    one keep it). Nothing is done for 0, where the environment already sets the count (the operator's word
+    wins), or without glibc's mallopt. True when asked of glibc (which does not say whether it applies)."""
+    mallopt = _libc_function("mallopt")
+    if not count or mallopt is None or _operator_set_arenas():
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_ARENA_MAX, count))
+    return bool(mallopt(M_ARENA_MAX, count))  # type: ignore[call-arg]
 
 
 def drop_mkl_buffer_cache() -> None:
-    """Turn MKL's cache of freed buffers off, unless the environment already says what it wants. Must run
-    before the first model allocates (CTranslate2 reads nothing else; nothing happens without MKL)."""
+    """Turn MKL's cache of freed buffers off, unless the environment already sets MKL_DISABLE_FAST_MM. Must
+    run before the first model allocates: later, MKL has read it already. Without MKL nothing happens."""
     os.environ.setdefault(MKL_NO_BUFFER_CACHE, "1")
 
 
 def trim_available() -> bool:
     """Whether this C library can hand freed heap memory back (glibc)."""
-    return _malloc_trim() is not None
+    return _libc_function("malloc_trim") is not None
 
 
 def resident_mb() -> float:
@@ -75,7 +81,7 @@ def resident_mb() -> float:
 
 def trim() -> float:
     """Hand freed heap memory back now (blocking, a few ms); the resident MB it gave back (0 when it cannot)."""
-    malloc_trim = _malloc_trim()
+    malloc_trim = _libc_function("malloc_trim")
     if malloc_trim is None:
         return 0.0
     before = resident_mb()

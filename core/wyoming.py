@@ -181,7 +181,8 @@ class Handler(AsyncEventHandler):
         """Close so that what was written last (an error) reaches the client. Closing a socket with unread input
         makes the kernel reset the connection, and the client may then lose what it had not read yet (the rest
         of a refused oversized event is such input). So this end is shut first (the client reads to the end),
-        what the client still sends is discarded for a moment (close_linger_s), and then the socket closes."""
+        what the client still sends is discarded for a moment (close_linger_s, close_linger_max_bytes at most),
+        and then the socket closes."""
         if self.writer.is_closing():  # reset by the client, or closed: nothing to read, nothing to protect
             self.writer.close()
             return

@@ -58,8 +58,9 @@ libc.malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
 
 
 def _arenas(limit: int) -> tuple[str, int]:
+    env = {name: value for name, value in os.environ.items() if name not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
     done = subprocess.run(
-        [sys.executable, "-c", ARENAS_PROBE, str(limit)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", ARENAS_PROBE, str(limit)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
     )
     return done.stdout.strip(), done.stderr.count("Arena ")
 
@@ -71,10 +72,19 @@ def test_threads_share_at_most_the_arenas_allowed() -> None:
     assert told == "False" and arenas > 1, "without a limit, glibc gives threads arenas of their own"
 
 
+@pytest.mark.skipif(not memory.trim_available(), reason="not glibc")
+def test_an_arena_count_in_the_environment_wins(monkeypatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.limit_arenas(2) is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
+    assert memory.limit_arenas(2) is False
+
+
 def test_the_mkl_buffer_cache_is_dropped_unless_the_environment_says_otherwise(monkeypatch) -> None:
     monkeypatch.delenv(memory.MKL_NO_BUFFER_CACHE, raising=False)
     memory.drop_mkl_buffer_cache()
     assert os.environ[memory.MKL_NO_BUFFER_CACHE] == "1"
-    monkeypatch.setenv(memory.MKL_NO_BUFFER_CACHE, "0")
+    monkeypatch.setenv(memory.MKL_NO_BUFFER_CACHE, "yes")
     memory.drop_mkl_buffer_cache()
-    assert os.environ[memory.MKL_NO_BUFFER_CACHE] == "0"
+    assert os.environ[memory.MKL_NO_BUFFER_CACHE] == "yes"

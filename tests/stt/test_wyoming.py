@@ -20,6 +20,7 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 
 from core.audio import float32_to_pcm16
+from core.config import WyomingSettings
 from core.wyoming import WyomingListener
 from stt import wyoming_api
 from stt.server import create_app
@@ -205,10 +206,12 @@ def test_a_closing_connection_discards_at_most_close_linger_max_bytes(make_setti
     """A client that keeps sending after its oversized event cannot hold the closing connection open: with a
     linger long enough to outlast the test, only the byte bound can end it before the client is done."""
     settings = make_settings(stt={"wyoming": {"max_event_bytes": 1024, "close_linger_s": 60, "close_linger_max_bytes": 65_536}})
-    flood = 64 * 1_048_576
+    flood = WyomingSettings().close_linger_max_bytes  # the default bound: reached only if the setting were ignored
 
     async def main(port: int) -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # A small send buffer, so what the kernel holds cannot make up the flood's difference.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65_536)
         writer.write(b'{"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, "payload_length": 4096}\n')
         sent = 0
         try:
