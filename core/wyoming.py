@@ -174,10 +174,10 @@ class Handler(AsyncEventHandler):
                     await self.disconnect()
                     self.tasks.cancel_scope.cancel()
         finally:
-            await self._close()
+            await self.close_delivering_last_event()
             self._ended.set()
 
-    async def _close(self) -> None:
+    async def close_delivering_last_event(self) -> None:
         """Close so that what was written last (an error) reaches the client. Closing a socket with unread input
         makes the kernel reset the connection, and the client may then lose what it had not read yet (the rest
         of a refused oversized event is such input). So this end is shut first (the client reads to the end),
@@ -331,7 +331,7 @@ class _Counted(AsyncEventHandler):
             )
             log.warning("connection_refused", reason="max_connections", limit=listener.settings.max_connections)
             await self._inner.write_event(error_event(error))
-            self.writer.close()
+            await self._inner.close_delivering_last_event()
             return
         listener.count += 1
         listener._handlers.add(self._inner)  # noqa: SLF001
