@@ -164,7 +164,9 @@ def test_speaking_over_the_assistant_stops_it_and_the_new_words_get_an_answer(
         assert stopped["tag"] == "turn-1" and stopped["queued"] > 0.2
         first_chunks = [e for e in events if e["type"] == "chunk" and e["tag"] == "turn-1"]
         assert first_chunks and all(e["time"] <= stopped["time"] for e in first_chunks)
-        assert sum(e["samples"] for e in first_chunks) / 22050 < len(LONG_REPLY) * 0.024 / 2  # not half of it heard
+        # Not half of it heard, by the page's audio clock. (How much had arrived by then is no measure: the
+        # sentences come whole, and whether the third is synthesized before the stop is a race.)
+        assert stopped["played"] < len(LONG_REPLY) * 0.024 / 2
         # No chunk of the cancelled generation played after the cancel: each one the service sent was either
         # scheduled before the stop (and stopped with it) or discarded on arrival.
         sent_first = [c for c in tts.of_type("audio_chunk") if c["generation_id"] == 1]
