@@ -81,7 +81,7 @@ class SttSettings(Section):
     malloc_arena_max: int = Field(2, ge=0, le=1_024)
     """glibc malloc arenas the STT process's threads share. glibc's default, up to 8 per core, lets each transcription worker keep what it freed in its own; 2 kept the peers bench's peak about 50 MB and its memory at the end about 70 MB lower (with mkl_buffer_cache off; two workers of tiny), latencies within the VM's noise. More workers share the same arenas: raise it with stt.max_concurrent if transcriptions slow down. 0, or MALLOC_ARENA_MAX / GLIBC_TUNABLES in the environment: glibc's own count."""
     mkl_buffer_cache: bool = False
-    """Whether Intel MKL (the CPU allocator of CTranslate2's x86-64 builds) keeps the buffers it freed for reuse, where malloc_trim cannot reach them; off kept the peak about 30 MB lower at the same speed. Any non-empty MKL_DISABLE_FAST_MM in the environment turns it off whatever this says."""
+    """Whether Intel MKL keeps the buffers it freed for reuse, where malloc_trim cannot reach them; off kept the peak about 30 MB lower at the same speed on an Intel CPU. On AMD CPUs CTranslate2 computes with oneDNN instead, and this made no measurable difference (EPYC). Any non-empty MKL_DISABLE_FAST_MM in the environment turns it off whatever this says."""
     transcribe_nice: int = Field(10, ge=0, le=19)
     """How much lower the CPU priority of the transcription threads is (Linux nice), so the audio intake keeps pace under load; 0: the same."""
     vad_batch_max_size: int = Field(64, ge=1, le=1_024)
