@@ -24,7 +24,8 @@ What runs
    was due: the intake lag (how far behind real time the server's audio chain is; the answer comes
    once every frame before it went through the VAD). Also: sessions the server closed (must be 0),
    the client's own worst lateness in sending (if it is large, the client, not the server, fell
-   behind), transcripts, `buffer_limit_reached`, and `/health` p50/p99 polled every 100 ms from a
+   behind), transcripts (each session then sends `end` and waits for the result of every utterance it
+   started; `unfinished` counts sessions still waiting after RESULTS_TIMEOUT_S), `buffer_limit_reached`, and `/health` p50/p99 polled every 100 ms from a
    thread of this process, with the largest `backlog_seconds` it saw; once that passes
    stt.max_backlog_seconds (30 s by default) one more session tries to join, and what it was told
    first is shown (`error overloaded`, then close code 1013, is the design).
@@ -59,6 +60,8 @@ FRAME_MS = 20
 FRAME_BYTES = 16000 * FRAME_MS // 1000 * 2
 PAUSE_S = 1.5
 TIMEOUT_S = 300.0
+RESULTS_TIMEOUT_S = 120.0
+"""How long a stream waits, after its end, for the results of the utterances it started."""
 
 
 def _speech_pcm() -> bytes:
@@ -205,6 +208,15 @@ async def _realtime_stream(url: str, i: int, content: bytes, seconds: float, sta
             await ws.send(json.dumps({"type": "config", "language": "en"}))
             while counts["config_applied"] == 0 and not reader.done():
                 await asyncio.sleep(0.01)
+            # Then the utterance under way ends, and every utterance that started gets its result: the
+            # transcripts counted do not depend on how far transcription had got when the audio stopped.
+            await ws.send(json.dumps({"type": "end"}))
+            deadline = time.perf_counter() + RESULTS_TIMEOUT_S
+            while counts["transcript"] + counts["no_speech"] < counts["speech_started"] and not reader.done():
+                if time.perf_counter() > deadline:
+                    stats["unfinished"] += 1
+                    break
+                await asyncio.sleep(0.01)
             reader.cancel()
             stats["lateness"].append(lateness)
     except ConnectionClosed as closed:
@@ -213,7 +225,7 @@ async def _realtime_stream(url: str, i: int, content: bytes, seconds: float, sta
 
 
 async def _realtime(url: str, n: int, content: bytes, seconds: float) -> dict[str, Any]:
-    stats: dict[str, Any] = {"lag": [], "lateness": [], "dropped": [], "messages": Counter()}
+    stats: dict[str, Any] = {"lag": [], "lateness": [], "dropped": [], "messages": Counter(), "unfinished": 0}
     await asyncio.gather(*(_realtime_stream(url, i, content, seconds, stats) for i in range(n)))
     return stats
 
@@ -241,6 +253,7 @@ def run_realtime(url: str, n: int, seconds: float, bound_s: float, say: Any) -> 
             "client_lateness_max_s": round(max(stats["lateness"], default=float("nan")), 3),
             "dropped": len(stats["dropped"]),
             "unanswered": n - len(stats["lag"]),
+            "unfinished": stats["unfinished"],
             "transcripts": messages["transcript"],
             "buffer_limit_reached": messages["buffer_limit_reached"],
             "health_p50_ms": round(_pct(health, 50) * 1000, 1),

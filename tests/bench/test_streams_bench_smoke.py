@@ -28,7 +28,7 @@ def test_streams_bench_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
     assert result["ending"][0]["on"]["mean_batch"] == 1.0  # one session: nothing to batch with
     assert [row["kind"] for row in result["realtime"]] == ["silence", "speech"]
     for row in result["realtime"]:
-        assert (row["streams"], row["dropped"], row["unanswered"]) == (2, 0, 0)
+        assert (row["streams"], row["dropped"], row["unanswered"], row["unfinished"]) == (2, 0, 0, 0)
         assert row["health_p99_ms"] > 0
         assert row["new_session_at_bound"] == "not reached"  # two short streams never build 30 s of backlog
     silence, speech = result["realtime"]
