@@ -7,6 +7,7 @@ per character), so the page receives audio while the reply is still being writte
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,9 +73,12 @@ def watch_reply_stream(page: Any) -> None:
 def test_streamed_reply_starts_playing_while_it_is_still_being_generated(
     start_stack: Any, browser: Any, ollama: OllamaDouble
 ) -> None:
-    # 36 words at 12 words per second: the reply takes 3 s to write; its first fragment (cut at the first
-    # comma) is ready after half a second, and about 5 s of speech follow.
-    ollama.behaviour = OllamaBehaviour(reply=" ".join(SENTENCES[:2]), tokens="words", token_rate=12.0)
+    # 36 words at 12 words per second, the last one held until the page plays: its first fragment (cut at
+    # the first comma) is ready after half a second, and about 5 s of speech follow.
+    last_word = threading.Event()
+    ollama.behaviour = OllamaBehaviour(
+        reply=" ".join(SENTENCES[:2]), tokens="words", token_rate=12.0, hold_last_token=last_word
+    )
     stack: Stack = start_stack(llm_url=ollama.url)
     with open_page(browser, stack.url, "streaming_reply") as watch:
         page = watch.page
@@ -88,13 +92,14 @@ def test_streamed_reply_starts_playing_while_it_is_still_being_generated(
         assert page.evaluate("window.__stream.some((m) => m.type === 'generation_complete')") is False
         shown = page.inner_text(".turn.assistant .words")
         assert shown and len(shown) < len(ollama.behaviour.reply), shown
+        last_word.set()
         page.wait_for_selector(".turn.assistant[data-state='played']", timeout=30_000)
 
         stream = page.evaluate("window.__stream")
         reply = page.evaluate("window.__reply")
         complete_at = next(m["time"] for m in stream if m["type"] == "generation_complete")
         [playing] = [e for e in reply["events"] if e["type"] == "playing"]
-        assert playing["time"] < complete_at - 1000  # it sounded more than a second before the reply was done
+        assert playing["time"] < complete_at  # it sounded before the reply was done (its last word was held)
         texts = [m["data"]["text"] for m in stream if m["type"] == "reply_text"]
         assert len(texts) >= 2 and all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False)), texts
 
