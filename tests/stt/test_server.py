@@ -21,6 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from core.config import Settings
 from stt.server import SttService, create_app
+from tests.fixtures.held_transcription import transcriptions_held_until_stopped
 from tests.fixtures.server import RunningServer, run_server
 from tests.fixtures.speech import make_speech, to_pcm16
 
@@ -552,27 +553,9 @@ def test_with_one_worker_there_are_no_partials(make_settings) -> None:
 
 
 def test_a_disconnect_stops_the_transcription_under_way(server: RunningServer) -> None:
-    """Replaces our engine's transcribe with one that waits for its stop signal: a real decode of a
-    toy model ends too fast to observe whether the signal was given."""
-    engine = server.app.state.service.model.engine
-    real = engine.transcribe
-    started, stopped = threading.Event(), threading.Event()
-
-    def slow(audio: Any, language: Any, should_stop: Callable[[], bool], *args: Any) -> Any:
-        started.set()
-        deadline = time.monotonic() + 10
-        while not should_stop() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if should_stop():
-            stopped.set()
-        return real(audio, language, should_stop, *args)
-
-    engine.transcribe = slow
-    try:
+    with transcriptions_held_until_stopped(server.app.state.service.model.engine, limit_s=10) as held:
         with session(server) as ws:
             stream(ws, make_speech(PHRASE, trail_silence_s=0))
             send_json(ws, {"type": "end"})
-            assert started.wait(10)
-        assert stopped.wait(5), "the session told the transcription to stop when its client left"
-    finally:
-        engine.transcribe = real
+            assert held.started.wait(10)
+        assert held.stopped.wait(5), "the session told the transcription to stop when its client left"

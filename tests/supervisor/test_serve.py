@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 from core.config_security import SecuritySettings
 from core.serve import DrainingServer, build_server, shutdown_budget
 from stt.server import create_app
+from tests.fixtures.held_transcription import transcriptions_held_until_stopped
 from tests.fixtures.speech import make_speech, to_pcm16
 
 FRAME_BYTES = 640
@@ -148,23 +149,12 @@ def test_a_drain_that_outlasts_the_grace_is_cut_and_uvicorn_closes_the_rest(
         wait_loaded(port)
         # The only worker's transcription holds on until its session is gone, so the drain (a 0.4 s
         # budget) cannot finish however fast the machine is.
-        engine = app.state.service.model.engine
-        real, started = engine.transcribe, threading.Event()
-
-        def held(audio: Any, language: Any, should_stop: Callable[[], bool], *args: Any) -> Any:
-            started.set()
-            deadline = time.monotonic() + 30
-            while not should_stop() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            return real(audio, language, should_stop, *args)
-
-        engine.transcribe = held
-        stack.callback(setattr, engine, "transcribe", real)
+        held = stack.enter_context(transcriptions_held_until_stopped(app.state.service.model.engine, limit_s=30))
         ws = open_session(stack, port)
         for _ in range(2):  # one held by the worker, one waiting for it
             stream(ws, speech)
             ws.send(json.dumps({"type": "end"}))
-        assert started.wait(10)
+        assert held.started.wait(10)
         early = sync(ws)
         server.should_exit = True
         late = rest_until_closed(ws)
