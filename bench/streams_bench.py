@@ -25,8 +25,8 @@ What runs
    once every frame before it went through the VAD). Also: sessions the server closed (must be 0),
    the client's own worst lateness in sending (if it is large, the client, not the server, fell
    behind), transcripts (each session then sends `end` and waits for the result of every utterance it
-   started; `unfinished` counts sessions still waiting after RESULTS_TIMEOUT_S), `buffer_limit_reached`, and `/health` p50/p99 polled every 100 ms from a
-   thread of this process, with the largest `backlog_seconds` it saw; once that passes
+   started; `unfinished` counts sessions still waiting after RESULTS_TIMEOUT_S), `buffer_limit_reached`,
+   and `/health` p50/p99 polled every 100 ms from a thread of this process, with the largest `backlog_seconds` it saw; once that passes
    stt.max_backlog_seconds (30 s by default) one more session tries to join, and what it was told
    first is shown (`error overloaded`, then close code 1013, is the design).
 
